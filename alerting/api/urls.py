@@ -1,0 +1,10 @@
+from rest_framework.routers import SimpleRouter
+
+from alerting.api import views
+
+router = SimpleRouter(trailing_slash=False)
+router.register("alerts", views.AlertViewSet, basename="alert")
+router.register("alert-rules", views.AlertRuleViewSet, basename="alert-rule")
+router.register("notifications", views.NotificationViewSet, basename="notification")
+
+urlpatterns = router.urls

@@ -1,0 +1,282 @@
+"""Alerting's verbs: fire, acknowledge and resolve alerts; deliver their notifications."""
+
+import functools
+import hashlib
+import json
+from datetime import timedelta
+
+import structlog
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from alerting.models import (
+    OPEN_STATUSES,
+    Alert,
+    AlertRule,
+    AlertStatus,
+    Channel,
+    Notification,
+    NotificationKind,
+    NotificationStatus,
+    RuleKind,
+)
+from alerting.transports import TRANSPORTS, TransportError
+from omoi_console.events import publish
+from omoi_console.events.tracing import current_trace_ids
+
+log = structlog.get_logger(__name__)
+
+DELIVERY_LEASE = timedelta(seconds=60)
+MAX_BACKOFF_SECONDS = 600
+
+
+class AlertClosed(Exception):
+    """The alert is resolved; it can no longer be acknowledged."""
+
+
+def fingerprint(rule_name: str, labels: dict) -> str:
+    canonical = json.dumps({"rule": rule_name, "labels": labels}, sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def render_summary(rule: AlertRule, labels: dict) -> str:
+    try:
+        return rule.summary.format(**labels)[:500]
+    except (KeyError, IndexError, ValueError):
+        # A template naming a label the alert lacks still yields a usable summary.
+        return rule.summary[:500]
+
+
+def open_alert_for(rule: AlertRule, labels: dict) -> Alert | None:
+    return Alert.objects.filter(
+        fingerprint=fingerprint(rule.name, labels), status__in=OPEN_STATUSES
+    ).first()
+
+
+def fire_alert(rule: AlertRule, labels: dict) -> Alert:
+    """Open (or return the already open) alert of ``rule`` for ``labels`` and notify.
+
+    Deduplicated by fingerprint: a second firing of the same rule and labels
+    while the first is open is the same alert.
+    """
+    labels = {**rule.labels, **labels}
+    existing = open_alert_for(rule, labels)
+    if existing is not None:
+        return existing
+    now = timezone.now()
+    trace_id, _ = current_trace_ids()
+    try:
+        with transaction.atomic():
+            alert = Alert.objects.create(
+                rule=rule,
+                fingerprint=fingerprint(rule.name, labels),
+                labels=labels,
+                severity=rule.severity,
+                summary=render_summary(rule, labels),
+                status=AlertStatus.FIRING,
+                started_at=now,
+                fired_at=now,
+                trace_id=trace_id,
+            )
+    except IntegrityError:
+        # Lost a race with another firing of the same fingerprint: same alert.
+        return open_alert_for(rule, labels)
+    publish(
+        "monitor.alert.triggered",
+        {
+            "alert_id": alert.pk,
+            "rule": rule.name,
+            "severity": alert.severity,
+            "fingerprint": alert.fingerprint,
+            "labels": labels,
+            "summary": alert.summary,
+        },
+        key=f"alert.triggered:{alert.pk}",
+    )
+    notify(alert, NotificationKind.FIRING)
+    log.warning("alert.fired", alert_id=alert.pk, rule=rule.name, labels=labels)
+    return alert
+
+
+def resolve_alert(alert: Alert, *, reason: str) -> Alert:
+    """Close an open alert and notify that it is resolved."""
+    with transaction.atomic():
+        alert = Alert.objects.select_for_update().get(pk=alert.pk)
+        if not alert.is_open:
+            return alert
+        now = timezone.now()
+        alert.status = AlertStatus.RESOLVED
+        alert.resolved_at = now
+        alert.save(update_fields=["status", "resolved_at"])
+        publish(
+            "monitor.alert.resolved",
+            {
+                "alert_id": alert.pk,
+                "rule": alert.rule.name,
+                "fingerprint": alert.fingerprint,
+                "labels": alert.labels,
+                "duration_seconds": (now - alert.started_at).total_seconds(),
+            },
+            key=f"alert.resolved:{alert.pk}",
+        )
+        notify(alert, NotificationKind.RESOLVED)
+    log.info("alert.resolved", alert_id=alert.pk, reason=reason)
+    return alert
+
+
+def acknowledge_alert(alert: Alert, user) -> Alert:
+    """An operator takes the alert; it keeps open until its cause recovers."""
+    with transaction.atomic():
+        alert = Alert.objects.select_for_update().get(pk=alert.pk)
+        if alert.status == AlertStatus.RESOLVED:
+            raise AlertClosed(f"alert {alert.pk} is already resolved")
+        if alert.status == AlertStatus.ACKNOWLEDGED:
+            return alert
+        alert.status = AlertStatus.ACKNOWLEDGED
+        alert.acknowledged_at = timezone.now()
+        alert.acknowledged_by = user
+        alert.save(update_fields=["status", "acknowledged_at", "acknowledged_by"])
+        publish(
+            "monitor.alert.acknowledged",
+            {
+                "alert_id": alert.pk,
+                "rule": alert.rule.name,
+                "fingerprint": alert.fingerprint,
+                "labels": alert.labels,
+                "by": user.get_username(),
+            },
+            key=f"alert.acknowledged:{alert.pk}",
+        )
+    return alert
+
+
+def heartbeat_rules():
+    return AlertRule.objects.filter(kind=RuleKind.HEARTBEAT, enabled=True)
+
+
+def agent_labels(payload: dict) -> dict:
+    return {"agent_id": payload["agent_id"], "role": payload["role"]}
+
+
+def fire_heartbeat_alerts(payload: dict) -> list[Alert]:
+    return [fire_alert(rule, agent_labels(payload)) for rule in heartbeat_rules()]
+
+
+def resolve_heartbeat_alerts(payload: dict) -> list[Alert]:
+    resolved = []
+    for rule in AlertRule.objects.filter(kind=RuleKind.HEARTBEAT):
+        alert = open_alert_for(rule, {**rule.labels, **agent_labels(payload)})
+        if alert is not None:
+            resolved.append(resolve_alert(alert, reason="agent recovered"))
+    return resolved
+
+
+# --- notifications --------------------------------------------------------------
+
+
+def channel_targets() -> dict[str, str]:
+    """Where each channel delivers. Routing trees replace this single receiver."""
+    targets = {Channel.CONSOLE: "console"}
+    if settings.ALERT_EMAIL_RECIPIENTS:
+        targets[Channel.EMAIL] = ",".join(settings.ALERT_EMAIL_RECIPIENTS)
+    return targets
+
+
+def notify(alert: Alert, kind: str) -> list[Notification]:
+    """Save one Notification per channel now; send them after the transaction commits."""
+    trace_id, _ = current_trace_ids()
+    created = []
+    for channel, target in channel_targets().items():
+        notification, new = Notification.objects.get_or_create(
+            alert=alert,
+            kind=kind,
+            channel=channel,
+            defaults={"target": target, "trace_id": trace_id},
+        )
+        if new:
+            created.append(notification)
+            transaction.on_commit(functools.partial(enqueue_delivery, notification.pk), robust=True)
+    return created
+
+
+def enqueue_delivery(notification_id: int) -> None:
+    from alerting.tasks import deliver_notification
+
+    deliver_notification.delay(notification_id)
+
+
+def claim_notification(notification_id: int) -> Notification | None:
+    """Take a due notification for one attempt; None when someone else has it or it is done."""
+    now = timezone.now()
+    with transaction.atomic():
+        notification = (
+            Notification.objects.select_for_update(skip_locked=True)
+            .select_related("alert", "alert__rule")
+            .filter(
+                pk=notification_id,
+                status=NotificationStatus.PENDING,
+                next_attempt_at__lte=now,
+            )
+            .first()
+        )
+        if notification is None:
+            return None
+        notification.attempts += 1
+        notification.next_attempt_at = now + DELIVERY_LEASE
+        notification.save(update_fields=["attempts", "next_attempt_at"])
+    return notification
+
+
+def deliver_notification(notification_id: int) -> str | None:
+    """One delivery attempt; returns the resulting status, or None if not due."""
+    notification = claim_notification(notification_id)
+    if notification is None:
+        return None
+    transport = TRANSPORTS[notification.channel]
+    try:
+        transport.send(notification)
+    except TransportError as exc:
+        return record_delivery_failure(notification, str(exc), permanent=exc.permanent)
+    now = timezone.now()
+    notification.status = NotificationStatus.SENT
+    notification.sent_at = now
+    notification.latency_ms = int((now - notification.created_at).total_seconds() * 1000)
+    notification.last_error = ""
+    notification.save(update_fields=["status", "sent_at", "latency_ms", "last_error"])
+    log.info(
+        "notification.sent",
+        notification_id=notification.pk,
+        alert_id=notification.alert_id,
+        channel=notification.channel,
+        latency_ms=notification.latency_ms,
+    )
+    return notification.status
+
+
+def record_delivery_failure(notification: Notification, error: str, *, permanent: bool) -> str:
+    gave_up = permanent or notification.attempts >= settings.NOTIFICATION_MAX_ATTEMPTS
+    notification.last_error = error[:2000]
+    if gave_up:
+        notification.status = NotificationStatus.FAILED
+    else:
+        backoff = min(2**notification.attempts, MAX_BACKOFF_SECONDS)
+        notification.next_attempt_at = timezone.now() + timedelta(seconds=backoff)
+    notification.save(update_fields=["status", "last_error", "next_attempt_at"])
+    log.warning(
+        "notification.failed",
+        notification_id=notification.pk,
+        channel=notification.channel,
+        attempts=notification.attempts,
+        gave_up=gave_up,
+        error=error,
+    )
+    return notification.status
+
+
+def deliver_due_notifications(limit: int = 200) -> int:
+    """Retry every pending notification whose next attempt is due."""
+    due = Notification.objects.filter(
+        status=NotificationStatus.PENDING, next_attempt_at__lte=timezone.now()
+    ).values_list("pk", flat=True)[:limit]
+    return sum(1 for pk in list(due) if deliver_notification(pk) is not None)

@@ -1,0 +1,83 @@
+from rest_framework import serializers
+
+from monitoring.models import (
+    Agent,
+    AgentCommand,
+    AgentRole,
+    AgentState,
+    AgentToken,
+    AgentTransition,
+    agent_id_validator,
+)
+
+REPORTABLE_STATES = [AgentState.IDLE, AgentState.RUNNING, AgentState.FAILED]
+
+
+class HeartbeatSerializer(serializers.Serializer):
+    state = serializers.ChoiceField(choices=REPORTABLE_STATES)
+    task_id = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
+    progress = serializers.FloatField(min_value=0.0, max_value=1.0, required=False, allow_null=True)
+    acks = serializers.ListField(
+        child=serializers.IntegerField(min_value=1), required=False, max_length=100, default=list
+    )
+
+
+class CommandSerializer(serializers.ModelSerializer):
+    issued_at = serializers.DateTimeField(source="created_at")
+
+    class Meta:
+        model = AgentCommand
+        fields = ["id", "kind", "reason", "issued_at"]
+
+
+class AgentSerializer(serializers.ModelSerializer):
+    heartbeat_interval_seconds = serializers.FloatField(source="interval_seconds", read_only=True)
+
+    class Meta:
+        model = Agent
+        fields = [
+            "id",
+            "role",
+            "state",
+            "labels",
+            "heartbeat_interval",
+            "heartbeat_interval_seconds",
+            "last_heartbeat_at",
+            "overdue_at",
+            "missed_heartbeats",
+            "current_task",
+            "task_progress",
+            "state_changed_at",
+            "created_at",
+        ]
+        read_only_fields = [f for f in fields if f not in ("id", "role", "labels")]
+
+
+class AgentRegistrationSerializer(serializers.Serializer):
+    id = serializers.CharField(max_length=64, validators=[agent_id_validator])
+    role = serializers.ChoiceField(choices=AgentRole.choices)
+    labels = serializers.DictField(child=serializers.CharField(max_length=200), required=False)
+    heartbeat_interval = serializers.FloatField(
+        min_value=0.5, max_value=3600, required=False, allow_null=True
+    )
+
+    def validate_id(self, value):
+        if Agent.objects.filter(pk=value).exists():
+            raise serializers.ValidationError("An agent with this id already exists.")
+        return value
+
+
+class TransitionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AgentTransition
+        fields = ["from_state", "to_state", "reason", "actor", "at"]
+
+
+class AgentTokenSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AgentToken
+        fields = ["lookup", "name", "created_at", "last_used_at", "revoked_at"]
+
+
+class TokenRequestSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=100, required=False, default="")

@@ -1,0 +1,119 @@
+from django.db import IntegrityError
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from monitoring import services
+from monitoring.api.permissions import IsAgent, is_agent_itself
+from monitoring.api.serializers import (
+    AgentRegistrationSerializer,
+    AgentSerializer,
+    AgentTokenSerializer,
+    CommandSerializer,
+    HeartbeatSerializer,
+    TokenRequestSerializer,
+    TransitionSerializer,
+)
+from monitoring.models import Agent, AgentToken
+from omoi_console.api.permissions import ModelPermissions, require
+from omoi_console.api.problems import problem_response
+
+
+class HeartbeatView(APIView):
+    """An agent reports it is alive; the response carries its pending commands."""
+
+    permission_classes = [IsAgent]
+
+    @extend_schema(request=HeartbeatSerializer, responses={200: None})
+    def post(self, request, agent_id):
+        agent = get_object_or_404(Agent, pk=agent_id)
+        if not is_agent_itself(request, agent):
+            raise PermissionDenied("This token belongs to another agent.")
+        serializer = HeartbeatSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            result = services.record_heartbeat(agent, **serializer.validated_data)
+        except services.AgentUnavailable as exc:
+            return problem_response(409, str(exc))
+        agent = result.agent
+        return Response(
+            {
+                "agent_id": agent.id,
+                "state": agent.state,
+                "heartbeat_interval_seconds": agent.interval_seconds,
+                "commands": CommandSerializer(result.commands, many=True).data,
+            }
+        )
+
+
+class AgentViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+    """The fleet as we see it. Registering an agent returns its ingest token once."""
+
+    queryset = Agent.objects.all()
+    serializer_class = AgentSerializer
+    permission_classes = [ModelPermissions]
+
+    def get_queryset(self):
+        queryset = super().get_queryset()
+        for field in ("state", "role"):
+            if value := self.request.query_params.get(field):
+                queryset = queryset.filter(**{field: value})
+        return queryset
+
+    @extend_schema(request=AgentRegistrationSerializer, responses={201: AgentSerializer})
+    def create(self, request, *args, **kwargs):
+        serializer = AgentRegistrationSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        try:
+            agent, raw = services.register_agent(
+                data["id"],
+                data["role"],
+                labels=data.get("labels"),
+                heartbeat_interval=data.get("heartbeat_interval"),
+                actor=f"user:{request.user.get_username()}",
+            )
+        except IntegrityError:
+            return problem_response(409, "An agent with this id already exists.")
+        body = AgentSerializer(agent).data | {"token": raw}
+        return Response(body, status=status.HTTP_201_CREATED)
+
+    @action(detail=True, methods=["get"])
+    def transitions(self, request, pk=None):
+        agent = self.get_object()
+        page = self.paginate_queryset(agent.transitions.order_by("-at", "-id"))
+        return self.get_paginated_response(TransitionSerializer(page, many=True).data)
+
+
+class AgentTokenViewSet(viewsets.GenericViewSet):
+    """Ingest tokens of one agent: list, issue (shown once), revoke."""
+
+    serializer_class = AgentTokenSerializer
+    permission_classes = [require("monitoring.add_agenttoken")]
+    lookup_field = "lookup"
+
+    def get_agent(self):
+        return get_object_or_404(Agent, pk=self.kwargs["agent_id"])
+
+    def get_queryset(self):
+        return AgentToken.objects.filter(agent=self.get_agent()).order_by("-created_at")
+
+    def list(self, request, agent_id):
+        return Response(AgentTokenSerializer(self.get_queryset(), many=True).data)
+
+    @extend_schema(request=TokenRequestSerializer, responses={201: AgentTokenSerializer})
+    def create(self, request, agent_id):
+        agent = self.get_agent()
+        serializer = TokenRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        token, raw = AgentToken.issue(agent=agent, name=serializer.validated_data["name"])
+        return Response(AgentTokenSerializer(token).data | {"token": raw}, status=201)
+
+    def destroy(self, request, agent_id, lookup):
+        token = get_object_or_404(self.get_queryset(), lookup=lookup)
+        token.revoke()
+        return Response(status=204)

@@ -1,0 +1,132 @@
+from django.conf import settings
+from django.core.validators import RegexValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from omoi_console.tokens import HashedToken
+
+agent_id_validator = RegexValidator(
+    r"^[a-z0-9][a-z0-9._-]{0,63}$",
+    "Use 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit.",
+)
+
+
+class AgentRole(models.TextChoices):
+    WORKER = "worker", "Worker"
+    MONITOR = "monitor", "Monitor"
+    SCHEDULER = "scheduler", "Scheduler"
+
+
+class AgentState(models.TextChoices):
+    SPAWNING = "spawning", "Spawning"
+    IDLE = "idle", "Idle"
+    RUNNING = "running", "Running"
+    DEGRADED = "degraded", "Degraded"
+    FAILED = "failed", "Failed"
+    RESTARTING = "restarting", "Restarting"
+    QUARANTINED = "quarantined", "Quarantined"
+    TERMINATED = "terminated", "Terminated"
+
+
+HEALTHY_STATES = frozenset({AgentState.IDLE, AgentState.RUNNING})
+UNHEALTHY_STATES = frozenset({AgentState.DEGRADED, AgentState.FAILED, AgentState.RESTARTING})
+
+
+class Agent(models.Model):
+    """Our mirror of one agent of the fleet.
+
+    ``overdue_at`` is the next moment a missing heartbeat changes the agent's
+    state, precomputed on every heartbeat, so "who is overdue?" is one indexed
+    query. It is empty when no heartbeat is expected (failed, quarantined, terminated).
+    """
+
+    id = models.CharField(primary_key=True, max_length=64, validators=[agent_id_validator])
+    role = models.CharField(max_length=16, choices=AgentRole.choices)
+    state = models.CharField(max_length=16, choices=AgentState.choices, default=AgentState.SPAWNING)
+    labels = models.JSONField(default=dict, blank=True)
+    heartbeat_interval = models.FloatField(
+        null=True, blank=True, help_text="Seconds; empty uses the site default."
+    )
+    last_heartbeat_at = models.DateTimeField(null=True, blank=True)
+    overdue_at = models.DateTimeField(null=True, blank=True)
+    missed_heartbeats = models.PositiveSmallIntegerField(default=0)
+    unhealthy_since = models.DateTimeField(null=True, blank=True)
+    current_task = models.CharField(max_length=200, blank=True)
+    task_progress = models.FloatField(null=True, blank=True)
+    state_changed_at = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            models.Index(
+                fields=["overdue_at"],
+                condition=Q(overdue_at__isnull=False),
+                name="agent_overdue_idx",
+            ),
+            models.Index(fields=["state"], name="agent_state_idx"),
+        ]
+
+    def __str__(self):
+        return self.id
+
+    @property
+    def interval_seconds(self) -> float:
+        return self.heartbeat_interval or settings.HEARTBEAT_INTERVAL_SECONDS
+
+
+class AgentTransition(models.Model):
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="transitions")
+    from_state = models.CharField(max_length=16, choices=AgentState.choices, blank=True)
+    to_state = models.CharField(max_length=16, choices=AgentState.choices)
+    reason = models.CharField(max_length=200)
+    actor = models.CharField(max_length=100)
+    at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["agent", "at"], name="transition_agent_idx")]
+
+    def __str__(self):
+        return f"{self.agent_id}: {self.from_state or '-'} -> {self.to_state}"
+
+
+class AgentToken(HashedToken):
+    """Ingest token of one agent: it may only speak for that agent."""
+
+    KIND = "ag"
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="tokens")
+
+
+class CommandKind(models.TextChoices):
+    RESTART = "restart", "Restart"
+
+
+class CommandStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    DELIVERED = "delivered", "Delivered"
+    ACKED = "acked", "Acknowledged by the agent"
+
+
+class AgentCommand(models.Model):
+    """An instruction for an agent, handed over in its next heartbeat response."""
+
+    agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="commands")
+    kind = models.CharField(max_length=32, choices=CommandKind.choices)
+    status = models.CharField(
+        max_length=16, choices=CommandStatus.choices, default=CommandStatus.QUEUED
+    )
+    reason = models.CharField(max_length=200)
+    issued_by = models.CharField(max_length=100)
+    created_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    acked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["agent", "status"], name="command_agent_status_idx")]
+
+    def __str__(self):
+        return f"{self.kind} for {self.agent_id} ({self.status})"

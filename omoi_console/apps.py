@@ -1,0 +1,25 @@
+from django.apps import AppConfig, apps
+from django.db.models.signals import post_migrate
+
+
+def _after_migrate(sender, **kwargs):
+    # Permissions of every app exist once the last app has migrated.
+    if sender is not list(apps.get_app_configs())[-1]:
+        return
+    from omoi_console.roles import sync_roles
+    from omoi_console.schedule import sync_beat_schedule
+
+    sync_roles()
+    sync_beat_schedule()
+
+
+class OmoiConsoleConfig(AppConfig):
+    name = "omoi_console"
+    verbose_name = "Omoi Console"
+
+    def ready(self):
+        from omoi_console.events.broadcast import broadcast_event
+        from omoi_console.events.registry import ALL, subscribe
+
+        subscribe(ALL, handler_id="console.broadcast")(broadcast_event)
+        post_migrate.connect(_after_migrate, dispatch_uid="omoi_console.after_migrate")

@@ -1,0 +1,36 @@
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from omoi_console.events.broadcast import CONSOLE_GROUP
+
+# Close codes in the private range: the browser sees why it was turned away.
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+
+
+class ConsoleConsumer(AsyncJsonWebsocketConsumer):
+    """Live feed for the console: every bus event and console notification."""
+
+    async def connect(self):
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        if not await database_sync_to_async(user.has_perm)("omoi_console.view_event"):
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        await self.channel_layer.group_add(CONSOLE_GROUP, self.channel_name)
+        await self.accept()
+
+    async def disconnect(self, code):
+        await self.channel_layer.group_discard(CONSOLE_GROUP, self.channel_name)
+
+    async def receive_json(self, content, **kwargs):
+        # The feed is one-way; anything a client sends is ignored.
+        return
+
+    async def event_message(self, message):
+        await self.send_json({"type": "event", "event": message["event"]})
+
+    async def notification_message(self, message):
+        await self.send_json({"type": "notification", "notification": message["notification"]})

@@ -1,0 +1,32 @@
+"""Every event name on the bus and the payload fields it must carry.
+
+docs/monitoring/events.md documents the same table for people; a contract test
+keeps the two in step, and ``publish`` refuses a payload that lacks a field.
+"""
+
+AGENT_FIELDS = ("agent_id", "role")
+
+CATALOG: dict[str, tuple[str, ...]] = {
+    "monitor.agent.state_changed": (*AGENT_FIELDS, "from_state", "to_state", "reason", "actor"),
+    "monitor.agent.heartbeat_lost": (*AGENT_FIELDS, "last_heartbeat_at", "missed"),
+    "monitor.agent.recovered": (*AGENT_FIELDS, "from_state", "to_state", "down_seconds"),
+    "monitor.anomaly.detected": ("anomaly_id", "series", "score"),
+    "monitor.alert.triggered": ("alert_id", "rule", "severity", "fingerprint", "labels", "summary"),
+    "monitor.alert.acknowledged": ("alert_id", "rule", "fingerprint", "labels", "by"),
+    "monitor.alert.resolved": ("alert_id", "rule", "fingerprint", "labels", "duration_seconds"),
+    "monitor.alert.escalated": ("alert_id", "rule", "fingerprint", "labels", "level"),
+    "watchdog.action.started": ("action_id", "agent_id", "kind", "policy", "dry_run"),
+    "watchdog.action.succeeded": ("action_id", "agent_id", "kind", "policy", "seconds"),
+    "watchdog.action.failed": ("action_id", "agent_id", "kind", "policy", "reason"),
+    "watchdog.escalated": ("action_id", "agent_id", "policy", "reason"),
+}
+
+
+def check_payload(name: str, payload: dict) -> None:
+    """Raise ValueError when ``name`` is unknown or ``payload`` lacks a field."""
+    fields = CATALOG.get(name)
+    if fields is None:
+        raise ValueError(f"unknown event name {name!r}")
+    missing = [field for field in fields if field not in payload]
+    if missing:
+        raise ValueError(f"{name} payload lacks {', '.join(missing)}")

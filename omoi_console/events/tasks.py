@@ -1,0 +1,13 @@
+from celery import shared_task
+
+from omoi_console.events import bus
+
+
+@shared_task(ignore_result=True)
+def dispatch_event(event_id: str) -> None:
+    bus.dispatch(event_id)
+
+
+@shared_task(ignore_result=True, expires=10)
+def sweep_events() -> None:
+    bus.sweep()

@@ -1,0 +1,40 @@
+"""The trace an event belongs to: read when published, continued when handled."""
+
+from contextlib import contextmanager
+
+from opentelemetry import trace
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
+tracer = trace.get_tracer("omoi_console.events")
+
+
+def current_trace_ids() -> tuple[str, str]:
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return "", ""
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
+
+
+@contextmanager
+def continued_trace(span_name: str, trace_id: str, span_id: str, **attributes):
+    """Run the block in a span that is a child of the stored trace, or a new root."""
+    parent = None
+    if trace_id and span_id:
+        remote = SpanContext(
+            trace_id=int(trace_id, 16),
+            span_id=int(span_id, 16),
+            is_remote=True,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        )
+        parent = trace.set_span_in_context(NonRecordingSpan(remote))
+    with tracer.start_as_current_span(span_name, context=parent, attributes=attributes) as span:
+        yield span
+
+
+@contextmanager
+def new_trace(span_name: str, **attributes):
+    """Start a fresh root span: one incident, one trace id."""
+    with tracer.start_as_current_span(
+        span_name, context=trace.set_span_in_context(trace.INVALID_SPAN), attributes=attributes
+    ) as span:
+        yield span

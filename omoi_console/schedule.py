@@ -1,0 +1,43 @@
+"""The periodic jobs, owned here: Celery beat rows and the embedded ticker both come from this."""
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PeriodicJob:
+    name: str
+    task: str
+    every_seconds: float
+
+
+PERIODIC_JOBS = (
+    PeriodicJob("check heartbeats", "monitoring.tasks.check_heartbeats", 1.0),
+    PeriodicJob("check remediations", "watchdog.tasks.check_remediations", 2.0),
+    PeriodicJob("deliver notifications", "alerting.tasks.deliver_due_notifications", 5.0),
+    PeriodicJob("sweep events", "omoi_console.events.tasks.sweep_events", 5.0),
+)
+
+
+def sync_beat_schedule() -> None:
+    """Create or update one django-celery-beat row per job, by name; drop stale ones."""
+    from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+    names = []
+    for job in PERIODIC_JOBS:
+        # Beat's interval resolution is whole seconds.
+        every = max(1, round(job.every_seconds))
+        interval, _ = IntervalSchedule.objects.get_or_create(
+            every=every, period=IntervalSchedule.SECONDS
+        )
+        PeriodicTask.objects.update_or_create(
+            name=f"omoi: {job.name}",
+            defaults={
+                "task": job.task,
+                "interval": interval,
+                "enabled": True,
+                # A tick that waited longer than its period is superseded by the next.
+                "expire_seconds": every,
+            },
+        )
+        names.append(f"omoi: {job.name}")
+    PeriodicTask.objects.filter(name__startswith="omoi: ").exclude(name__in=names).delete()

@@ -1,0 +1,294 @@
+"""Settings for Omoi Console.
+
+Two modes, chosen by the environment (docs/configuration.md lists every variable):
+
+* embedded (no environment at all): SQLite in the data directory, in-memory
+  channel layer, eager Celery, local-memory cache, console email backend and an
+  in-process ticker that drives the periodic checks;
+* production (``OMOI_MODE=production``, implied by ``DATABASE_URL``): Postgres,
+  Redis for channels, cache and the Celery broker, SMTP, and a real SECRET_KEY.
+"""
+
+import secrets
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from omoi_console.environment import (
+    env_bool,
+    env_choice,
+    env_float,
+    env_int,
+    env_list,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(env_str("OMOI_DATA_DIR") or BASE_DIR / "var")
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+DATABASE_URL = env_str("DATABASE_URL")
+REDIS_URL = env_str("REDIS_URL")
+MODE = env_choice(
+    "OMOI_MODE", ("embedded", "production"), "production" if DATABASE_URL else "embedded"
+)
+PRODUCTION = MODE == "production"
+
+# --- secrets ------------------------------------------------------------------
+
+
+def _embedded_secret_key() -> str:
+    # Embedded mode keeps a generated key in the data directory so that login
+    # sessions survive a restart without anyone having to set one.
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = env_str("SECRET_KEY")
+if PRODUCTION:
+    if len(SECRET_KEY) < 32 or SECRET_KEY.startswith("django-insecure"):
+        raise ImproperlyConfigured(
+            "Production mode needs SECRET_KEY: at least 32 random characters "
+            '(python -c "import secrets; print(secrets.token_urlsafe(50))").'
+        )
+elif not SECRET_KEY:
+    SECRET_KEY = _embedded_secret_key()
+
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [] if PRODUCTION else ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
+if PRODUCTION:
+    SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", True)
+    CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+# --- applications -------------------------------------------------------------
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_prometheus",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "django_celery_beat",
+    "omoi_console",
+    "observability",
+    "monitoring",
+    "alerting",
+    "watchdog",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "omoi_console.urls"
+ASGI_APPLICATION = "omoi_console.asgi.application"
+WSGI_APPLICATION = "omoi_console.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- database -----------------------------------------------------------------
+
+if DATABASE_URL:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            DATABASE_URL,
+            conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+            conn_health_checks=True,
+        )
+    }
+else:
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": DATA_DIR / "omoi.sqlite3",
+            # Measured: without IMMEDIATE transactions, concurrent heartbeats and
+            # the ticker get "database is locked" (a read-then-write transaction
+            # is not covered by the busy timeout).
+            "OPTIONS": {
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+                "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL;",
+            },
+            # An in-memory test database fails under the in-process server
+            # ("database table is locked"); a file does not.
+            "TEST": {"NAME": DATA_DIR / "test.sqlite3"},
+        }
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- cache, channels, celery --------------------------------------------------
+
+if REDIS_URL:
+    CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
+    }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNELS_PREFIX", "omoi")},
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL") or REDIS_URL or "memory://localhost/"
+CELERY_TASK_ALWAYS_EAGER = env_bool(
+    "CELERY_TASK_ALWAYS_EAGER", CELERY_BROKER_URL.startswith("memory://")
+)
+CELERY_TASK_EAGER_PROPAGATES = False
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = "UTC"
+
+# --- email --------------------------------------------------------------------
+
+EMAIL_HOST = env_str("EMAIL_HOST")
+if EMAIL_HOST:
+    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+    EMAIL_PORT = env_int("EMAIL_PORT", 25)
+    EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+    EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+    EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+    EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+    EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
+else:
+    EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "omoi-console@localhost")
+
+# --- auth ---------------------------------------------------------------------
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "console"
+LOGOUT_REDIRECT_URL = "login"
+
+# --- API ----------------------------------------------------------------------
+
+# Request bodies above this are refused with 413 before they are parsed.
+MAX_REQUEST_BYTES = env_int("OMOI_MAX_REQUEST_BYTES", 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        # Token classes first: their WWW-Authenticate header makes a request
+        # without credentials a 401 rather than a 403.
+        "omoi_console.auth.OperatorTokenAuthentication",
+        "monitoring.api.authentication.AgentTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["omoi_console.api.permissions.IsOperatorUser"],
+    "DEFAULT_PARSER_CLASSES": ["omoi_console.api.parsers.BoundedJSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "EXCEPTION_HANDLER": "omoi_console.api.problems.problem_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Omoi Console API",
+    "DESCRIPTION": "Heartbeats, alerts and remediation for fleets of AI coding agents.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+# --- static, i18n -------------------------------------------------------------
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+# Serve straight from the finders so neither mode needs collectstatic first.
+WHITENOISE_USE_FINDERS = True
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+# --- observability ------------------------------------------------------------
+
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
+LOG_FORMAT = env_choice("LOG_FORMAT", ("json", "console"), "json")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "structured": {
+            "()": "observability.logging.structured_formatter",
+            "renderer": LOG_FORMAT,
+        },
+    },
+    "handlers": {
+        "stderr": {"class": "logging.StreamHandler", "formatter": "structured"},
+    },
+    "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
+    "loggers": {
+        "django.db.backends": {"level": "INFO"},
+        "uvicorn.access": {"level": "WARNING"},
+        "celery": {"level": LOG_LEVEL},
+    },
+}
+OTEL_SERVICE_NAME = env_str("OTEL_SERVICE_NAME", "omoi-console")
+OTEL_TRACES_SAMPLER_RATIO = env_float("OTEL_TRACES_SAMPLER_RATIO", 1.0)
+PROMETHEUS_EXPORT_MIGRATIONS = False
+
+# --- the product --------------------------------------------------------------
+
+# Agents heartbeat every interval; a heartbeat is missed at
+# last + n * interval + skew. DEGRADED after 1 miss, FAILED after 3.
+HEARTBEAT_INTERVAL_SECONDS = env_float("OMOI_HEARTBEAT_INTERVAL", 5.0)
+HEARTBEAT_SKEW_SECONDS = env_float("OMOI_HEARTBEAT_SKEW", 2.0)
+HEARTBEAT_DEGRADED_AFTER_MISSES = 1
+HEARTBEAT_FAILED_AFTER_MISSES = 3
+
+# Undispatched events are re-dispatched by the sweeper after this long.
+EVENT_REDISPATCH_AFTER_SECONDS = env_float("OMOI_EVENT_REDISPATCH_AFTER", 10.0)
+EVENT_MAX_ATTEMPTS = env_int("OMOI_EVENT_MAX_ATTEMPTS", 10)
+
+ALERT_EMAIL_RECIPIENTS = env_list("OMOI_ALERT_EMAIL_TO", ["oncall@localhost"])
+NOTIFICATION_MAX_ATTEMPTS = env_int("OMOI_NOTIFICATION_MAX_ATTEMPTS", 5)
+
+WATCHDOG_MODE = env_choice("OMOI_WATCHDOG_MODE", ("on", "off", "dry-run"), "on")

@@ -1,0 +1,33 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from omoi_console import views
+from omoi_console.api import problems
+
+api_v1 = [
+    path("", include("monitoring.api.urls")),
+    path("", include("alerting.api.urls")),
+    path("", include("watchdog.api.urls")),
+]
+
+urlpatterns = [
+    path("", views.console, name="console"),
+    path("console/state", views.console_state, name="console-state"),
+    path("healthz", views.healthz, name="healthz"),
+    path(
+        "accounts/login/",
+        auth_views.LoginView.as_view(template_name="registration/login.html"),
+        name="login",
+    ),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("admin/", admin.site.urls),
+    path("api/v1/", include(api_v1)),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("", include("django_prometheus.urls")),
+]
+
+handler404 = problems.not_found_handler
+handler500 = problems.server_error_handler

@@ -1,0 +1,60 @@
+"""The operator console: one page, kept live by the websocket feed."""
+
+from django.contrib.auth.decorators import login_required, permission_required
+from django.db import connection
+from django.http import JsonResponse
+from django.shortcuts import render
+
+from alerting.api.serializers import AlertSerializer
+from alerting.models import OPEN_STATUSES, Alert
+from monitoring.api.serializers import AgentSerializer
+from monitoring.models import Agent, AgentState
+from omoi_console.models import Event
+from watchdog.api.serializers import RemediationActionSerializer
+from watchdog.models import RemediationAction
+
+RECENT = 50
+
+
+def console_snapshot() -> dict:
+    agents = Agent.objects.exclude(state=AgentState.TERMINATED)
+    alerts = Alert.objects.filter(status__in=OPEN_STATUSES).select_related("rule")
+    actions = RemediationAction.objects.select_related("policy")[:RECENT]
+    events = Event.objects.order_by("-occurred_at")[:RECENT]
+    return {
+        "agents": AgentSerializer(agents, many=True).data,
+        "alerts": AlertSerializer(alerts, many=True).data,
+        "actions": RemediationActionSerializer(actions, many=True).data,
+        "events": [
+            {
+                "id": str(e.id),
+                "name": e.name,
+                "payload": e.payload,
+                "occurred_at": e.occurred_at.isoformat(),
+                "trace_id": e.trace_id,
+            }
+            for e in events
+        ],
+    }
+
+
+@login_required
+@permission_required("omoi_console.view_event", raise_exception=True)
+def console(request):
+    return render(request, "console/index.html", {"snapshot": console_snapshot()})
+
+
+@login_required
+@permission_required("omoi_console.view_event", raise_exception=True)
+def console_state(request):
+    return JsonResponse(console_snapshot())
+
+
+def healthz(request):
+    """Liveness and database reachability for load balancers."""
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception:
+        return JsonResponse({"status": "error", "database": "unreachable"}, status=503)
+    return JsonResponse({"status": "ok"})

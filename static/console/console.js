@@ -1,0 +1,114 @@
+// Omoi Console: render the snapshot, then stay current from the websocket feed.
+(function () {
+  "use strict";
+  const MAX_EVENTS = 50;
+  let state = JSON.parse(document.getElementById("snapshot").textContent);
+  let refreshTimer = null;
+
+  function cell(text, cls) {
+    const td = document.createElement("td");
+    td.textContent = text == null ? "" : String(text);
+    if (cls) td.className = cls;
+    return td;
+  }
+
+  function time(iso) {
+    return iso ? new Date(iso).toLocaleTimeString() : "–";
+  }
+
+  function fill(tableId, rows, columns) {
+    const body = document.querySelector("#" + tableId + " tbody");
+    body.replaceChildren(...rows.map((row) => {
+      const tr = document.createElement("tr");
+      tr.dataset.id = row.id;
+      columns.forEach(([value, cls]) => tr.appendChild(cell(value(row), cls && cls(row))));
+      return tr;
+    }));
+  }
+
+  function render() {
+    fill("alerts", state.alerts, [
+      [(a) => a.severity, (a) => "sev-" + a.severity],
+      [(a) => a.summary],
+      [(a) => a.status],
+      [(a) => time(a.started_at)],
+      [(a) => (a.trace_id || "").slice(0, 12)],
+    ]);
+    fill("agents", state.agents, [
+      [(a) => a.id],
+      [(a) => a.role],
+      [(a) => a.state, (a) => "state-" + a.state],
+      [(a) => time(a.last_heartbeat_at)],
+      [(a) => a.current_task],
+    ]);
+    fill("actions", state.actions, [
+      [(a) => a.agent],
+      [(a) => a.step],
+      [(a) => a.status],
+      [(a) => time(a.started_at)],
+      [(a) => a.outcome],
+    ]);
+    document.getElementById("alert-count").textContent = state.alerts.length;
+    document.getElementById("agent-count").textContent = state.agents.length;
+    const list = document.getElementById("events");
+    list.replaceChildren(...state.events.slice(0, MAX_EVENTS).map((e) => {
+      const li = document.createElement("li");
+      li.dataset.name = e.name;
+      li.textContent = time(e.occurred_at) + "  " + e.name + "  " + (e.payload.agent_id || e.payload.alert_id || "");
+      return li;
+    }));
+  }
+
+  // Events say what changed; the snapshot says what is. Refetch, debounced.
+  function scheduleRefresh() {
+    if (refreshTimer) return;
+    refreshTimer = setTimeout(async () => {
+      refreshTimer = null;
+      const response = await fetch("/console/state", { credentials: "same-origin" });
+      if (response.ok) {
+        const events = state.events;
+        state = await response.json();
+        state.events = mergeEvents(events, state.events);
+        render();
+      }
+    }, 250);
+  }
+
+  function mergeEvents(a, b) {
+    const seen = new Map();
+    [...a, ...b].forEach((e) => seen.set(e.id, e));
+    return [...seen.values()].sort((x, y) => (x.occurred_at < y.occurred_at ? 1 : -1)).slice(0, MAX_EVENTS);
+  }
+
+  function connect(delay) {
+    const live = document.getElementById("live");
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    const socket = new WebSocket(scheme + location.host + "/ws/console/");
+    socket.onopen = () => {
+      live.dataset.state = "open";
+      live.textContent = "live";
+      delay = 1000;
+      scheduleRefresh();
+    };
+    socket.onmessage = (message) => {
+      const data = JSON.parse(message.data);
+      if (data.type === "event") {
+        state.events = mergeEvents(state.events, [data.event]);
+        render();
+        scheduleRefresh();
+      }
+    };
+    socket.onclose = (close) => {
+      live.dataset.state = "closed";
+      if (close.code === 4401 || close.code === 4403) {
+        live.textContent = "not allowed: log in again";
+        return;
+      }
+      live.textContent = "reconnecting…";
+      setTimeout(() => connect(Math.min(delay * 2, 15000)), delay);
+    };
+  }
+
+  render();
+  connect(1000);
+})();
