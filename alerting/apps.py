@@ -1,4 +1,11 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+def _seed(sender, **kwargs):
+    from alerting.builtins import ensure_builtin_rules
+
+    ensure_builtin_rules()
 
 
 class AlertingConfig(AppConfig):
@@ -7,3 +14,5 @@ class AlertingConfig(AppConfig):
 
     def ready(self):
         from alerting import handlers  # noqa: F401  (registers event handlers)
+
+        post_migrate.connect(_seed, sender=self, dispatch_uid="alerting.seed")

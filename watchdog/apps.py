@@ -1,4 +1,11 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+
+def _seed(sender, **kwargs):
+    from watchdog.builtins import ensure_default_policies
+
+    ensure_default_policies()
 
 
 class WatchdogConfig(AppConfig):
@@ -7,3 +14,5 @@ class WatchdogConfig(AppConfig):
 
     def ready(self):
         from watchdog import handlers  # noqa: F401  (registers event handlers)
+
+        post_migrate.connect(_seed, sender=self, dispatch_uid="watchdog.seed")

@@ -4,6 +4,7 @@ from http import HTTPStatus
 
 import structlog
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions
@@ -47,6 +48,9 @@ def flatten_errors(detail, prefix: str = "") -> list[dict]:
     if isinstance(detail, dict):
         out = []
         for key, value in detail.items():
+            if isinstance(key, int):  # an item of a list field
+                out += flatten_errors(value, f"{prefix}[{key}]")
+                continue
             name = "" if key == "non_field_errors" else str(key)
             out += flatten_errors(value, f"{prefix}.{name}" if prefix and name else prefix or name)
         return out
@@ -61,7 +65,9 @@ def flatten_errors(detail, prefix: str = "") -> list[dict]:
 
 
 def problem_exception_handler(exc, context):
-    if isinstance(exc, Http404):
+    if isinstance(exc, RequestDataTooBig):
+        exc = RequestTooLarge()
+    elif isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, DjangoPermissionDenied):
         exc = exceptions.PermissionDenied()

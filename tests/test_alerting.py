@@ -1,0 +1,159 @@
+import asyncio
+import threading
+
+import pytest
+from aiosmtpd.controller import Controller
+from django.core import mail
+from django.test import override_settings
+
+from alerting import services
+from alerting.models import Alert, AlertStatus, Notification, NotificationStatus
+from monitoring.services import check_heartbeats, record_heartbeat
+from tests.conftest import bearer
+
+LOST = {"agent_id": "worker-01", "role": "worker", "last_heartbeat_at": None, "missed": 3}
+
+
+class Inbox:
+    def __init__(self):
+        self.messages = []
+        self.received = threading.Event()
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd hook name)
+        self.messages.append(envelope)
+        self.received.set()
+        return "250 OK"
+
+
+@pytest.fixture
+def smtp_server():
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=_closed_port())
+    controller.start()
+    yield inbox, controller.port
+    controller.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_fires_one_alert_and_notifies_console_and_email(registered_agent):
+    with override_settings(EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend"):
+        services.fire_heartbeat_alerts(LOST)
+        again = services.fire_heartbeat_alerts(LOST)
+
+    alert = Alert.objects.get()
+    assert again == [alert]  # same fingerprint, same alert
+    assert alert.status == AlertStatus.FIRING
+    assert alert.summary == "Agent worker-01 (worker) stopped sending heartbeats"
+    sent = Notification.objects.filter(alert=alert, status=NotificationStatus.SENT)
+    assert sorted(sent.values_list("channel", flat=True)) == ["console", "email"]
+    assert len(mail.outbox) == 1
+    assert mail.outbox[0].subject.startswith("[FIRING] agent-heartbeat")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_delivers_email_over_real_smtp(smtp_server, registered_agent):
+    inbox, port = smtp_server
+    smtp = {
+        "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "EMAIL_HOST": "127.0.0.1",
+        "EMAIL_PORT": port,
+        "ALERT_EMAIL_RECIPIENTS": ["oncall@example.org", "lead@example.org"],
+    }
+    with override_settings(**smtp):
+        services.fire_heartbeat_alerts(LOST)
+
+    assert inbox.received.wait(5)
+    envelope = inbox.messages[0]
+    assert sorted(envelope.rcpt_tos) == ["lead@example.org", "oncall@example.org"]
+    assert b"worker-01" in envelope.content
+    email = Notification.objects.get(channel="email")
+    assert email.status == NotificationStatus.SENT
+    assert email.latency_ms is not None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_retries_email_when_smtp_is_down_and_keeps_the_error(registered_agent):
+    closed_port = _closed_port()
+    with override_settings(
+        EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
+        EMAIL_HOST="127.0.0.1",
+        EMAIL_PORT=closed_port,
+        EMAIL_HOST_PASSWORD="hunter2-smtp-secret",
+    ):
+        services.fire_heartbeat_alerts(LOST)
+
+    email = Notification.objects.get(channel="email")
+    assert email.status == NotificationStatus.PENDING
+    assert email.attempts == 1
+    assert email.last_error.startswith("smtp:")
+    assert "hunter2" not in email.last_error
+    assert email.next_attempt_at > email.created_at
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_resolves_the_alert_when_the_agent_recovers(registered_agent):
+    import time_machine
+    from django.utils import timezone
+
+    agent, _ = registered_agent
+    # Without the watchdog's restart, a resumed heartbeat is the recovery.
+    with override_settings(WATCHDOG_MODE="off"), time_machine.travel(timezone.now(), tick=False) as clock:
+        record_heartbeat(agent, state="running")
+        clock.shift(18)
+        check_heartbeats()
+        alert = Alert.objects.get()
+        assert alert.status == AlertStatus.FIRING
+        clock.shift(1)
+        record_heartbeat(agent, state="running")
+
+    alert.refresh_from_db()
+    assert alert.status == AlertStatus.RESOLVED
+    kinds = sorted(Notification.objects.values_list("kind", "channel"))
+    assert ("resolved", "console") in kinds
+
+
+@pytest.mark.django_db
+def test_it_lets_operators_but_not_viewers_acknowledge(api, make_operator, registered_agent):
+    services.fire_heartbeat_alerts(LOST)
+    alert = Alert.objects.get()
+    _, viewer_token = make_operator("viewer")
+    operator, operator_token = make_operator("operator")
+    url = f"/api/v1/alerts/{alert.pk}/acknowledge"
+
+    assert api.get("/api/v1/alerts?status=open", **bearer(viewer_token)).json()["count"] == 1
+    assert api.post(url, **bearer(viewer_token)).status_code == 403
+    assert api.post(url).status_code == 401
+
+    response = api.post(url, **bearer(operator_token))
+    assert response.status_code == 200
+    assert response.json()["acknowledged_by"] == operator.username
+    alert.refresh_from_db()
+    assert alert.status == AlertStatus.ACKNOWLEDGED
+
+
+@pytest.mark.django_db
+def test_it_refuses_to_acknowledge_a_resolved_alert(api, make_operator, registered_agent):
+    services.fire_heartbeat_alerts(LOST)
+    services.resolve_heartbeat_alerts(LOST)
+    _, token = make_operator("operator")
+    alert = Alert.objects.get()
+
+    response = api.post(f"/api/v1/alerts/{alert.pk}/acknowledge", **bearer(token))
+    assert response.status_code == 409
+    assert api.post("/api/v1/alerts/999999/acknowledge", **bearer(token)).status_code == 404
+
+
+def _closed_port() -> int:
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return port
+
+
+def test_the_inbox_fixture_records_mail():
+    inbox = Inbox()
+    asyncio.run(inbox.handle_DATA(None, None, "envelope"))
+    assert inbox.messages == ["envelope"] and inbox.received.is_set()
