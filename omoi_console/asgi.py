@@ -9,16 +9,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "omoi_console.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from omoi_console.routing import websocket_urlpatterns  # noqa: E402
-from omoi_console.websocket_auth import WebsocketAuthMiddleware  # noqa: E402
+from omoi_console.websocket_auth import AllowedHostsOrigin, WebsocketAuthMiddleware  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         "http": django_asgi_app,
-        "websocket": AllowedHostsOriginValidator(
-            WebsocketAuthMiddleware(URLRouter(websocket_urlpatterns))
-        ),
+        "websocket": AllowedHostsOrigin(WebsocketAuthMiddleware(URLRouter(websocket_urlpatterns))),
     }
 )

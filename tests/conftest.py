@@ -96,7 +96,9 @@ def make_operator(seeded):
     from omoi_console.roles import grant_role
 
     def make(role: str, username: str | None = None):
-        user = get_user_model().objects.create_user(username or f"{role}-user", password="pw-1234-x")
+        user = get_user_model().objects.create_user(
+            username or f"{role}-user", password="pw-1234-x"
+        )
         grant_role(user, role)
         _, raw = OperatorToken.issue(user=user, name="test")
         return user, raw

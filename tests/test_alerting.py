@@ -19,7 +19,7 @@ class Inbox:
         self.messages = []
         self.received = threading.Event()
 
-    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd hook name)
+    async def handle_DATA(self, server, session, envelope):
         self.messages.append(envelope)
         self.received.set()
         return "250 OK"
@@ -97,7 +97,10 @@ def test_it_resolves_the_alert_when_the_agent_recovers(registered_agent):
 
     agent, _ = registered_agent
     # Without the watchdog's restart, a resumed heartbeat is the recovery.
-    with override_settings(WATCHDOG_MODE="off"), time_machine.travel(timezone.now(), tick=False) as clock:
+    with (
+        override_settings(WATCHDOG_MODE="off"),
+        time_machine.travel(timezone.now(), tick=False) as clock,
+    ):
         record_heartbeat(agent, state="running")
         clock.shift(18)
         check_heartbeats()

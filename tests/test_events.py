@@ -106,8 +106,10 @@ def test_it_refuses_unknown_names_and_incomplete_payloads():
     with pytest.raises(ValueError, match="unknown event"):
         bus.publish("monitor.agent.exploded", {})
     with pytest.raises(ValueError, match="lacks missed"):
-        bus.publish("monitor.agent.heartbeat_lost", {"agent_id": "a", "role": "worker",
-                                                     "last_heartbeat_at": None})
+        bus.publish(
+            "monitor.agent.heartbeat_lost",
+            {"agent_id": "a", "role": "worker", "last_heartbeat_at": None},
+        )
 
 
 @pytest.mark.django_db(transaction=True)

@@ -59,7 +59,11 @@ class Command(BaseCommand):
             ),
             write=self.stdout.write,
         )
-        overrides = {"WATCHDOG_MODE": options["watchdog"] or settings.WATCHDOG_MODE}
+        overrides = {
+            "WATCHDOG_MODE": options["watchdog"] or settings.WATCHDOG_MODE,
+            # The in-process server listens on loopback only.
+            "ALLOWED_HOSTS": [*settings.ALLOWED_HOSTS, "127.0.0.1"],
+        }
         if not settings.EMAIL_HOST:
             # Without SMTP, keep mail in memory rather than printing it over the timeline.
             overrides["EMAIL_BACKEND"] = "django.core.mail.backends.locmem.EmailBackend"

@@ -1,0 +1,107 @@
+"""The console websocket: authenticated operators only, every event forwarded."""
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from omoi_console.asgi import application
+from omoi_console.consumers import CLOSE_UNAUTHENTICATED
+from omoi_console.events import publish
+
+LOST = {"agent_id": "worker-01", "role": "worker", "last_heartbeat_at": None, "missed": 3}
+
+
+def communicator(token: str | None = None):
+    headers = [(b"origin", b"http://testserver"), (b"host", b"testserver")]
+    if token:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    return WebsocketCommunicator(application, "/ws/console/", headers=headers)
+
+
+async def receive_event(feed, name):
+    while True:
+        message = await feed.receive_json_from(timeout=5)
+        if message["type"] == "event" and message["event"]["name"] == name:
+            return message["event"]
+
+
+async def refused(feed) -> int:
+    connected, code = await feed.connect()
+    assert not connected
+    return code
+
+
+async def _feed_roundtrip(token):
+    feed = communicator(token)
+    connected, _ = await feed.connect()
+    assert connected
+    event = await database_sync_to_async(publish)("monitor.agent.heartbeat_lost", LOST)
+    received = await receive_event(feed, "monitor.agent.heartbeat_lost")
+    await feed.disconnect()
+    return event, received
+
+
+def run(coro):
+    import asyncio
+
+    return asyncio.run(coro)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_refuses_anonymous_and_bad_tokens():
+    assert run(refused(communicator())) == CLOSE_UNAUTHENTICATED
+    assert run(refused(communicator("omoi_op_0123456789ab_nope"))) == CLOSE_UNAUTHENTICATED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_forwards_events_to_operators(make_operator):
+    _, token = make_operator("viewer")
+    event, received = run(_feed_roundtrip(token))
+    assert received["id"] == str(event.id)
+    assert received["payload"]["agent_id"] == "worker-01"
+    assert received["trace_id"] == event.trace_id
+
+
+@pytest.mark.redis
+@pytest.mark.django_db(transaction=True)
+def test_it_forwards_events_through_redis(make_operator, settings):
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [settings.REDIS_URL], "prefix": "omoi-test"},
+        }
+    }
+    channel_layers.backends.clear()
+    try:
+        _, token = make_operator("viewer")
+        event, received = run(_feed_roundtrip(token))
+        assert received["id"] == str(event.id)
+    finally:
+        channel_layers.backends.clear()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_refuses_browsers_from_other_sites(make_operator):
+    _, token = make_operator("viewer")
+    feed = WebsocketCommunicator(
+        application,
+        "/ws/console/",
+        headers=[
+            (b"origin", b"http://evil.example"),
+            (b"host", b"testserver"),
+            (b"authorization", f"Bearer {token}".encode()),
+        ],
+    )
+    assert run(refused(feed)) != 0
+    accepted = WebsocketCommunicator(
+        application, "/ws/console/", headers=[(b"authorization", f"Bearer {token}".encode())]
+    )
+    assert run(_connects(accepted))
+
+
+async def _connects(feed) -> bool:
+    connected, _ = await feed.connect()
+    await feed.disconnect()
+    return connected

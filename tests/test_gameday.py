@@ -1,0 +1,76 @@
+import json
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from monitoring.models import Agent, AgentState
+
+# A short interval keeps the run to a few seconds: FAILED 5 s after the last heartbeat.
+FAST = {"agents": 6, "interval": 1.0}
+
+
+def run_gameday(tmp_path, **options):
+    report = tmp_path / "report.json"
+    out = StringIO()
+    error = None
+    try:
+        call_command("gameday", **FAST, **options, report=report, stdout=out)
+    except CommandError as exc:
+        error = exc
+    return json.loads(report.read_text()), out.getvalue(), error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_proves_the_whole_loop(tmp_path):
+    report, out, error = run_gameday(tmp_path)
+
+    assert error is None, out
+    assert report["passed"] is True
+    stages = {s["key"]: s for s in report["stages"]}
+    assert all(s["ok"] for s in stages.values()), out
+    order = [
+        "heartbeat_lost",
+        "alert_fired",
+        "remediation_started",
+        "agent_back",
+        "alert_resolved",
+    ]
+    offsets = [stages[key]["offset_seconds"] for key in order]
+    assert offsets == sorted(offsets)
+    # Detection cannot beat the FAILED deadline (3 intervals + 2 s skew) ...
+    assert stages["heartbeat_lost"]["offset_seconds"] >= 5.0
+    # ... and the loss chain shares one trace, the recovery chain another.
+    assert stages["alert_fired"]["trace_id"] == stages["heartbeat_lost"]["trace_id"]
+    assert stages["remediation_started"]["trace_id"] == stages["heartbeat_lost"]["trace_id"]
+    assert stages["alert_resolved"]["trace_id"] == stages["agent_back"]["trace_id"]
+    assert report["facts"]["loss_to_recovery_seconds"] <= report["facts"]["objective_seconds"]
+    assert "result: PASS" in out and "remediation verified" in out
+    # The fleet is retired afterwards.
+    assert not Agent.objects.exclude(state=AgentState.TERMINATED).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_fails_when_the_watchdog_is_disabled(tmp_path):
+    report, out, error = run_gameday(tmp_path, watchdog="off")
+
+    assert error is not None
+    assert "remediation started" in str(error)
+    assert report["passed"] is False
+    missing = {s["key"] for s in report["stages"] if not s["ok"]}
+    assert missing == {"remediation_started", "remediation_verified"}
+    assert "result: FAIL" in out
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_fails_when_recovery_misses_its_objective(tmp_path):
+    report, _, error = run_gameday(tmp_path, objective=5.5)
+
+    assert error is not None
+    assert any("exceeds 5.5s" in f for f in report["failures"])
+
+
+def test_it_refuses_nonsense_options():
+    with pytest.raises(CommandError, match="--agents"):
+        call_command("gameday", agents=0)

@@ -1,0 +1,64 @@
+"""Production refuses to start without a real SECRET_KEY; embedded needs nothing."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_settings(tmp_path, **env):
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "OMOI_MODE", "CELERY_BROKER_URL"}
+    }
+    clean.update(OMOI_DATA_DIR=str(tmp_path), **env)
+    code = (
+        "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='omoi_console.settings'; "
+        "from django.conf import settings; "
+        "print(settings.MODE, settings.DATABASES['default']['ENGINE'], "
+        "settings.CELERY_TASK_ALWAYS_EAGER, settings.CHANNEL_LAYERS['default']['BACKEND'])"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=clean, capture_output=True, text=True
+    )
+
+
+def test_it_runs_embedded_with_no_environment(tmp_path):
+    result = load_settings(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "embedded",
+        "django.db.backends.sqlite3",
+        "True",
+        "channels.layers.InMemoryChannelLayer",
+    ]
+    assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+
+
+def test_it_refuses_production_without_a_real_secret_key(tmp_path):
+    for key in ("", "short", "django-insecure-" + "x" * 40):
+        result = load_settings(
+            tmp_path, DATABASE_URL="postgres://u@127.0.0.1:5432/db", SECRET_KEY=key
+        )
+        assert result.returncode != 0
+        assert "SECRET_KEY" in result.stderr
+        assert key not in result.stderr or not key
+
+
+def test_it_runs_production_on_postgres_and_redis(tmp_path):
+    result = load_settings(
+        tmp_path,
+        DATABASE_URL="postgres://u@127.0.0.1:5432/db",
+        REDIS_URL="redis://127.0.0.1:6379/0",
+        SECRET_KEY="k" * 50,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "production",
+        "django.db.backends.postgresql",
+        "False",
+        "channels_redis.core.RedisChannelLayer",
+    ]
