@@ -210,11 +210,11 @@ class GameDay:
             return
         for message in self.console_messages:
             event = message.get("event") or {}
-            if event.get("name") == "monitor.alert.triggered":
-                if (event["payload"].get("labels") or {}).get("agent_id") == victim:
-                    stage.at, stage.trace_id = message["received_at"], event["trace_id"]
-                    stage.detail = "websocket"
-                    return
+            labels = (event.get("payload") or {}).get("labels") or {}
+            if event.get("name") == "monitor.alert.triggered" and labels.get("agent_id") == victim:
+                stage.at, stage.trace_id = message["received_at"], event["trace_id"]
+                stage.detail = "websocket"
+                return
 
     def _header(self, agents) -> str:
         roles = {}

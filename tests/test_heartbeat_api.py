@@ -69,7 +69,7 @@ def test_it_answers_401_for_a_wrong_or_revoked_token(api, registered_agent):
 @pytest.mark.django_db
 def test_it_forbids_one_agent_writing_another_agents_heartbeat(api, registered_agent):
     agent, _ = registered_agent
-    other, other_token = register_agent("worker-02", "worker")
+    _, other_token = register_agent("worker-02", "worker")
 
     assert_problem(post(api, agent.id, GOOD, other_token), 403)
     agent.refresh_from_db()
@@ -136,7 +136,7 @@ def test_it_answers_415_for_a_body_that_is_not_json(api, registered_agent):
 
 @pytest.mark.django_db
 def test_it_answers_409_for_a_terminated_agent(api, registered_agent, make_operator):
-    agent, token = registered_agent
+    agent, _ = registered_agent
     _, raw = AgentToken.issue(agent=agent, name="kept")
     terminate_agent(agent, reason="retired", actor="test")
     AgentToken.objects.filter(agent=agent).update(revoked_at=None)

@@ -21,7 +21,7 @@ def load_settings(tmp_path, **env):
         "print(settings.MODE, settings.DATABASES['default']['ENGINE'], "
         "settings.CELERY_TASK_ALWAYS_EAGER, settings.CHANNEL_LAYERS['default']['BACKEND'])"
     )
-    return subprocess.run(
+    return subprocess.run(  # noqa: S603  (our own interpreter, fixed code)
         [sys.executable, "-c", code], cwd=ROOT, env=clean, capture_output=True, text=True
     )
 
