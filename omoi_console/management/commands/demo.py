@@ -70,6 +70,7 @@ class Command(BaseCommand):
         fleet = SimulatedFleet(app.base_url, agents)
         await fleet.start()
         workers = [a.id for a in agents if a.role == "worker"]
+        faults: set[asyncio.Task] = set()
         try:
             while not stop.is_set():
                 every = options["fault_every"]
@@ -79,7 +80,9 @@ class Command(BaseCommand):
                     victim = random.choice(workers)  # noqa: S311
                     outage = 4 * options["interval"] + 2
                     self.stdout.write(f"  fault: {victim} goes silent for {outage:g}s")
-                    asyncio.create_task(fleet.silence(victim, outage))
+                    fault = asyncio.create_task(fleet.silence(victim, outage))
+                    faults.add(fault)
+                    fault.add_done_callback(faults.discard)
         finally:
             await fleet.stop()
             await app.stop()
