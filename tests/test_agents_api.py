@@ -1,0 +1,95 @@
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+from monitoring.models import Agent, AgentToken
+from tests.conftest import bearer
+
+
+@pytest.mark.django_db
+def test_it_registers_an_agent_and_shows_its_token_once(api, make_operator):
+    _, admin = make_operator("admin")
+    body = {"id": "worker-42", "role": "worker", "labels": {"zone": "a"}}
+
+    response = api.post("/api/v1/agents", body, format="json", **bearer(admin))
+
+    assert response.status_code == 201
+    token = response.json()["token"]
+    assert token.startswith("omoi_ag_")
+    stored = AgentToken.objects.get(agent_id="worker-42")
+    assert token not in (stored.token_hash, stored.lookup)
+    listed = api.get("/api/v1/agents/worker-42/tokens", **bearer(admin)).json()
+    assert "token" not in listed[0] and listed[0]["lookup"] == stored.lookup
+    heartbeat = api.post(
+        "/api/v1/agents/worker-42/heartbeat", {"state": "idle"}, format="json", **bearer(token)
+    )
+    assert heartbeat.status_code == 200
+
+
+@pytest.mark.django_db
+def test_it_refuses_registration_to_viewers_and_operators(api, make_operator):
+    for role in ("viewer", "operator"):
+        _, token = make_operator(role, username=f"{role}-x")
+        response = api.post(
+            "/api/v1/agents", {"id": "w-1", "role": "worker"}, format="json", **bearer(token)
+        )
+        assert response.status_code == 403
+    assert not Agent.objects.exists()
+
+
+@pytest.mark.django_db
+def test_it_names_bad_fields_and_refuses_duplicates(api, make_operator, registered_agent):
+    _, admin = make_operator("admin")
+    bad = api.post(
+        "/api/v1/agents", {"id": "Bad Id!", "role": "pilot"}, format="json", **bearer(admin)
+    )
+    assert bad.status_code == 422
+    assert {e["field"] for e in bad.json()["errors"]} == {"id", "role"}
+    dup = api.post(
+        "/api/v1/agents", {"id": "worker-01", "role": "worker"}, format="json", **bearer(admin)
+    )
+    assert dup.status_code == 422
+    assert AgentToken.objects.filter(agent_id="worker-01").count() == 1
+
+
+@pytest.mark.django_db
+def test_it_revokes_a_token_so_it_stops_working(api, make_operator, registered_agent):
+    agent, token = registered_agent
+    _, admin = make_operator("admin")
+    lookup = AgentToken.objects.get(agent=agent).lookup
+
+    assert api.delete(f"/api/v1/agents/{agent.id}/tokens/{lookup}", **bearer(admin)).status_code == 204
+    response = api.post(
+        f"/api/v1/agents/{agent.id}/heartbeat", {"state": "idle"}, format="json", **bearer(token)
+    )
+    assert response.status_code == 401
+
+
+@pytest.mark.django_db
+def test_viewers_read_the_fleet_but_agents_do_not(api, make_operator, registered_agent):
+    _, token = registered_agent
+    _, viewer = make_operator("viewer")
+    assert api.get("/api/v1/agents", **bearer(viewer)).json()["count"] == 1
+    assert api.get("/api/v1/agents", **bearer(token)).status_code == 403
+    assert api.get("/api/v1/agents").status_code == 401
+
+
+@pytest.mark.django_db
+def test_the_operators_command_issues_and_revokes_tokens(api, seeded, capsys):
+    call_command("operators", "create", "dana", "--role", "viewer")
+    call_command("operators", "token", "dana", "--name", "laptop")
+    raw = capsys.readouterr().out.strip().splitlines()[-1]
+    assert api.get("/api/v1/alerts", **bearer(raw)).status_code == 200
+
+    lookup = raw.split("_")[2]
+    call_command("operators", "revoke", lookup)
+    assert api.get("/api/v1/alerts", **bearer(raw)).status_code == 401
+    with pytest.raises(CommandError):
+        call_command("operators", "token", "nobody")
+
+
+@pytest.mark.django_db
+def test_the_agents_command_refuses_bad_ids(seeded):
+    with pytest.raises(CommandError, match="lowercase"):
+        call_command("agents", "register", "Bad Id", "--role", "worker")
+    assert not Agent.objects.exists()
