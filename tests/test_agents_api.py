@@ -58,7 +58,9 @@ def test_it_revokes_a_token_so_it_stops_working(api, make_operator, registered_a
     _, admin = make_operator("admin")
     lookup = AgentToken.objects.get(agent=agent).lookup
 
-    assert api.delete(f"/api/v1/agents/{agent.id}/tokens/{lookup}", **bearer(admin)).status_code == 204
+    assert (
+        api.delete(f"/api/v1/agents/{agent.id}/tokens/{lookup}", **bearer(admin)).status_code == 204
+    )
     response = api.post(
         f"/api/v1/agents/{agent.id}/heartbeat", {"state": "idle"}, format="json", **bearer(token)
     )
