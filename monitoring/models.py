@@ -96,6 +96,7 @@ class AgentToken(HashedToken):
     """Ingest token of one agent: it may only speak for that agent."""
 
     KIND = "ag"
+    OWNER = "agent"
 
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="tokens")
 

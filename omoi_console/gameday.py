@@ -268,6 +268,7 @@ class GameDay:
                 report.failures.append(
                     f"loss to recovery {loss_to_recovery:.1f}s exceeds {self.objective:g}s"
                 )
+        report.facts["console_messages"] = len(self.console_messages)
         if fleet is not None:
             report.facts["heartbeats"] = {
                 "responses": {str(k): v for k, v in sorted(fleet.responses.items())},

@@ -73,6 +73,7 @@ class OperatorToken(HashedToken):
     """API token for an operator; acts with the user's roles."""
 
     KIND = "op"
+    OWNER = "user"
 
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens"

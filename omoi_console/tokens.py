@@ -36,6 +36,7 @@ def split_token(raw: str, kind: str) -> str | None:
 
 class HashedToken(models.Model):
     KIND = ""  # set by subclasses: "op" for operators, "ag" for agents
+    OWNER = ""  # the foreign key to what the token stands for, fetched in the same query
 
     name = models.CharField(max_length=100, blank=True)
     lookup = models.CharField(max_length=12, unique=True, editable=False)
@@ -68,7 +69,11 @@ class HashedToken(models.Model):
         lookup = split_token(raw, cls.KIND)
         if lookup is None:
             return None
-        token = cls.objects.filter(lookup=lookup, revoked_at__isnull=True).first()
+        token = (
+            cls.objects.select_related(cls.OWNER)
+            .filter(lookup=lookup, revoked_at__isnull=True)
+            .first()
+        )
         if token is None or not hmac.compare_digest(token.token_hash, hash_token(raw)):
             return None
         now = timezone.now()

@@ -157,3 +157,17 @@ def test_it_stores_nothing_when_the_body_is_invalid(api, registered_agent):
 @pytest.mark.django_db
 def test_it_answers_problem_json_for_unknown_api_paths(api):
     assert_problem(api.get("/api/v1/nothing-here"), 404)
+
+
+@pytest.mark.django_db
+def test_it_keeps_a_routine_heartbeat_to_a_handful_of_queries(api, registered_agent):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    agent, token = registered_agent
+    post(api, agent.id, GOOD, token)  # first beat changes state; later ones do not
+    with CaptureQueriesContext(connection) as queries:
+        assert post(api, agent.id, GOOD, token).status_code == 200
+    # token+agent, lock agent, pending commands, update agent (+ savepoint bookkeeping)
+    statements = [q["sql"] for q in queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE"))]
+    assert len(statements) <= 4, statements

@@ -8,7 +8,3 @@ class IsAgent(BasePermission):
 
     def has_permission(self, request, view):
         return isinstance(request.user, AgentPrincipal)
-
-
-def is_agent_itself(request, agent) -> bool:
-    return isinstance(request.user, AgentPrincipal) and request.user.agent.pk == agent.pk

@@ -8,7 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from monitoring import services
-from monitoring.api.permissions import IsAgent, is_agent_itself
+from monitoring.api.permissions import IsAgent
 from monitoring.api.serializers import (
     AgentRegistrationSerializer,
     AgentSerializer,
@@ -30,8 +30,10 @@ class HeartbeatView(APIView):
 
     @extend_schema(request=HeartbeatSerializer, responses={200: None})
     def post(self, request, agent_id):
-        agent = get_object_or_404(Agent, pk=agent_id)
-        if not is_agent_itself(request, agent):
+        agent = request.user.agent
+        if agent.pk != agent_id:
+            # 404 for an id that does not exist, 403 for one that is not yours.
+            get_object_or_404(Agent, pk=agent_id)
             raise PermissionDenied("This token belongs to another agent.")
         serializer = HeartbeatSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
