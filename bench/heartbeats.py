@@ -79,7 +79,7 @@ async def run(options):
     from omoi_console.simulation import fleet_prefix, register_fleet
 
     agents = await sync_to_async(register_fleet)(fleet_prefix("bench"), options.agents, 5.0)
-    app = EmbeddedApp(ticker_periods={})
+    app = EmbeddedApp(with_ticker=False)
     await app.start()
     try:
 

@@ -24,10 +24,12 @@ class _Server(uvicorn.Server):
 
 
 class EmbeddedApp:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, ticker_periods=None):
+    def __init__(
+        self, host: str = "127.0.0.1", port: int = 0, ticker_periods=None, with_ticker=True
+    ):
         self.host = host
         self.requested_port = port
-        self.ticker = Ticker(ticker_periods)
+        self.ticker = Ticker(ticker_periods) if with_ticker else None
         self.port: int | None = None
         self._server: _Server | None = None
         self._task: asyncio.Task | None = None
@@ -53,10 +55,12 @@ class EmbeddedApp:
                 self._task.result()  # re-raise why it could not start
             await asyncio.sleep(0.01)
         bind_server_loop(asyncio.get_running_loop())
-        self.ticker.start()
+        if self.ticker is not None:
+            self.ticker.start()
 
     async def stop(self) -> None:
-        await asyncio.to_thread(self.ticker.stop)
+        if self.ticker is not None:
+            await asyncio.to_thread(self.ticker.stop)
         bind_server_loop(None)
         if self._server is not None:
             self._server.should_exit = True

@@ -16,6 +16,7 @@ urlpatterns = [
     path("", views.console, name="console"),
     path("console/state", views.console_state, name="console-state"),
     path("healthz", views.healthz, name="healthz"),
+    path("favicon.ico", views.favicon),
     path(
         "accounts/login/",
         auth_views.LoginView.as_view(template_name="registration/login.html"),

@@ -2,8 +2,9 @@
 
 from django.contrib.auth.decorators import login_required, permission_required
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.views.decorators.cache import cache_control
 
 from alerting.api.serializers import AlertSerializer
 from alerting.models import OPEN_STATUSES, Alert
@@ -58,3 +59,9 @@ def healthz(request):
     except Exception:
         return JsonResponse({"status": "error", "database": "unreachable"}, status=503)
     return JsonResponse({"status": "ok"})
+
+
+@cache_control(max_age=86400, public=True)
+def favicon(request):
+    # Browsers ask for it on every page, the error pages included; no icon yet.
+    return HttpResponse(status=204)

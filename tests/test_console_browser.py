@@ -1,0 +1,126 @@
+"""The console in a real browser (Debian's chromium driven by Playwright)."""
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from django.db import connections
+
+from omoi_console.embedded import EmbeddedApp
+from tests.conftest import CHROMIUM
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+WAIT_MS = 10_000
+
+
+def off_thread(func, *args, **kwargs):
+    """ORM work away from Playwright's event loop, which Django would refuse."""
+
+    def call():
+        try:
+            return func(*args, **kwargs)
+        finally:
+            connections.close_all()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(call).result(timeout=30)
+
+
+@pytest.fixture
+def server(settings):
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1"]
+    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    # No periodic checks: the test decides every state change itself.
+    app = EmbeddedApp(with_ticker=False)
+    asyncio.run_coroutine_threadsafe(app.start(), loop).result(30)
+    yield app
+    asyncio.run_coroutine_threadsafe(app.stop(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
+
+
+@pytest.fixture
+def console_errors():
+    """Errors the page logs; every test ends with none it did not expect."""
+    errors: list[str] = []
+    yield errors
+    assert errors == []
+
+
+@pytest.fixture
+def page(server, console_errors):
+    # Requested last by the tests: database fixtures must run before Playwright's
+    # loop starts, or Django refuses them as called from async code.
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(base_url=server.base_url)
+        page.on("console", lambda m: m.type == "error" and console_errors.append(m.text))
+        page.on("pageerror", lambda e: console_errors.append(str(e)))
+        yield page
+        browser.close()
+
+
+def log_in(page, username):
+    page.goto("/")
+    assert "/accounts/login/" in page.url
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", "pw-1234-x")
+    page.click("button[type=submit]")
+
+
+def test_it_asks_for_login_then_shows_the_fleet_live(registered_agent, make_operator, page):
+    from playwright.sync_api import expect
+
+    user, _ = off_thread(make_operator, "operator")
+    log_in(page, user.username)
+
+    expect(page.locator('#agents tbody tr[data-id="worker-01"]')).to_be_visible(timeout=WAIT_MS)
+    expect(page.locator("#live")).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+
+
+def test_it_updates_without_reload_when_an_agent_fails(registered_agent, make_operator, page):
+    from playwright.sync_api import expect
+
+    from monitoring.services import record_heartbeat
+
+    agent, _ = registered_agent
+    user, _ = off_thread(make_operator, "viewer")
+    log_in(page, user.username)
+    expect(page.locator("#live")).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+    loaded = page.evaluate("performance.timeOrigin")
+
+    off_thread(record_heartbeat, agent, state="failed")
+
+    state = page.locator('#agents tbody tr[data-id="worker-01"] td').nth(2)
+    expect(state).to_have_text("failed", timeout=WAIT_MS)
+    expect(page.locator('#events li[data-name="monitor.agent.state_changed"]').first).to_be_visible(
+        timeout=WAIT_MS
+    )
+    assert page.evaluate("performance.timeOrigin") == loaded  # same page, no reload
+
+
+def test_it_keeps_people_without_a_role_out(seeded, console_errors, page):
+    from django.contrib.auth import get_user_model
+
+    off_thread(get_user_model().objects.create_user, "nobody", password="pw-1234-x")
+    log_in(page, "nobody")
+    assert page.locator("body").inner_text().strip().startswith("403")
+    assert any("403" in error for error in console_errors)
+    console_errors.clear()
