@@ -82,6 +82,15 @@ class HashedToken(models.Model):
             token.last_used_at = now
         return token
 
+    @classmethod
+    def revoke_lookup(cls, lookup: str) -> bool:
+        """Revoke the token with this lookup id; False when there is none."""
+        token = cls.objects.filter(lookup=lookup).first()
+        if token is None:
+            return False
+        token.revoke()
+        return True
+
     def revoke(self):
         if self.revoked_at is None:
             self.revoked_at = timezone.now()

@@ -43,8 +43,6 @@ class Command(BaseCommand):
         self.stdout.write(f"token {token.lookup} for {username} (shown once):\n{raw}")
 
     def _revoke(self, lookup, **_):
-        token = OperatorToken.objects.filter(lookup=lookup).first()
-        if token is None:
+        if not OperatorToken.revoke_lookup(lookup):
             raise CommandError(f"no token {lookup!r}")
-        token.revoke()
         self.stdout.write(f"revoked {lookup}")
