@@ -68,7 +68,6 @@ class Options:
     interval: float = 5.0
     objective: float | None = None
     outage: float | None = None
-    watchdog: str | None = None
 
 
 @dataclass
@@ -143,6 +142,7 @@ class GameDay:
         # by when the watchdog has had its restart queued.
         self.outage = options.outage or self.failed_after + options.interval
         self.stages = {s.key: Stage(s.key, s.label) for s in STAGES}
+        self.t0: datetime | None = None  # the faulty agent's last heartbeat
         self.console_messages: list[dict] = []
         self.report = Report(run=self.run_id)
 
@@ -241,7 +241,7 @@ class GameDay:
 
     def _judge(self, fleet: SimulatedFleet | None) -> None:
         report = self.report
-        t0 = getattr(self, "t0", None)
+        t0 = self.t0
         previous = 0.0
         for spec in STAGES:
             stage = self.stages[spec.key]

@@ -1,4 +1,3 @@
-import asyncio
 import threading
 
 import pytest
@@ -154,9 +153,3 @@ def _closed_port() -> int:
     port = sock.getsockname()[1]
     sock.close()
     return port
-
-
-def test_the_inbox_fixture_records_mail():
-    inbox = Inbox()
-    asyncio.run(inbox.handle_DATA(None, None, "envelope"))
-    assert inbox.messages == ["envelope"] and inbox.received.is_set()

@@ -11,7 +11,7 @@ from monitoring.models import Agent, AgentState
 from omoi_console.events import publish
 from omoi_console.events.tracing import current_trace_ids
 from watchdog.adapters import get_adapter
-from watchdog.models import ActionStatus, RemediationAction, RemediationPolicy, Trigger
+from watchdog.models import ActionStatus, RemediationAction, RemediationPolicy
 
 log = structlog.get_logger(__name__)
 
@@ -170,6 +170,3 @@ def expire_unverified(now=None) -> list[RemediationAction]:
             log.error("watchdog.action_failed", action_id=action.pk, agent_id=action.agent_id)
             failed.append(action)
     return failed
-
-
-HEARTBEAT_LOST = Trigger.HEARTBEAT_LOST

@@ -55,7 +55,6 @@ class Command(BaseCommand):
                 interval=options["interval"],
                 objective=options["objective"],
                 outage=options["outage"],
-                watchdog=options["watchdog"],
             ),
             write=self.stdout.write,
         )
