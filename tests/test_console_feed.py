@@ -105,3 +105,15 @@ async def _connects(feed) -> bool:
     connected, _ = await feed.connect()
     await feed.disconnect()
     return connected
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_refuses_users_without_a_role(seeded):
+    from django.contrib.auth import get_user_model
+
+    from omoi_console.consumers import CLOSE_FORBIDDEN
+    from omoi_console.models import OperatorToken
+
+    user = get_user_model().objects.create_user("no-role")
+    _, raw = OperatorToken.issue(user=user)
+    assert run(refused(communicator(raw))) == CLOSE_FORBIDDEN

@@ -8,10 +8,10 @@ from omoi_console.api.problems import RequestTooLarge
 
 
 class BoundedJSONParser(JSONParser):
-    """JSON parser that refuses bodies over MAX_REQUEST_BYTES with 413.
+    """Strict JSON: UTF-8 only, no NaN/Infinity, at most MAX_REQUEST_BYTES.
 
-    DRF reads the request stream directly, which bypasses Django's
-    DATA_UPLOAD_MAX_MEMORY_SIZE check, so the bound is enforced here.
+    Django already refuses an oversized ``request.body`` (mapped to 413 by the
+    problem handler); the bound here covers any stream DRF hands over unread.
     """
 
     def parse(self, stream, media_type=None, parser_context=None):
