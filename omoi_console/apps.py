@@ -18,6 +18,7 @@ class OmoiConsoleConfig(AppConfig):
     verbose_name = "Omoi Console"
 
     def ready(self):
+        import omoi_console.api.schema  # noqa: F401  (registers the OpenAPI auth schemes)
         from omoi_console.events.broadcast import broadcast_event
         from omoi_console.events.registry import ALL, subscribe
 

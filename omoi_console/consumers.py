@@ -25,8 +25,8 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code):
         await self.channel_layer.group_discard(CONSOLE_GROUP, self.channel_name)
 
-    async def receive_json(self, content, **kwargs):
-        # The feed is one-way; anything a client sends is ignored.
+    async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        # The feed is one-way: whatever a client sends, JSON or not, is ignored.
         return
 
     async def event_message(self, message):

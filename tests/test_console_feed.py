@@ -117,3 +117,22 @@ def test_it_refuses_users_without_a_role(seeded):
     user = get_user_model().objects.create_user("no-role")
     _, raw = OperatorToken.issue(user=user)
     assert run(refused(communicator(raw))) == CLOSE_FORBIDDEN
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_ignores_whatever_a_client_sends(make_operator):
+    _, token = make_operator("viewer")
+
+    async def chatter():
+        feed = communicator(token)
+        await feed.connect()
+        await feed.send_to(text_data="this is not json {")
+        await feed.send_to(bytes_data=b"\x00\xff")
+        assert await feed.receive_nothing(timeout=0.2)
+        event = await database_sync_to_async(publish)("monitor.agent.heartbeat_lost", LOST)
+        received = await receive_event(feed, "monitor.agent.heartbeat_lost")
+        await feed.disconnect()
+        return event, received
+
+    event, received = run(chatter())
+    assert received["id"] == str(event.id)
