@@ -55,6 +55,10 @@ if PRODUCTION:
             "Production mode needs SECRET_KEY: at least 32 random characters "
             '(python -c "import secrets; print(secrets.token_urlsafe(50))").'
         )
+    if not REDIS_URL:
+        # Without it the web, worker and beat processes would each fall back to
+        # private in-memory queues and never hear from one another.
+        raise ImproperlyConfigured("Production mode needs REDIS_URL (channels, cache, broker).")
 elif not SECRET_KEY:
     SECRET_KEY = _embedded_secret_key()
 

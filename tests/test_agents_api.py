@@ -95,3 +95,17 @@ def test_the_agents_command_refuses_bad_ids(seeded):
     with pytest.raises(CommandError, match="lowercase"):
         call_command("agents", "register", "Bad Id", "--role", "worker")
     assert not Agent.objects.exists()
+
+
+@pytest.mark.django_db
+def test_it_serves_agents_whose_ids_contain_dots(api, make_operator):
+    from monitoring.services import register_agent
+
+    register_agent("worker.eu-1", "worker")
+    _, admin = make_operator("admin")
+    assert api.get("/api/v1/agents/worker.eu-1", **bearer(admin)).json()["id"] == "worker.eu-1"
+    assert api.get("/api/v1/agents/worker.eu-1/transitions", **bearer(admin)).status_code == 200
+    issued = api.post(
+        "/api/v1/agents/worker.eu-1/tokens", {"name": ""}, format="json", **bearer(admin)
+    )
+    assert issued.status_code == 201

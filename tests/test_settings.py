@@ -41,7 +41,10 @@ def test_it_runs_embedded_with_no_environment(tmp_path):
 def test_it_refuses_production_without_a_real_secret_key(tmp_path):
     for key in ("", "short", "django-insecure-" + "x" * 40):
         result = load_settings(
-            tmp_path, DATABASE_URL="postgres://u@127.0.0.1:5432/db", SECRET_KEY=key
+            tmp_path,
+            DATABASE_URL="postgres://u@127.0.0.1:5432/db",
+            REDIS_URL="redis://127.0.0.1:6379/0",
+            SECRET_KEY=key,
         )
         assert result.returncode != 0
         assert "SECRET_KEY" in result.stderr
@@ -62,3 +65,11 @@ def test_it_runs_production_on_postgres_and_redis(tmp_path):
         "False",
         "channels_redis.core.RedisChannelLayer",
     ]
+
+
+def test_it_refuses_production_without_redis(tmp_path):
+    result = load_settings(
+        tmp_path, DATABASE_URL="postgres://u@127.0.0.1:5432/db", SECRET_KEY="k" * 50
+    )
+    assert result.returncode != 0
+    assert "REDIS_URL" in result.stderr

@@ -1,7 +1,7 @@
 """How the watchdog reaches agents. ``local``: commands ride on heartbeat responses.
 
-An adapter for an external registry API plugs in beside LocalRegistryAdapter
-and is chosen by WATCHDOG_REGISTRY_ADAPTER.
+An adapter for an external registry API plugs in beside LocalRegistryAdapter in
+ADAPTERS; choosing one by setting comes with it.
 """
 
 from monitoring import services as monitoring

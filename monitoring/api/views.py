@@ -58,6 +58,8 @@ class AgentViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     queryset = Agent.objects.all()
     serializer_class = AgentSerializer
     permission_classes = [ModelPermissions]
+    # Agent ids may contain dots, which the router's default pattern excludes.
+    lookup_value_regex = r"[^/]+"
 
     def get_queryset(self):
         queryset = super().get_queryset()
