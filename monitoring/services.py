@@ -188,10 +188,11 @@ def record_heartbeat(
 def _reported_target(agent, reported, commands, restarted) -> tuple[str, str]:
     if agent.state == S.QUARANTINED:
         return agent.state, ""
-    if reported == S.FAILED:
-        return S.FAILED, "reported failed by the agent"
+    # A delivered restart wins over a failed report: the agent is about to restart.
     if any(c.kind == CommandKind.RESTART for c in commands):
         return S.RESTARTING, "restart command delivered"
+    if reported == S.FAILED:
+        return S.FAILED, "reported failed by the agent"
     if agent.state == S.RESTARTING and not restarted:
         return S.RESTARTING, ""
     if agent.state == S.RESTARTING:

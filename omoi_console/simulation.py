@@ -2,8 +2,10 @@
 
 Each agent runs a coroutine: heartbeat, obey the commands in the response
 (restart: pause briefly, come back idle and acknowledge), sleep one interval.
-``silence`` makes an agent go quiet right after its next heartbeat, the way a
-hung agent harness does, and resume after an outage.
+``silence`` makes an agent hang right after its next heartbeat: it goes quiet
+for an outage, then its harness reconnects and reports the agent failed until a
+restart command arrives. Only remediation brings it back, so a gameday's
+recovery proves that the watchdog healed it rather than that time passed.
 """
 
 import asyncio
@@ -34,6 +36,7 @@ class SimAgent:
     progress: float = 0.0
     acks: list[int] = field(default_factory=list)
     reported: str = "running"
+    wedged: bool = False
     silence_after_next: float | None = None
     last_beat_done: asyncio.Event = field(default_factory=asyncio.Event)
     resume: asyncio.Event = field(default_factory=asyncio.Event)
@@ -118,6 +121,7 @@ class SimulatedFleet:
                 outage, agent.silence_after_next = agent.silence_after_next, None
                 agent.last_beat_done.set()
                 await asyncio.sleep(outage)
+                agent.wedged = True
                 continue
             agent.last_beat_done.set()
             if restart:
@@ -131,10 +135,11 @@ class SimulatedFleet:
         if agent.progress >= 1.0:
             agent.task_number += 1
             agent.progress = 0.0
+        reported = "failed" if agent.wedged else agent.reported
         body = {
-            "state": agent.reported,
-            "task_id": f"task-{agent.task_number}" if agent.reported == "running" else "",
-            "progress": agent.progress if agent.reported == "running" else None,
+            "state": reported,
+            "task_id": f"task-{agent.task_number}" if reported == "running" else "",
+            "progress": agent.progress if reported == "running" else None,
             "acks": agent.acks,
         }
         try:
@@ -157,6 +162,7 @@ class SimulatedFleet:
             agent.acks.append(command["id"])
             if command["kind"] == "restart":
                 restart = True
+                agent.wedged = False
                 agent.restarts += 1
                 agent.reported = "idle"
                 agent.task_number += 1

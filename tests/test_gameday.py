@@ -1,4 +1,5 @@
 import json
+from datetime import datetime
 from io import StringIO
 
 import pytest
@@ -58,9 +59,21 @@ def test_it_fails_when_the_watchdog_is_disabled(tmp_path):
     assert error is not None
     assert "remediation started" in str(error)
     assert report["passed"] is False
+    # The hung agent is back on the wire but stays failed: nobody restarted it.
     missing = {s["key"] for s in report["stages"] if not s["ok"]}
-    assert missing == {"remediation_started", "remediation_verified"}
+    assert missing == {
+        "remediation_started",
+        "agent_back",
+        "alert_resolved",
+        "remediation_verified",
+    }
     assert "result: FAIL" in out
+    # It was heartbeating again after its outage, yet left FAILED only when retired.
+    victim = Agent.objects.get(pk=report["facts"]["victim"])
+    silent = victim.last_heartbeat_at - datetime.fromisoformat(report["facts"]["fault_at"])
+    assert silent.total_seconds() > report["facts"]["failed_after_seconds"]
+    left_failed = victim.transitions.filter(from_state=AgentState.FAILED)
+    assert list(left_failed.values_list("to_state", flat=True)) == [AgentState.TERMINATED]
 
 
 @pytest.mark.django_db(transaction=True)

@@ -52,6 +52,23 @@ def test_it_restarts_a_failed_worker_and_verifies_recovery(registered_agent):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_it_restarts_an_agent_that_still_reports_failure(registered_agent):
+    agent, _ = registered_agent
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        fail(agent, clock)
+        clock.shift(3)
+        wedged = record_heartbeat(agent, state="failed")
+        assert [c.kind for c in wedged.commands] == ["restart"]
+        assert wedged.agent.state == AgentState.RESTARTING
+
+        clock.shift(1)
+        back = record_heartbeat(agent, state="idle", acks=[wedged.commands[0].pk])
+
+    assert back.agent.state == AgentState.IDLE
+    assert RemediationAction.objects.get().status == ActionStatus.SUCCEEDED
+
+
+@pytest.mark.django_db(transaction=True)
 def test_it_stays_restarting_until_the_agent_acknowledges(registered_agent):
     agent, _ = registered_agent
     with time_machine.travel(timezone.now(), tick=False) as clock:

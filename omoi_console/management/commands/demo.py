@@ -1,4 +1,5 @@
 import asyncio
+import itertools
 import logging
 import random
 import secrets
@@ -69,7 +70,11 @@ class Command(BaseCommand):
         await app.start()
         fleet = SimulatedFleet(app.base_url, agents)
         await fleet.start()
+        # Take turns, so a worker is faulted again only after all the others: a
+        # repeat inside the watchdog's cooldown would leave it down on purpose.
         workers = [a.id for a in agents if a.role == "worker"]
+        random.shuffle(workers)
+        victims = itertools.cycle(workers)
         faults: set[asyncio.Task] = set()
         try:
             while not stop.is_set():
@@ -77,7 +82,7 @@ class Command(BaseCommand):
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=every or None)
                 except TimeoutError:
-                    victim = random.choice(workers)  # noqa: S311
+                    victim = next(victims)
                     outage = 4 * options["interval"] + 2
                     self.stdout.write(f"  fault: {victim} goes silent for {outage:g}s")
                     fault = asyncio.create_task(fleet.silence(victim, outage))
