@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from monitoring.models import Agent, AgentCommand, AgentToken, AgentTransition
+from omoi_console.tokens import HashedTokenAdmin
 
 
 class TransitionInline(admin.TabularInline):
@@ -34,21 +35,9 @@ class AgentAdmin(admin.ModelAdmin):
 
 
 @admin.register(AgentToken)
-class AgentTokenAdmin(admin.ModelAdmin):
+class AgentTokenAdmin(HashedTokenAdmin):
     list_display = ["lookup", "agent", "name", "created_at", "last_used_at", "revoked_at"]
-    list_filter = ["revoked_at"]
     search_fields = ["agent__id", "lookup", "name"]
-    readonly_fields = ["agent", "lookup", "created_at", "last_used_at"]
-    actions = ["revoke"]
-
-    def has_add_permission(self, request):
-        # Tokens are issued through the API or `manage.py agents`, which show them once.
-        return False
-
-    @admin.action(description="Revoke selected tokens")
-    def revoke(self, request, queryset):
-        for token in queryset:
-            token.revoke()
 
 
 @admin.register(AgentCommand)

@@ -1,6 +1,7 @@
 from django.contrib import admin
 
 from omoi_console.models import Event, OperatorToken
+from omoi_console.tokens import HashedTokenAdmin
 
 
 @admin.register(Event)
@@ -15,18 +16,6 @@ class EventAdmin(admin.ModelAdmin):
 
 
 @admin.register(OperatorToken)
-class OperatorTokenAdmin(admin.ModelAdmin):
+class OperatorTokenAdmin(HashedTokenAdmin):
     list_display = ["lookup", "user", "name", "created_at", "last_used_at", "revoked_at"]
-    list_filter = ["revoked_at"]
     search_fields = ["user__username", "lookup", "name"]
-    readonly_fields = ["user", "lookup", "created_at", "last_used_at"]
-    actions = ["revoke"]
-
-    def has_add_permission(self, request):
-        # Issued with `manage.py operators token`, which shows the token once.
-        return False
-
-    @admin.action(description="Revoke selected tokens")
-    def revoke(self, request, queryset):
-        for token in queryset:
-            token.revoke()

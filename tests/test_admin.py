@@ -1,0 +1,60 @@
+"""The Django admin: every page an admin can reach renders, and tokens are revoked, not made."""
+
+import pytest
+from django.contrib import admin
+from django.urls import reverse
+
+from alerting.services import fire_heartbeat_alerts
+from monitoring.models import AgentToken
+from omoi_console.models import Event, OperatorToken
+from omoi_console.roles import PRODUCT_APPS
+
+
+@pytest.fixture
+def admin_client(client, make_operator, registered_agent):
+    user, _ = make_operator("admin")
+    client.force_login(user)
+    # Something on every list page: an alert with notifications, events, tokens.
+    agent, _ = registered_agent
+    fire_heartbeat_alerts({"agent_id": agent.id, "role": agent.role})
+    return client
+
+
+def admin_url(model, view: str, *args) -> str:
+    return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{view}", args=args)
+
+
+@pytest.mark.django_db
+def test_it_renders_every_list_and_change_page_for_admins(admin_client):
+    product_models = [m for m in admin.site._registry if m._meta.app_label in PRODUCT_APPS]
+    assert len(product_models) >= 8
+    for model in product_models:
+        listing = admin_client.get(admin_url(model, "changelist"))
+        assert listing.status_code == 200, model
+        first = model._default_manager.first()
+        if first is not None:
+            assert admin_client.get(admin_url(model, "change", first.pk)).status_code == 200, model
+    assert Event.objects.exists()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("model", [AgentToken, OperatorToken])
+def test_it_revokes_tokens_but_never_creates_them(admin_client, model):
+    assert admin_client.get(admin_url(model, "add")).status_code == 403
+    token = model.objects.get()
+    response = admin_client.post(
+        admin_url(model, "changelist"),
+        {"action": "revoke", "_selected_action": [token.pk]},
+    )
+    assert response.status_code == 302
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+
+
+@pytest.mark.django_db
+def test_it_keeps_viewers_out_of_the_admin(client, make_operator):
+    user, _ = make_operator("viewer")
+    client.force_login(user)
+    response = client.get(admin_url(Event, "changelist"))
+    assert response.status_code == 302
+    assert reverse("admin:login") in response["Location"]
