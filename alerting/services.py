@@ -211,7 +211,9 @@ def claim_notification(notification_id: int) -> Notification | None:
     now = timezone.now()
     with transaction.atomic():
         notification = (
-            Notification.objects.select_for_update(skip_locked=True)
+            # of=self: locking the joined alert and rule too would make the
+            # alert's other notifications skip one another until the next retry.
+            Notification.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("alert", "alert__rule")
             .filter(
                 pk=notification_id,

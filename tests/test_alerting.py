@@ -3,6 +3,7 @@ import threading
 import pytest
 from aiosmtpd.controller import Controller
 from django.core import mail
+from django.db import connections, transaction
 from django.test import override_settings
 
 from alerting import services
@@ -153,3 +154,32 @@ def _closed_port() -> int:
     port = sock.getsockname()[1]
     sock.close()
     return port
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_it_claims_one_alerts_notifications_independently(registered_agent, monkeypatch):
+    monkeypatch.setattr(services, "enqueue_delivery", lambda notification_id: None)
+    services.fire_heartbeat_alerts(LOST)
+    console, email = Notification.objects.order_by("channel")
+    held, release = threading.Event(), threading.Event()
+
+    def hold_console_claim():
+        try:
+            with transaction.atomic():
+                assert services.claim_notification(console.pk) is not None
+                held.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    worker = threading.Thread(target=hold_console_claim)
+    worker.start()
+    try:
+        assert held.wait(10)
+        # The console delivery holds its row; the email beside it is still free.
+        assert services.claim_notification(email.pk) is not None
+        assert services.claim_notification(console.pk) is None
+    finally:
+        release.set()
+        worker.join(10)

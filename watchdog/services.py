@@ -112,7 +112,8 @@ def verify_recovery(agent_id: str) -> list[RemediationAction]:
     """The agent is healthy again: every action waiting on it succeeded."""
     done = []
     with transaction.atomic():
-        waiting = RemediationAction.objects.select_for_update().filter(
+        # of=self: the joined policy and agent rows are read, not claimed.
+        waiting = RemediationAction.objects.select_for_update(of=("self",)).filter(
             agent_id=agent_id, status=ActionStatus.STARTED
         )
         for action in waiting.select_related("policy", "agent"):
@@ -144,7 +145,7 @@ def expire_unverified(now=None) -> list[RemediationAction]:
     failed = []
     with transaction.atomic():
         overdue = (
-            RemediationAction.objects.select_for_update(skip_locked=True)
+            RemediationAction.objects.select_for_update(skip_locked=True, of=("self",))
             .filter(status=ActionStatus.STARTED, verify_by__lte=now)
             .select_related("policy", "agent")
         )
