@@ -12,15 +12,23 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
     """Live feed for the console: every bus event and console notification."""
 
     async def connect(self):
-        user = self.scope.get("user")
-        if user is None or not user.is_authenticated:
-            await self.close(code=CLOSE_UNAUTHENTICATED)
-            return
-        if not await database_sync_to_async(user.has_perm)("omoi_console.view_event"):
-            await self.close(code=CLOSE_FORBIDDEN)
+        refusal = await self.refusal()
+        if refusal:
+            # Accept, then close: servers answer a close before accept with a bare
+            # HTTP 403, and the browser would never learn why it was turned away.
+            await self.accept()
+            await self.close(code=refusal)
             return
         await self.channel_layer.group_add(CONSOLE_GROUP, self.channel_name)
         await self.accept()
+
+    async def refusal(self) -> int | None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            return CLOSE_UNAUTHENTICATED
+        if not await database_sync_to_async(user.has_perm)("omoi_console.view_event"):
+            return CLOSE_FORBIDDEN
+        return None
 
     async def disconnect(self, code):
         await self.channel_layer.group_discard(CONSOLE_GROUP, self.channel_name)

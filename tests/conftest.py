@@ -4,9 +4,11 @@ With REQUIRE_SERVICES=1 (CI) a test marked postgres/redis/browser never skips:
 a missing service fails the run.
 """
 
+import asyncio
 import os
 import shutil
 import socket
+import threading
 from urllib.parse import urlparse
 
 import pytest
@@ -14,6 +16,7 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from omoi_console.celery import app as celery_app
+from omoi_console.embedded import EmbeddedApp
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -113,3 +116,21 @@ def api():
 
 def bearer(token: str) -> dict:
     return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+
+
+@pytest.fixture
+def server(settings):
+    """The app served over real HTTP and websockets on a loopback port, in a thread."""
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1"]
+    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    # No periodic checks: the test decides every state change itself.
+    app = EmbeddedApp(with_ticker=False)
+    asyncio.run_coroutine_threadsafe(app.start(), loop).result(30)
+    yield app
+    asyncio.run_coroutine_threadsafe(app.stop(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()

@@ -1,13 +1,10 @@
 """The console in a real browser (Debian's chromium driven by Playwright)."""
 
-import asyncio
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from django.db import connections
 
-from omoi_console.embedded import EmbeddedApp
 from tests.conftest import CHROMIUM
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -35,23 +32,6 @@ def off_thread(func, *args, **kwargs):
 
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(call).result(timeout=30)
-
-
-@pytest.fixture
-def server(settings):
-    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1"]
-    settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = False
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    # No periodic checks: the test decides every state change itself.
-    app = EmbeddedApp(with_ticker=False)
-    asyncio.run_coroutine_threadsafe(app.start(), loop).result(30)
-    yield app
-    asyncio.run_coroutine_threadsafe(app.stop(), loop).result(30)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
-    loop.close()
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """The console websocket: authenticated operators only, every event forwarded."""
 
 import pytest
+import websockets
 from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
@@ -26,9 +27,13 @@ async def receive_event(feed, name):
 
 
 async def refused(feed) -> int:
-    connected, code = await feed.connect()
-    assert not connected
-    return code
+    """The close code of a refused connection, which is accepted only to say why."""
+    connected, _ = await feed.connect()
+    assert connected
+    message = await feed.receive_output(timeout=5)
+    assert message["type"] == "websocket.close"
+    assert await feed.receive_nothing(timeout=0.1)  # and nothing is forwarded
+    return message["code"]
 
 
 async def _feed_roundtrip(token):
@@ -94,7 +99,7 @@ def test_it_refuses_browsers_from_other_sites(make_operator):
             (b"authorization", f"Bearer {token}".encode()),
         ],
     )
-    assert run(refused(feed)) != 0
+    assert run(_connects(feed)) is False  # the handshake itself is refused
     accepted = WebsocketCommunicator(
         application, "/ws/console/", headers=[(b"authorization", f"Bearer {token}".encode())]
     )
@@ -136,3 +141,26 @@ def test_it_ignores_whatever_a_client_sends(make_operator):
 
     event, received = run(chatter())
     assert received["id"] == str(event.id)
+
+
+async def close_code_over_the_wire(url: str, headers: dict) -> int:
+    async with websockets.connect(url, additional_headers=headers) as socket:
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await socket.recv()
+    return closed.value.rcvd.code
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_real_server_tells_the_client_why_it_was_refused(server, seeded):
+    from django.contrib.auth import get_user_model
+
+    from omoi_console.consumers import CLOSE_FORBIDDEN
+    from omoi_console.models import OperatorToken
+
+    _, no_role = OperatorToken.issue(user=get_user_model().objects.create_user("no-role"))
+    url = f"ws://127.0.0.1:{server.port}/ws/console/"
+    origin = {"Origin": "http://127.0.0.1"}
+
+    assert run(close_code_over_the_wire(url, origin)) == CLOSE_UNAUTHENTICATED
+    forbidden = {**origin, "Authorization": f"Bearer {no_role}"}
+    assert run(close_code_over_the_wire(url, forbidden)) == CLOSE_FORBIDDEN

@@ -64,8 +64,14 @@
     if (refreshTimer) return;
     refreshTimer = setTimeout(async () => {
       refreshTimer = null;
-      const response = await fetch("/console/state", { credentials: "same-origin" });
-      if (response.ok) {
+      let response;
+      try {
+        response = await fetch("/console/state", { credentials: "same-origin" });
+      } catch (error) {
+        return; // server unreachable: the socket's reconnect loop brings us back
+      }
+      // Redirected means the session ended (to the login page): not a snapshot.
+      if (response.ok && !response.redirected) {
         const events = state.events;
         state = await response.json();
         state.events = mergeEvents(events, state.events);
