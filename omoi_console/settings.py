@@ -52,7 +52,8 @@ SECRET_KEY = env_str("SECRET_KEY")
 if PRODUCTION:
     if len(SECRET_KEY) < 32 or SECRET_KEY.startswith("django-insecure"):
         raise ImproperlyConfigured(
-            "Production mode needs SECRET_KEY: at least 32 random characters "
+            "Production mode needs SECRET_KEY: at least 32 random characters, not Django's "
+            "'django-insecure' placeholder "
             '(python -c "import secrets; print(secrets.token_urlsafe(50))").'
         )
     if not REDIS_URL:
@@ -198,6 +199,9 @@ if EMAIL_HOST:
 else:
     EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "omoi-console@localhost")
+# The console backend is a stand-in for trying things out; in production, mail
+# that only reaches a worker's log is mail nobody reads.
+MAIL_DELIVERED = bool(EMAIL_HOST or env_str("EMAIL_BACKEND"))
 
 # --- auth ---------------------------------------------------------------------
 
@@ -257,6 +261,9 @@ USE_TZ = True
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
 LOG_FORMAT = env_choice("LOG_FORMAT", ("json", "console"), "json")
+# Beat sends several ticks a second, and Celery logs each one when it is sent,
+# received and done: below DEBUG that would drown everything else.
+TICK_LOG_LEVEL = "DEBUG" if LOG_LEVEL == "DEBUG" else "WARNING"
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -274,6 +281,9 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
         "uvicorn.access": {"level": "WARNING"},
         "celery": {"level": LOG_LEVEL},
+        "celery.beat": {"level": TICK_LOG_LEVEL},
+        "celery.worker.strategy": {"level": TICK_LOG_LEVEL},
+        "celery.app.trace": {"level": TICK_LOG_LEVEL},
     },
 }
 OTEL_SERVICE_NAME = env_str("OTEL_SERVICE_NAME", "omoi-console")
@@ -293,7 +303,12 @@ HEARTBEAT_FAILED_AFTER_MISSES = 3
 EVENT_REDISPATCH_AFTER_SECONDS = env_float("OMOI_EVENT_REDISPATCH_AFTER", 10.0)
 EVENT_MAX_ATTEMPTS = env_int("OMOI_EVENT_MAX_ATTEMPTS", 10)
 
-ALERT_EMAIL_RECIPIENTS = env_list("OMOI_ALERT_EMAIL_TO", ["oncall@localhost"])
+ALERT_EMAIL_RECIPIENTS = env_list("OMOI_ALERT_EMAIL_TO", [] if PRODUCTION else ["oncall@localhost"])
+if PRODUCTION and ALERT_EMAIL_RECIPIENTS and not MAIL_DELIVERED:
+    raise ImproperlyConfigured(
+        "OMOI_ALERT_EMAIL_TO is set but no mail server is: set EMAIL_HOST (SMTP) "
+        "or EMAIL_BACKEND, or leave OMOI_ALERT_EMAIL_TO empty to turn alert mail off."
+    )
 NOTIFICATION_MAX_ATTEMPTS = env_int("OMOI_NOTIFICATION_MAX_ATTEMPTS", 5)
 
 WATCHDOG_MODE = env_choice("OMOI_WATCHDOG_MODE", ("on", "off", "dry-run"), "on")

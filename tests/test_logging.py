@@ -4,6 +4,7 @@ import logging
 import structlog
 
 from observability.logging import REDACTED, structured_formatter
+from omoi_console.celery import app as celery_app
 
 
 def test_it_never_writes_secrets_to_the_log():
@@ -35,3 +36,16 @@ class _Buffer:
 
     def flush(self):
         pass
+
+
+def test_celery_workers_keep_the_structured_log(monkeypatch):
+    root = logging.getLogger()
+    before = [(handler, handler.formatter) for handler in root.handlers]
+    monkeypatch.setattr(celery_app.log, "already_setup", False)
+
+    # What a worker or beat does with its logging when it starts.
+    handled = celery_app.log.setup_logging_subsystem(loglevel="INFO")
+
+    assert handled
+    assert [(handler, handler.formatter) for handler in root.handlers] == before
+    assert isinstance(before[0][1], structlog.stdlib.ProcessorFormatter)

@@ -8,18 +8,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def load_settings(tmp_path, **env):
+OURS = {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "OMOI_MODE", "CELERY_BROKER_URL"}
+BACKENDS = (
+    "settings.MODE, settings.DATABASES['default']['ENGINE'], "
+    "settings.CELERY_TASK_ALWAYS_EAGER, settings.CHANNEL_LAYERS['default']['BACKEND']"
+)
+PRODUCTION = {
+    "DATABASE_URL": "postgres://u@127.0.0.1:5432/db",
+    "REDIS_URL": "redis://127.0.0.1:6379/0",
+    "SECRET_KEY": "k" * 50,
+}
+
+
+def load_settings(tmp_path, show: str = BACKENDS, **env):
+    """Import the settings in a fresh interpreter with exactly ``env``; print ``show``."""
     clean = {
         k: v
         for k, v in os.environ.items()
-        if k not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "OMOI_MODE", "CELERY_BROKER_URL"}
+        if k not in OURS and not k.startswith(("EMAIL_", "OMOI_"))
     }
     clean.update(OMOI_DATA_DIR=str(tmp_path), **env)
     code = (
         "import django, os; os.environ['DJANGO_SETTINGS_MODULE']='omoi_console.settings'; "
-        "from django.conf import settings; "
-        "print(settings.MODE, settings.DATABASES['default']['ENGINE'], "
-        "settings.CELERY_TASK_ALWAYS_EAGER, settings.CHANNEL_LAYERS['default']['BACKEND'])"
+        f"from django.conf import settings; print({show})"
     )
     return subprocess.run(  # noqa: S603  (our own interpreter, fixed code)
         [sys.executable, "-c", code], cwd=ROOT, env=clean, capture_output=True, text=True
@@ -40,24 +51,14 @@ def test_it_runs_embedded_with_no_environment(tmp_path):
 
 def test_it_refuses_production_without_a_real_secret_key(tmp_path):
     for key in ("", "short", "django-insecure-" + "x" * 40):
-        result = load_settings(
-            tmp_path,
-            DATABASE_URL="postgres://u@127.0.0.1:5432/db",
-            REDIS_URL="redis://127.0.0.1:6379/0",
-            SECRET_KEY=key,
-        )
+        result = load_settings(tmp_path, **{**PRODUCTION, "SECRET_KEY": key})
         assert result.returncode != 0
         assert "SECRET_KEY" in result.stderr
         assert key not in result.stderr or not key
 
 
 def test_it_runs_production_on_postgres_and_redis(tmp_path):
-    result = load_settings(
-        tmp_path,
-        DATABASE_URL="postgres://u@127.0.0.1:5432/db",
-        REDIS_URL="redis://127.0.0.1:6379/0",
-        SECRET_KEY="k" * 50,
-    )
+    result = load_settings(tmp_path, **PRODUCTION)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
         "production",
@@ -68,8 +69,30 @@ def test_it_runs_production_on_postgres_and_redis(tmp_path):
 
 
 def test_it_refuses_production_without_redis(tmp_path):
-    result = load_settings(
-        tmp_path, DATABASE_URL="postgres://u@127.0.0.1:5432/db", SECRET_KEY="k" * 50
-    )
+    result = load_settings(tmp_path, **{**PRODUCTION, "REDIS_URL": ""})
     assert result.returncode != 0
     assert "REDIS_URL" in result.stderr
+
+
+def test_it_sends_alert_mail_in_production_only_through_a_real_mail_server(tmp_path):
+    show = "settings.ALERT_EMAIL_RECIPIENTS, settings.EMAIL_BACKEND"
+    quiet = load_settings(tmp_path, show, **PRODUCTION)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.startswith("[] ")  # no recipients: the email channel is off
+
+    nowhere = load_settings(tmp_path, show, OMOI_ALERT_EMAIL_TO="oncall@example.org", **PRODUCTION)
+    assert nowhere.returncode != 0
+    assert "EMAIL_HOST" in nowhere.stderr
+
+    smtp = load_settings(
+        tmp_path,
+        show,
+        OMOI_ALERT_EMAIL_TO="oncall@example.org",
+        EMAIL_HOST="smtp.example.org",
+        **PRODUCTION,
+    )
+    assert smtp.returncode == 0, smtp.stderr
+    assert smtp.stdout.split() == [
+        "['oncall@example.org']",
+        "django.core.mail.backends.smtp.EmailBackend",
+    ]
