@@ -85,6 +85,7 @@ INSTALLED_APPS = [
     "django_prometheus",
     "rest_framework",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
     "django_celery_beat",
     "omoi_console",
@@ -242,6 +243,12 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Heartbeats, alerts and remediation for fleets of AI coding agents.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from our own static files: the API docs work without internet
+    # access, and their version is pinned in uv.lock.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # One name for a choice set that several serializers share.
+    "ENUM_NAME_OVERRIDES": {"AgentRoleEnum": "monitoring.models.AgentRole"},
 }
 
 # --- static, i18n -------------------------------------------------------------
