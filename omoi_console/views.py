@@ -1,6 +1,9 @@
 """The operator console: one page, kept live by the websocket feed."""
 
+import structlog
+from django.conf import settings
 from django.contrib.auth.decorators import login_required, permission_required
+from django.core.cache import cache
 from django.db import connection
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -13,6 +16,8 @@ from monitoring.models import Agent, AgentState
 from omoi_console.models import Event
 from watchdog.api.serializers import RemediationActionSerializer
 from watchdog.models import RemediationAction
+
+log = structlog.get_logger(__name__)
 
 RECENT = 50
 
@@ -52,13 +57,34 @@ def console_state(request):
 
 
 def healthz(request):
-    """Liveness and database reachability for load balancers."""
+    """Readiness for load balancers: the database and, in production, Redis answer."""
+    checks = {"database": _reachable(_ping_database)}
+    if settings.REDIS_URL:
+        checks["redis"] = _reachable(_ping_cache)
+    healthy = all(state == "ok" for state in checks.values())
+    return JsonResponse(
+        {"status": "ok" if healthy else "error", **checks}, status=200 if healthy else 503
+    )
+
+
+def _reachable(ping) -> str:
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        ping()
     except Exception:
-        return JsonResponse({"status": "error", "database": "unreachable"}, status=503)
-    return JsonResponse({"status": "ok"})
+        # Why it failed belongs in the log, not in an unauthenticated response.
+        log.warning("healthz.unreachable", check=ping.__name__, exc_info=True)
+        return "unreachable"
+    return "ok"
+
+
+def _ping_database() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _ping_cache() -> None:
+    # Redis carries the channel layer and the broker too; the cache is the cheap probe.
+    cache.get("healthz")
 
 
 @cache_control(max_age=86400, public=True)

@@ -9,7 +9,7 @@ from django.test import override_settings
 from alerting import services
 from alerting.models import Alert, AlertStatus, Notification, NotificationStatus
 from monitoring.services import check_heartbeats, record_heartbeat
-from tests.conftest import bearer
+from tests.conftest import bearer, free_port
 
 LOST = {"agent_id": "worker-01", "role": "worker", "last_heartbeat_at": None, "missed": 3}
 
@@ -28,7 +28,7 @@ class Inbox:
 @pytest.fixture
 def smtp_server():
     inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=_closed_port())
+    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
     controller.start()
     yield inbox, controller.port
     controller.stop()
@@ -73,7 +73,7 @@ def test_it_delivers_email_over_real_smtp(smtp_server, registered_agent):
 
 @pytest.mark.django_db(transaction=True)
 def test_it_retries_email_when_smtp_is_down_and_keeps_the_error(registered_agent):
-    closed_port = _closed_port()
+    closed_port = free_port()
     with override_settings(
         EMAIL_BACKEND="django.core.mail.backends.smtp.EmailBackend",
         EMAIL_HOST="127.0.0.1",
@@ -144,16 +144,6 @@ def test_it_refuses_to_acknowledge_a_resolved_alert(api, make_operator, register
     response = api.post(f"/api/v1/alerts/{alert.pk}/acknowledge", **bearer(token))
     assert response.status_code == 409
     assert api.post("/api/v1/alerts/999999/acknowledge", **bearer(token)).status_code == 404
-
-
-def _closed_port() -> int:
-    import socket
-
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    return port
 
 
 @pytest.mark.postgres
