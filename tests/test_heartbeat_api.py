@@ -98,6 +98,48 @@ def test_it_answers_400_for_malformed_json(api, registered_agent):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ('{"state": "\\ud800"}', "lone surrogate"),
+        ('{"state": "running", "labels": {"\\udfff": "x"}}', "lone surrogate"),
+        ('{"state": "running", "task_id": "a\\u0000b"}', "NUL"),
+        ('{"state": "running", "x": {"k\\u0000": 1}}', "NUL"),
+        ('{"state": "bogus", "state": "running"}', "duplicate key 'state'"),
+        ('{"state": "running", "x": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+    ],
+)
+def test_it_answers_400_for_json_it_could_not_store(api, registered_agent, body, says):
+    agent, token = registered_agent
+
+    problem = assert_problem(post(api, agent.id, body, token), 400)
+
+    assert says in problem["detail"]
+    agent.refresh_from_db()
+    assert agent.last_heartbeat_at is None
+
+
+@pytest.mark.django_db
+def test_it_keeps_text_that_merely_looks_like_an_escape(api, registered_agent):
+    agent, token = registered_agent
+    body = {"state": "running", "task_id": "literal \\u0000 and \U0001f916"}
+    assert post(api, agent.id, body, token).status_code == 200
+    agent.refresh_from_db()
+    assert agent.current_task == body["task_id"]
+
+
+@pytest.mark.django_db
+def test_it_answers_415_for_other_charsets_and_compressed_bodies(api, registered_agent):
+    agent, token = registered_agent
+    latin = post(api, agent.id, GOOD, token, content_type="application/json; charset=latin-1")
+    assert_problem(latin, 415)
+    gzipped = post(api, agent.id, GOOD, token, HTTP_CONTENT_ENCODING="gzip")
+    assert_problem(gzipped, 415)
+    utf8 = post(api, agent.id, GOOD, token, content_type="application/json; charset=UTF-8")
+    assert utf8.status_code == 200
+
+
+@pytest.mark.django_db
 def test_it_answers_422_naming_each_bad_field(api, registered_agent):
     agent, token = registered_agent
     body = {"state": "dancing", "progress": "lots", "acks": ["x"]}

@@ -1,14 +1,22 @@
 import json
 
 from django.conf import settings
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.parsers import JSONParser
 
 from omoi_console.api.problems import RequestTooLarge
 
+UTF_8 = {"utf-8", "utf8"}
+
 
 class BoundedJSONParser(JSONParser):
-    """Strict JSON: UTF-8 only, no NaN/Infinity, at most MAX_REQUEST_BYTES.
+    """Strict JSON: UTF-8 only, at most MAX_REQUEST_BYTES, and only what we can store.
+
+    Refused with 400: NaN/Infinity, duplicate keys (which one did the client
+    mean?), lone surrogates and NUL characters (no database column or renderer
+    takes them, even as dictionary keys), and nesting deep enough to exhaust
+    the parser's recursion.
+    Refused with 415: another charset or a compressed body.
 
     Django already refuses an oversized ``request.body`` (mapped to 413 by the
     problem handler); the bound here covers any stream DRF hands over unread.
@@ -17,17 +25,74 @@ class BoundedJSONParser(JSONParser):
     def parse(self, stream, media_type=None, parser_context=None):
         limit = settings.MAX_REQUEST_BYTES
         request = (parser_context or {}).get("request")
-        declared = request.META.get("CONTENT_LENGTH") if request is not None else None
+        meta = request.META if request is not None else {}
+        refuse_unsupported_encoding(meta, media_type or "")
+        declared = meta.get("CONTENT_LENGTH")
         if declared and declared.isdigit() and int(declared) > limit:
             raise RequestTooLarge(f"Request body exceeds {limit} bytes.")
         body = stream.read(limit + 1)
         if len(body) > limit:
             raise RequestTooLarge(f"Request body exceeds {limit} bytes.")
         try:
-            return json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
+            data = json.loads(
+                body.decode("utf-8"),
+                parse_constant=_refuse_constant,
+                object_pairs_hook=_refuse_duplicate_keys,
+            )
+        except RecursionError:
+            raise ParseError("Malformed JSON: nested too deeply.") from None
         except (UnicodeDecodeError, ValueError) as exc:
             raise ParseError(f"Malformed JSON: {exc}") from None
+        problem = unstorable_text(data)
+        if problem:
+            raise ParseError(f"Malformed JSON: strings may not contain {problem}.")
+        return data
+
+
+def unstorable_text(data) -> str | None:
+    """Name what no column or renderer takes (NUL, a lone surrogate), in keys or values."""
+    pending = [data]
+    while pending:  # iterative: the parser has already allowed the nesting depth
+        item = pending.pop()
+        if isinstance(item, dict):
+            pending.extend(item.values())
+            texts = item.keys()
+        elif isinstance(item, list):
+            pending.extend(item)
+            continue
+        elif isinstance(item, str):
+            texts = (item,)
+        else:
+            continue
+        for text in texts:
+            if "\x00" in text:
+                return "NUL (\\u0000)"
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    return "a lone surrogate"
+    return None
+
+
+def refuse_unsupported_encoding(meta: dict, media_type: str) -> None:
+    encoding = meta.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(media_type, f"Content-Encoding {encoding!r} is not supported.")
+    for parameter in media_type.split(";")[1:]:
+        name, _, value = parameter.partition("=")
+        if name.strip().lower() == "charset" and value.strip().strip('"').lower() not in UTF_8:
+            raise UnsupportedMediaType(media_type, "JSON bodies must be UTF-8.")
 
 
 def _refuse_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen = set()
+        duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ValueError(f"duplicate key {duplicate!r}")
+    return result
