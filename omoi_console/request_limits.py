@@ -1,0 +1,75 @@
+"""The request-body bound, enforced before Django reads a byte of the body.
+
+Django's ASGI handler reads the whole body before any view or middleware runs,
+and DRF ignores a body sent without Content-Length (chunked). This wrapper
+answers 413 for a declared length over the bound without reading it, reads a
+chunked body only up to the bound, and hands Django a chunked body that fits
+with its Content-Length set, so that DRF parses it like any other.
+"""
+
+import json
+
+from django.conf import settings
+
+
+class BoundedRequestBody:
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        limit = settings.MAX_REQUEST_BYTES
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                return await refuse(send, 400, "Content-Length must be a whole number of bytes.")
+            if int(declared) > limit:
+                return await refuse(send, 413, f"Request body exceeds {limit} bytes.")
+            return await self.app(scope, receive, send)
+
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return None
+            body += message.get("body", b"")
+            if len(body) > limit:
+                return await refuse(send, 413, f"Request body exceeds {limit} bytes.")
+            if not message.get("more_body", False):
+                break
+        if body:
+            length = (b"content-length", str(len(body)).encode())
+            scope = {**scope, "headers": [*scope["headers"], length]}
+        return await self.app(scope, replay(bytes(body), receive), send)
+
+
+def replay(body: bytes, receive):
+    sent = False
+
+    async def replayed():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # afterwards only a disconnect can come
+
+    return replayed
+
+
+async def refuse(send, status: int, detail: str) -> None:
+    # Imported here: the problems module pulls in DRF, whose settings import our
+    # parser, which imports the problems module.
+    from omoi_console.api.problems import PROBLEM_CONTENT_TYPE, problem
+
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps(problem(status, detail)).encode()})

@@ -1,0 +1,66 @@
+"""The body bound as a client on the wire meets it: before Django reads the body."""
+
+import json
+import socket
+
+import httpx
+import pytest
+
+from monitoring.models import Agent
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+MIB = 1024 * 1024
+
+
+def chunks(body: bytes, size: int = 64 * 1024):
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+
+
+def heartbeat(server, agent_id: str, token: str, content, **headers) -> httpx.Response:
+    return httpx.post(
+        f"{server.base_url}/api/v1/agents/{agent_id}/heartbeat",
+        content=content,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            **headers,
+        },
+        timeout=10,
+    )
+
+
+def test_it_reads_a_chunked_heartbeat_like_any_other(server, registered_agent):
+    agent, token = registered_agent
+    body = json.dumps({"state": "running", "task_id": "chunked"}).encode()
+
+    response = heartbeat(server, agent.id, token, chunks(body, 8))
+
+    assert response.status_code == 200, response.text
+    assert Agent.objects.get(pk=agent.id).current_task == "chunked"
+
+
+def test_it_answers_413_to_a_chunked_body_over_the_bound(server, registered_agent):
+    agent, token = registered_agent
+    body = json.dumps({"state": "running", "task_id": "x" * (2 * MIB)}).encode()
+
+    response = heartbeat(server, agent.id, token, chunks(body))
+
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+    assert Agent.objects.get(pk=agent.id).last_heartbeat_at is None
+
+
+def test_it_answers_a_declared_oversize_before_the_body_is_sent(server, registered_agent):
+    agent, token = registered_agent
+    request = (
+        f"POST /api/v1/agents/{agent.id}/heartbeat HTTP/1.1\r\n"
+        f"Host: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {50 * MIB}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(request.encode())  # and not one byte of the 50 MiB
+        status_line = sock.recv(4096).split(b"\r\n", 1)[0]
+
+    assert status_line == b"HTTP/1.1 413 Request Entity Too Large"
