@@ -6,8 +6,9 @@ from django.utils import timezone
 
 from omoi_console.tokens import HashedToken
 
+AGENT_ID_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
 agent_id_validator = RegexValidator(
-    r"^[a-z0-9][a-z0-9._-]{0,63}$",
+    rf"^{AGENT_ID_PATTERN}\Z",
     "Use 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit.",
 )
 

@@ -62,7 +62,10 @@ def register_agent(
     heartbeat_interval: float | None = None,
     actor: str = "system",
 ) -> tuple[Agent, str]:
-    """Create an agent and its first ingest token; return the token's plaintext once."""
+    """Create an agent and its first ingest token; return the token's plaintext once.
+
+    Raises ValidationError for a malformed id or role, IntegrityError for a taken id.
+    """
     now = timezone.now()
     with transaction.atomic():
         agent = Agent(
@@ -73,7 +76,9 @@ def register_agent(
             created_at=now,
             state_changed_at=now,
         )
-        agent.full_clean()
+        # Uniqueness is the primary key's job: a concurrent registration of the
+        # same id then fails as IntegrityError, which callers answer with 409.
+        agent.full_clean(validate_unique=False)
         agent.overdue_at = miss_deadline(agent, now, 1)
         agent.save(force_insert=True)
         AgentTransition.objects.create(

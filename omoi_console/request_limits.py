@@ -62,14 +62,17 @@ async def refuse(send, status: int, detail: str) -> None:
     # parser, which imports the problems module.
     from omoi_console.api.problems import PROBLEM_CONTENT_TYPE, problem
 
+    body = json.dumps(problem(status, detail)).encode()
     await send(
         {
             "type": "http.response.start",
             "status": status,
             "headers": [
                 (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
+                (b"content-length", str(len(body)).encode()),
+                # The rest of the body is never read, so the connection cannot be reused.
                 (b"connection", b"close"),
             ],
         }
     )
-    await send({"type": "http.response.body", "body": json.dumps(problem(status, detail)).encode()})
+    await send({"type": "http.response.body", "body": body})

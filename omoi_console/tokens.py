@@ -8,6 +8,7 @@ would only add latency to every heartbeat).
 
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import timedelta
 
@@ -24,13 +25,17 @@ def hash_token(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
+# The public part of a token: 12 hex digits, stored in clear for the lookup.
+LOOKUP_PATTERN = r"[0-9a-f]{12}"
+
+
 def split_token(raw: str, kind: str) -> str | None:
     """Return the lookup part of a well-formed token of ``kind``, else None."""
     parts = raw.split("_", 3)
     if len(parts) != 4 or parts[0] != "omoi" or parts[1] != kind:
         return None
     lookup = parts[2]
-    if len(lookup) != 12 or not all(c in "0123456789abcdef" for c in lookup):
+    if not re.fullmatch(LOOKUP_PATTERN, lookup):
         return None
     return lookup
 

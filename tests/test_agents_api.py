@@ -53,6 +53,47 @@ def test_it_names_bad_fields_and_refuses_duplicates(api, make_operator, register
 
 
 @pytest.mark.django_db
+def test_it_answers_409_when_a_concurrent_request_took_the_id(
+    api, make_operator, registered_agent, monkeypatch
+):
+    from monitoring.api.serializers import AgentRegistrationSerializer
+
+    _, admin = make_operator("admin")
+    # The other request commits between this one's check and its insert.
+    monkeypatch.setattr(AgentRegistrationSerializer, "validate_id", lambda self, value: value)
+    body = {"id": "worker-01", "role": "worker"}
+
+    response = api.post("/api/v1/agents", body, format="json", **bearer(admin))
+
+    assert response.status_code == 409
+    assert AgentToken.objects.filter(agent_id="worker-01").count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"id": 123, "role": "worker"}, "id"),
+        ({"id": " w-1 ", "role": "worker"}, "id"),
+        ({"id": "w-1", "role": "worker", "heartbeat_interval": True}, "heartbeat_interval"),
+        ({"id": "w-1", "role": "worker", "heartbeat_interval": "5"}, "heartbeat_interval"),
+        ({"id": "w-1", "role": "worker", "labels": {"n": 1}}, "labels.n"),
+        ({"id": "w-1", "role": "worker", "labels": {"": "x"}}, "labels"),
+        ({"id": "w-1", "role": "worker", "labels": {"k" * 100: "x"}}, "labels"),
+        ({"id": "w-1", "role": "worker", "labels": {f"l{i}": "x" for i in range(33)}}, "labels"),
+    ],
+)
+def test_it_refuses_wrong_types_and_unbounded_labels(api, make_operator, body, field):
+    _, admin = make_operator("admin")
+
+    response = api.post("/api/v1/agents", body, format="json", **bearer(admin))
+
+    assert response.status_code == 422, response.content
+    assert any(e["field"].startswith(field) for e in response.json()["errors"])
+    assert not Agent.objects.exists()
+
+
+@pytest.mark.django_db
 def test_it_revokes_a_token_so_it_stops_working(api, make_operator, registered_agent):
     agent, token = registered_agent
     _, admin = make_operator("admin")

@@ -152,6 +152,28 @@ def test_it_answers_422_naming_each_bad_field(api, registered_agent):
 
 
 @pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"state": "running", "progress": True}, "progress"),
+        ({"state": "running", "progress": "0.5"}, "progress"),
+        ({"state": "running", "task_id": 123}, "task_id"),
+        ({"state": "running", "acks": ["1"]}, "acks[0]"),
+        ({"state": "running", "acks": [1.0]}, "acks[0]"),
+        ({"state": "running", "acks": [2**63]}, "acks[0]"),
+    ],
+)
+def test_it_answers_422_for_the_wrong_json_type(api, registered_agent, body, field):
+    agent, token = registered_agent
+
+    problem = assert_problem(post(api, agent.id, body, token), 422)
+
+    assert [e["field"] for e in problem["errors"]] == [field]
+    agent.refresh_from_db()
+    assert agent.last_heartbeat_at is None
+
+
+@pytest.mark.django_db
 def test_it_answers_422_for_missing_fields_and_non_objects(api, registered_agent):
     agent, token = registered_agent
     missing = assert_problem(post(api, agent.id, {}, token), 422)

@@ -9,16 +9,22 @@ from monitoring.models import (
     AgentTransition,
     agent_id_validator,
 )
+from omoi_console.api.fields import (
+    LabelsField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+)
 
 REPORTABLE_STATES = [AgentState.IDLE, AgentState.RUNNING, AgentState.FAILED]
 
 
 class HeartbeatSerializer(serializers.Serializer):
     state = serializers.ChoiceField(choices=REPORTABLE_STATES)
-    task_id = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
-    progress = serializers.FloatField(min_value=0.0, max_value=1.0, required=False, allow_null=True)
+    task_id = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
+    progress = StrictFloatField(min_value=0.0, max_value=1.0, required=False, allow_null=True)
     acks = serializers.ListField(
-        child=serializers.IntegerField(min_value=1), required=False, max_length=100, default=list
+        child=StrictIntegerField(min_value=1), required=False, max_length=100, default=list
     )
 
 
@@ -54,10 +60,11 @@ class AgentSerializer(serializers.ModelSerializer):
 
 
 class AgentRegistrationSerializer(serializers.Serializer):
-    id = serializers.CharField(max_length=64, validators=[agent_id_validator])
+    # Not trimmed: " w1 " is not the id "w1", and saying so beats a silent rename.
+    id = StrictCharField(max_length=64, validators=[agent_id_validator], trim_whitespace=False)
     role = serializers.ChoiceField(choices=AgentRole.choices)
-    labels = serializers.DictField(child=serializers.CharField(max_length=200), required=False)
-    heartbeat_interval = serializers.FloatField(
+    labels = LabelsField(required=False)
+    heartbeat_interval = StrictFloatField(
         min_value=0.5, max_value=3600, required=False, allow_null=True
     )
 
@@ -80,4 +87,4 @@ class AgentTokenSerializer(serializers.ModelSerializer):
 
 
 class TokenRequestSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
+    name = StrictCharField(max_length=100, required=False, allow_blank=True, default="")

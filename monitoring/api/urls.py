@@ -1,7 +1,24 @@
-from django.urls import path
+from django.urls import path, register_converter
+from django.urls.converters import StringConverter
 from rest_framework.routers import SimpleRouter
 
 from monitoring.api import views
+from monitoring.models import AGENT_ID_PATTERN
+from omoi_console.tokens import LOOKUP_PATTERN
+
+
+class AgentIdConverter(StringConverter):
+    """Only what can be an agent id routes; anything else is simply not found (404)."""
+
+    regex = AGENT_ID_PATTERN
+
+
+class TokenLookupConverter(StringConverter):
+    regex = LOOKUP_PATTERN
+
+
+register_converter(AgentIdConverter, "agent_id")
+register_converter(TokenLookupConverter, "token_lookup")
 
 router = SimpleRouter(trailing_slash=False)
 router.register("agents", views.AgentViewSet, basename="agent")
@@ -10,8 +27,16 @@ token_list = views.AgentTokenViewSet.as_view({"get": "list", "post": "create"})
 token_detail = views.AgentTokenViewSet.as_view({"delete": "destroy"})
 
 urlpatterns = [
-    path("agents/<str:agent_id>/heartbeat", views.HeartbeatView.as_view(), name="agent-heartbeat"),
-    path("agents/<str:agent_id>/tokens", token_list, name="agent-tokens"),
-    path("agents/<str:agent_id>/tokens/<str:lookup>", token_detail, name="agent-token-detail"),
+    path(
+        "agents/<agent_id:agent_id>/heartbeat",
+        views.HeartbeatView.as_view(),
+        name="agent-heartbeat",
+    ),
+    path("agents/<agent_id:agent_id>/tokens", token_list, name="agent-tokens"),
+    path(
+        "agents/<agent_id:agent_id>/tokens/<token_lookup:lookup>",
+        token_detail,
+        name="agent-token-detail",
+    ),
     *router.urls,
 ]

@@ -18,7 +18,7 @@ from monitoring.api.serializers import (
     TokenRequestSerializer,
     TransitionSerializer,
 )
-from monitoring.models import Agent, AgentToken
+from monitoring.models import AGENT_ID_PATTERN, Agent, AgentToken
 from omoi_console.api.permissions import ModelPermissions, require
 from omoi_console.api.problems import problem_response
 
@@ -58,8 +58,9 @@ class AgentViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     queryset = Agent.objects.all()
     serializer_class = AgentSerializer
     permission_classes = [ModelPermissions]
-    # Agent ids may contain dots, which the router's default pattern excludes.
-    lookup_value_regex = r"[^/]+"
+    # Agent ids may contain dots, which the router's default pattern excludes;
+    # anything that cannot be an id is not found without asking the database.
+    lookup_value_regex = AGENT_ID_PATTERN
 
     def get_queryset(self):
         queryset = super().get_queryset()
