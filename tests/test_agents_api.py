@@ -150,3 +150,35 @@ def test_it_serves_agents_whose_ids_contain_dots(api, make_operator):
         "/api/v1/agents/worker.eu-1/tokens", {"name": ""}, format="json", **bearer(admin)
     )
     assert issued.status_code == 201
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/agents/a%00b",
+        "/api/v1/agents/a%00b/transitions",
+        "/api/v1/agents/a%00b/tokens",
+        "/api/v1/agents/Worker-01",
+        "/api/v1/agents/worker-01/tokens/a%00b",
+        "/api/v1/agents/worker-01/tokens/ABCDEF012345",
+    ],
+)
+def test_it_answers_404_for_paths_that_cannot_name_an_agent_or_token(
+    api, make_operator, registered_agent, path
+):
+    _, admin = make_operator("admin")
+    for method in (api.get, api.delete):
+        response = method(path, **bearer(admin))
+        assert response.status_code == 404, (method, response.content)
+        assert response["Content-Type"] == "application/problem+json"
+
+
+@pytest.mark.django_db
+def test_it_answers_404_to_a_heartbeat_for_an_impossible_id(api, registered_agent):
+    _, token = registered_agent
+    response = api.post(
+        "/api/v1/agents/a%00b/heartbeat", {"state": "idle"}, format="json", **bearer(token)
+    )
+    assert response.status_code == 404
+    assert response["Content-Type"] == "application/problem+json"
