@@ -182,3 +182,50 @@ def test_it_answers_404_to_a_heartbeat_for_an_impossible_id(api, registered_agen
     )
     assert response.status_code == 404
     assert response["Content-Type"] == "application/problem+json"
+
+
+@pytest.mark.django_db
+def test_it_filters_the_fleet_by_state_and_role(api, make_operator, registered_agent):
+    from monitoring.services import register_agent
+
+    register_agent("monitor-01", "monitor")
+    _, viewer = make_operator("viewer")
+
+    listed = api.get("/api/v1/agents?role=monitor&state=spawning", **bearer(viewer)).json()
+
+    assert [a["id"] for a in listed["results"]] == ["monitor-01"]
+    assert api.get("/api/v1/agents?role=worker", **bearer(viewer)).json()["count"] == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ("state=bogus", "state"),
+        ("role=a%00", "role"),
+        ("limit=abc", "limit"),
+        ("limit=0", "limit"),
+        ("limit=501", "limit"),
+        ("limit=9223372036854775808", "limit"),
+        ("offset=-1", "offset"),
+        ("offset=9223372036854775808", "offset"),
+    ],
+)
+def test_it_answers_422_for_query_parameters_out_of_range(
+    api, make_operator, registered_agent, query, field
+):
+    _, viewer = make_operator("viewer")
+
+    response = api.get(f"/api/v1/agents?{query}", **bearer(viewer))
+
+    assert response.status_code == 422, response.content
+    assert [e["field"] for e in response.json()["errors"]] == [field]
+
+
+@pytest.mark.django_db
+def test_it_pages_the_fleet_within_its_bounds(api, make_operator, registered_agent):
+    _, viewer = make_operator("viewer")
+    page = api.get("/api/v1/agents?limit=500&offset=0", **bearer(viewer)).json()
+    assert page["count"] == 1 and len(page["results"]) == 1
+    beyond = api.get("/api/v1/agents?offset=9223372036854775807", **bearer(viewer)).json()
+    assert beyond["results"] == []

@@ -132,6 +132,10 @@ def test_it_lets_operators_but_not_viewers_acknowledge(api, make_operator, regis
     assert response.json()["acknowledged_by"] == operator.username
     alert.refresh_from_db()
     assert alert.status == AlertStatus.ACKNOWLEDGED
+    listing = "/api/v1/alerts?status={}"
+    assert api.get(listing.format("open"), **bearer(viewer_token)).json()["count"] == 1
+    assert api.get(listing.format("firing"), **bearer(viewer_token)).json()["count"] == 0
+    assert api.get(listing.format("bogus"), **bearer(viewer_token)).status_code == 422
 
 
 @pytest.mark.django_db

@@ -5,7 +5,8 @@ from rest_framework.response import Response
 
 from alerting import services
 from alerting.api.serializers import AlertRuleSerializer, AlertSerializer, NotificationSerializer
-from alerting.models import OPEN_STATUSES, Alert, AlertRule, Notification
+from alerting.filtersets import AlertFilterSet
+from alerting.models import Alert, AlertRule, Notification
 from omoi_console.api.permissions import ModelPermissions, require
 from omoi_console.api.problems import problem_response
 
@@ -16,15 +17,7 @@ class AlertViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = Alert.objects.select_related("rule", "acknowledged_by")
     serializer_class = AlertSerializer
     permission_classes = [ModelPermissions]
-
-    def get_queryset(self):
-        queryset = super().get_queryset()
-        wanted = self.request.query_params.get("status")
-        if wanted == "open":
-            queryset = queryset.filter(status__in=OPEN_STATUSES)
-        elif wanted:
-            queryset = queryset.filter(status=wanted)
-        return queryset
+    filterset_class = AlertFilterSet
 
     @extend_schema(request=None, responses={200: AlertSerializer})
     @action(

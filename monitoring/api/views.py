@@ -18,6 +18,7 @@ from monitoring.api.serializers import (
     TokenRequestSerializer,
     TransitionSerializer,
 )
+from monitoring.filtersets import AgentFilterSet
 from monitoring.models import AGENT_ID_PATTERN, Agent, AgentToken
 from omoi_console.api.permissions import ModelPermissions, require
 from omoi_console.api.problems import problem_response
@@ -58,16 +59,10 @@ class AgentViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     queryset = Agent.objects.all()
     serializer_class = AgentSerializer
     permission_classes = [ModelPermissions]
+    filterset_class = AgentFilterSet
     # Agent ids may contain dots, which the router's default pattern excludes;
     # anything that cannot be an id is not found without asking the database.
     lookup_value_regex = AGENT_ID_PATTERN
-
-    def get_queryset(self):
-        queryset = super().get_queryset()
-        for field in ("state", "role"):
-            if value := self.request.query_params.get(field):
-                queryset = queryset.filter(**{field: value})
-        return queryset
 
     @extend_schema(request=AgentRegistrationSerializer, responses={201: AgentSerializer})
     def create(self, request, *args, **kwargs):
@@ -100,6 +95,8 @@ class AgentTokenViewSet(viewsets.GenericViewSet):
     serializer_class = AgentTokenSerializer
     permission_classes = [require("monitoring.add_agenttoken")]
     lookup_field = "lookup"
+    pagination_class = None  # an agent has a handful of tokens: a plain list
+    filter_backends = []
 
     def get_agent(self):
         return get_object_or_404(Agent, pk=self.kwargs["agent_id"])

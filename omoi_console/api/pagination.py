@@ -1,0 +1,29 @@
+from rest_framework.exceptions import ValidationError
+from rest_framework.pagination import LimitOffsetPagination
+
+from omoi_console.api.fields import BIGINT_MAX
+
+
+class BoundedLimitOffsetPagination(LimitOffsetPagination):
+    """``?limit=`` and ``?offset=``, refused with 422 when they are not whole numbers in range.
+
+    DRF's own pagination ignores a malformed value and passes any size through
+    to the database, where a huge one is an error rather than an answer.
+    """
+
+    default_limit = 50
+    max_limit = 500
+
+    def get_limit(self, request):
+        return self._whole_number(request, self.limit_query_param, 1, self.max_limit)
+
+    def get_offset(self, request):
+        return self._whole_number(request, self.offset_query_param, 0, BIGINT_MAX) or 0
+
+    def _whole_number(self, request, name: str, low: int, high: int) -> int | None:
+        raw = request.query_params.get(name)
+        if raw is None or raw == "":
+            return self.default_limit if name == self.limit_query_param else None
+        if not raw.isdigit() or not low <= int(raw) <= high:
+            raise ValidationError({name: f"Must be a whole number from {low} to {high}."})
+        return int(raw)
