@@ -40,3 +40,18 @@ class OperatorTokenAuthentication(BaseAuthentication):
 
     def authenticate_header(self, request):
         return 'Bearer realm="omoi"'
+
+
+class RefuseUnrecognisedCredentials(BaseAuthentication):
+    """An ``Authorization`` header no scheme above took: say so rather than "not provided"."""
+
+    def authenticate(self, request):
+        if get_authorization_header(request):
+            raise AuthenticationFailed(
+                "Unrecognised credentials: send Authorization: Bearer omoi_op_… (operators) "
+                "or Bearer omoi_ag_… (agents)."
+            )
+        return None
+
+    def authenticate_header(self, request):
+        return 'Bearer realm="omoi"'

@@ -6,6 +6,7 @@ from omoi_console.events.broadcast import CONSOLE_GROUP
 # Close codes in the private range: the browser sees why it was turned away.
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
 
 
 class ConsoleConsumer(AsyncJsonWebsocketConsumer):
@@ -42,3 +43,11 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
 
     async def notification_message(self, message):
         await self.send_json({"type": "notification", "notification": message["notification"]})
+
+
+class NoSuchFeed(AsyncJsonWebsocketConsumer):
+    """Every websocket path that is not a feed: closed, with a code that says why."""
+
+    async def connect(self):
+        await self.accept()
+        await self.close(code=CLOSE_NOT_FOUND)

@@ -229,10 +229,14 @@ REST_FRAMEWORK = {
         "omoi_console.auth.OperatorTokenAuthentication",
         "monitoring.api.authentication.AgentTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
+        # Last: credentials that none of the above recognised are a 401 that says so.
+        "omoi_console.auth.RefuseUnrecognisedCredentials",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["omoi_console.api.permissions.IsOperatorUser"],
     "DEFAULT_PARSER_CLASSES": ["omoi_console.api.parsers.BoundedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "omoi_console.api.negotiation.JSONOnlyNegotiation",
+    "URL_FORMAT_OVERRIDE": None,
     "DEFAULT_PAGINATION_CLASS": "omoi_console.api.pagination.BoundedLimitOffsetPagination",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "EXCEPTION_HANDLER": "omoi_console.api.problems.problem_exception_handler",
@@ -248,6 +252,12 @@ SPECTACULAR_SETTINGS = {
     # access, and their version is pinned in uv.lock.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # The last authenticator only words a refusal; it is no scheme of its own.
+    "AUTHENTICATION_WHITELIST": [
+        "omoi_console.auth.OperatorTokenAuthentication",
+        "monitoring.api.authentication.AgentTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
     # One name for a choice set that several serializers share.
     "ENUM_NAME_OVERRIDES": {"AgentRoleEnum": "monitoring.models.AgentRole"},
 }

@@ -30,5 +30,6 @@ urlpatterns = [
     path("", include("django_prometheus.urls")),
 ]
 
+handler400 = problems.bad_request_handler
 handler404 = problems.not_found_handler
 handler500 = problems.server_error_handler

@@ -164,3 +164,11 @@ def test_a_real_server_tells_the_client_why_it_was_refused(server, seeded):
     assert run(close_code_over_the_wire(url, origin)) == CLOSE_UNAUTHENTICATED
     forbidden = {**origin, "Authorization": f"Bearer {no_role}"}
     assert run(close_code_over_the_wire(url, forbidden)) == CLOSE_FORBIDDEN
+
+
+def test_a_real_server_closes_unknown_feeds_with_4404(server):
+    from omoi_console.consumers import CLOSE_NOT_FOUND
+
+    for path in ("/ws/nope/", "/ws/console"):
+        url = f"ws://127.0.0.1:{server.port}{path}"
+        assert run(close_code_over_the_wire(url, {"Origin": "http://127.0.0.1"})) == CLOSE_NOT_FOUND

@@ -28,6 +28,7 @@ class HeartbeatView(APIView):
     """An agent reports it is alive; the response carries its pending commands."""
 
     permission_classes = [IsAgent]
+    for_agents = True
 
     @extend_schema(request=HeartbeatSerializer, responses={200: None})
     def post(self, request, agent_id):

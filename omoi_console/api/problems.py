@@ -107,6 +107,13 @@ def not_found_handler(request, exception=None):
     return defaults.page_not_found(request, exception)
 
 
+def bad_request_handler(request, exception=None):
+    """A request Django refused before any view (unknown Host, too many fields)."""
+    if _is_api(request):
+        return _json_problem(400, "Bad request.")
+    return defaults.bad_request(request, exception)
+
+
 def server_error_handler(request):
     if _is_api(request):
         # The traceback is in the log; the client only learns that it was our fault.
