@@ -252,6 +252,10 @@ SPECTACULAR_SETTINGS = {
     # access, and their version is pinned in uv.lock.
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "omoi_console.api.schema.add_problem_responses",
+    ],
     # The last authenticator only words a refusal; it is no scheme of its own.
     "AUTHENTICATION_WHITELIST": [
         "omoi_console.auth.OperatorTokenAuthentication",
@@ -259,7 +263,11 @@ SPECTACULAR_SETTINGS = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     # One name for a choice set that several serializers share.
-    "ENUM_NAME_OVERRIDES": {"AgentRoleEnum": "monitoring.models.AgentRole"},
+    "ENUM_NAME_OVERRIDES": {
+        "AgentRoleEnum": "monitoring.models.AgentRole",
+        "AgentStateEnum": "monitoring.models.AgentState",
+        "ReportedStateEnum": "monitoring.api.serializers.REPORTABLE_STATES",
+    },
 }
 
 # --- static, i18n -------------------------------------------------------------

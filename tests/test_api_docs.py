@@ -1,5 +1,6 @@
 """The OpenAPI schema is valid and warning-free; its docs page needs no internet."""
 
+import json
 import re
 
 import pytest
@@ -7,11 +8,22 @@ from django.core.management import call_command
 
 
 def test_it_generates_a_valid_schema_without_warnings(tmp_path):
-    target = tmp_path / "schema.yml"
-    call_command("spectacular", validate=True, fail_on_warn=True, file=str(target))
-    schema = target.read_text()
-    assert "/api/v1/agents/{agent_id}/heartbeat:" in schema
-    assert "    agentToken:" in schema and "    operatorToken:" in schema
+    target = tmp_path / "schema.json"
+    call_command(
+        "spectacular", validate=True, fail_on_warn=True, file=str(target), format="openapi-json"
+    )
+    schema = json.loads(target.read_text())
+
+    heartbeat = schema["paths"]["/api/v1/agents/{agent_id}/heartbeat"]["post"]
+    assert heartbeat["security"] == [{"agentToken": []}]
+    ok = heartbeat["responses"]["200"]["content"]["application/json"]["schema"]
+    assert ok == {"$ref": "#/components/schemas/HeartbeatResponse"}
+    for code in ("401", "403", "404", "409", "413", "415", "422"):
+        content = heartbeat["responses"][code]["content"]
+        assert content["application/problem+json"]["schema"]["$ref"].endswith("/Problem")
+    alerts = schema["paths"]["/api/v1/alerts"]["get"]
+    assert {"operatorToken": []} in alerts["security"]
+    assert {"agentToken": []} not in alerts["security"]
 
 
 @pytest.mark.django_db

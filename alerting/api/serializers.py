@@ -29,7 +29,9 @@ class NotificationSerializer(serializers.ModelSerializer):
 
 class AlertSerializer(serializers.ModelSerializer):
     rule = serializers.SlugRelatedField(slug_field="name", read_only=True)
-    acknowledged_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    acknowledged_by = serializers.CharField(
+        source="acknowledged_by.username", read_only=True, allow_null=True
+    )
 
     class Meta:
         model = Alert

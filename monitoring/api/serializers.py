@@ -36,6 +36,15 @@ class CommandSerializer(serializers.ModelSerializer):
         fields = ["id", "kind", "reason", "issued_at"]
 
 
+class HeartbeatResponseSerializer(serializers.Serializer):
+    """What an agent gets back: its state as we see it and the commands to obey."""
+
+    agent_id = serializers.CharField(source="agent.id")
+    state = serializers.ChoiceField(source="agent.state", choices=AgentState.choices)
+    heartbeat_interval_seconds = serializers.FloatField(source="agent.interval_seconds")
+    commands = CommandSerializer(many=True)
+
+
 class AgentSerializer(serializers.ModelSerializer):
     heartbeat_interval_seconds = serializers.FloatField(source="interval_seconds", read_only=True)
 
@@ -57,6 +66,13 @@ class AgentSerializer(serializers.ModelSerializer):
             "created_at",
         ]
         read_only_fields = [f for f in fields if f not in ("id", "role", "labels")]
+
+
+class RegisteredAgentSerializer(AgentSerializer):
+    token = serializers.CharField(read_only=True, help_text="The ingest token; shown only now.")
+
+    class Meta(AgentSerializer.Meta):
+        fields = [*AgentSerializer.Meta.fields, "token"]
 
 
 class AgentRegistrationSerializer(serializers.Serializer):
@@ -84,6 +100,15 @@ class AgentTokenSerializer(serializers.ModelSerializer):
     class Meta:
         model = AgentToken
         fields = ["lookup", "name", "created_at", "last_used_at", "revoked_at"]
+        read_only_fields = fields
+
+
+class IssuedAgentTokenSerializer(AgentTokenSerializer):
+    token = serializers.CharField(read_only=True, help_text="The ingest token; shown only now.")
+
+    class Meta(AgentTokenSerializer.Meta):
+        fields = [*AgentTokenSerializer.Meta.fields, "token"]
+        read_only_fields = fields
 
 
 class TokenRequestSerializer(serializers.Serializer):

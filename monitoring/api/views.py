@@ -13,8 +13,10 @@ from monitoring.api.serializers import (
     AgentRegistrationSerializer,
     AgentSerializer,
     AgentTokenSerializer,
-    CommandSerializer,
+    HeartbeatResponseSerializer,
     HeartbeatSerializer,
+    IssuedAgentTokenSerializer,
+    RegisteredAgentSerializer,
     TokenRequestSerializer,
     TransitionSerializer,
 )
@@ -30,7 +32,7 @@ class HeartbeatView(APIView):
     permission_classes = [IsAgent]
     for_agents = True
 
-    @extend_schema(request=HeartbeatSerializer, responses={200: None})
+    @extend_schema(request=HeartbeatSerializer, responses={200: HeartbeatResponseSerializer})
     def post(self, request, agent_id):
         agent = request.user.agent
         if agent.pk != agent_id:
@@ -43,15 +45,7 @@ class HeartbeatView(APIView):
             result = services.record_heartbeat(agent, **serializer.validated_data)
         except services.AgentUnavailable as exc:
             return problem_response(409, str(exc))
-        agent = result.agent
-        return Response(
-            {
-                "agent_id": agent.id,
-                "state": agent.state,
-                "heartbeat_interval_seconds": agent.interval_seconds,
-                "commands": CommandSerializer(result.commands, many=True).data,
-            }
-        )
+        return Response(HeartbeatResponseSerializer(result).data)
 
 
 class AgentViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
@@ -65,7 +59,7 @@ class AgentViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     # anything that cannot be an id is not found without asking the database.
     lookup_value_regex = AGENT_ID_PATTERN
 
-    @extend_schema(request=AgentRegistrationSerializer, responses={201: AgentSerializer})
+    @extend_schema(request=AgentRegistrationSerializer, responses={201: RegisteredAgentSerializer})
     def create(self, request, *args, **kwargs):
         serializer = AgentRegistrationSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -80,10 +74,11 @@ class AgentViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             )
         except IntegrityError:
             return problem_response(409, "An agent with this id already exists.")
-        body = AgentSerializer(agent).data | {"token": raw}
-        return Response(body, status=status.HTTP_201_CREATED)
+        agent.token = raw
+        return Response(RegisteredAgentSerializer(agent).data, status=status.HTTP_201_CREATED)
 
-    @action(detail=True, methods=["get"])
+    @extend_schema(responses=TransitionSerializer(many=True))
+    @action(detail=True, methods=["get"], filter_backends=[])
     def transitions(self, request, pk=None):
         agent = self.get_object()
         page = self.paginate_queryset(agent.transitions.order_by("-at", "-id"))
@@ -108,13 +103,14 @@ class AgentTokenViewSet(viewsets.GenericViewSet):
     def list(self, request, agent_id):
         return Response(AgentTokenSerializer(self.get_queryset(), many=True).data)
 
-    @extend_schema(request=TokenRequestSerializer, responses={201: AgentTokenSerializer})
+    @extend_schema(request=TokenRequestSerializer, responses={201: IssuedAgentTokenSerializer})
     def create(self, request, agent_id):
         agent = self.get_agent()
         serializer = TokenRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         token, raw = AgentToken.issue(agent=agent, name=serializer.validated_data["name"])
-        return Response(AgentTokenSerializer(token).data | {"token": raw}, status=201)
+        token.token = raw
+        return Response(IssuedAgentTokenSerializer(token).data, status=201)
 
     def destroy(self, request, agent_id, lookup):
         token = get_object_or_404(self.get_queryset(), lookup=lookup)
