@@ -13,15 +13,16 @@ def test_it_answers_ok_when_the_database_answers(client):
     assert response.json()["database"] == "ok"
 
 
+def use_redis(settings, url: str) -> None:
+    settings.REDIS_URL = url
+    settings.CACHES = {
+        "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": url}
+    }
+
+
 @pytest.mark.django_db
 def test_it_answers_503_when_redis_is_unreachable(client, settings):
-    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": settings.REDIS_URL,
-        }
-    }
+    use_redis(settings, f"redis://127.0.0.1:{free_port()}/0")
     response = client.get("/healthz")
     assert response.status_code == 503
     assert response.json() == {"status": "error", "database": "ok", "redis": "unreachable"}
@@ -30,12 +31,7 @@ def test_it_answers_503_when_redis_is_unreachable(client, settings):
 @pytest.mark.redis
 @pytest.mark.django_db
 def test_it_checks_redis_when_production_uses_it(client, settings):
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": settings.REDIS_URL,
-        }
-    }
+    use_redis(settings, settings.REDIS_URL)
     response = client.get("/healthz")
     assert response.status_code == 200
     assert response.json() == {"status": "ok", "database": "ok", "redis": "ok"}
