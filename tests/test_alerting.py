@@ -25,6 +25,12 @@ class Inbox:
         return "250 OK"
 
 
+@pytest.fixture(autouse=True)
+def alert_mail(settings):
+    """Mail recipients, which production mode leaves empty until an operator sets them."""
+    settings.ALERT_EMAIL_RECIPIENTS = ["oncall@example.org"]
+
+
 @pytest.fixture
 def smtp_server():
     inbox = Inbox()
