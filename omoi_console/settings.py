@@ -138,6 +138,22 @@ if DATABASE_URL:
             conn_health_checks=True,
         )
     }
+    # Under ASGI every concurrent request runs in a thread of its own with a
+    # connection of its own: a burst of heartbeats would open as many Postgres
+    # connections as there are requests in flight, until Postgres refuses. A
+    # pool per process caps that; requests beyond it wait for a free connection.
+    DATABASE_POOL_MAX_SIZE = env_int("DATABASE_POOL_MAX_SIZE", 20)
+    if DATABASE_POOL_MAX_SIZE and DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        if DATABASES["default"]["CONN_MAX_AGE"]:
+            raise ImproperlyConfigured(
+                "DATABASE_CONN_MAX_AGE keeps connections per thread, which the pool replaces: "
+                "set DATABASE_POOL_MAX_SIZE=0 to use it instead."
+            )
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 1,
+            "max_size": DATABASE_POOL_MAX_SIZE,
+            "timeout": env_float("DATABASE_POOL_TIMEOUT", 10.0),
+        }
 else:
     DATABASES = {
         "default": {

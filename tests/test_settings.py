@@ -96,3 +96,20 @@ def test_it_sends_alert_mail_in_production_only_through_a_real_mail_server(tmp_p
         "['oncall@example.org']",
         "django.core.mail.backends.smtp.EmailBackend",
     ]
+
+
+def test_it_pools_postgres_connections_in_production(tmp_path):
+    show = "settings.DATABASES['default']['OPTIONS'].get('pool')"
+    pooled = load_settings(tmp_path, show, **PRODUCTION)
+    assert pooled.returncode == 0, pooled.stderr
+    assert "'max_size': 20" in pooled.stdout
+
+    both = load_settings(tmp_path, show, DATABASE_CONN_MAX_AGE="60", **PRODUCTION)
+    assert both.returncode != 0
+    assert "DATABASE_POOL_MAX_SIZE=0" in both.stderr
+
+    persistent = load_settings(
+        tmp_path, show, DATABASE_CONN_MAX_AGE="60", DATABASE_POOL_MAX_SIZE="0", **PRODUCTION
+    )
+    assert persistent.returncode == 0, persistent.stderr
+    assert persistent.stdout.strip() == "None"
