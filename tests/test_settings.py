@@ -99,7 +99,7 @@ def test_it_sends_alert_mail_in_production_only_through_a_real_mail_server(tmp_p
 
 
 def test_it_pools_postgres_connections_in_production(tmp_path):
-    show = "settings.DATABASES['default']['OPTIONS'].get('pool')"
+    show = "settings.DATABASES['default'].get('OPTIONS', {}).get('pool')"
     pooled = load_settings(tmp_path, show, **PRODUCTION)
     assert pooled.returncode == 0, pooled.stderr
     assert "'max_size': 20" in pooled.stdout
