@@ -11,6 +11,8 @@ import json
 
 from django.conf import settings
 
+from omoi_console.api.problems import PROBLEM_CONTENT_TYPE, problem
+
 
 class BoundedRequestBody:
     def __init__(self, app):
@@ -58,10 +60,6 @@ def replay(body: bytes, receive):
 
 
 async def refuse(send, status: int, detail: str) -> None:
-    # Imported here: the problems module pulls in DRF, whose settings import our
-    # parser, which imports the problems module.
-    from omoi_console.api.problems import PROBLEM_CONTENT_TYPE, problem
-
     body = json.dumps(problem(status, detail)).encode()
     await send(
         {

@@ -204,6 +204,8 @@ def test_it_filters_the_fleet_by_state_and_role(api, make_operator, registered_a
         ("state=bogus", "state"),
         ("role=a%00", "role"),
         ("limit=abc", "limit"),
+        ("limit=%C2%B2", "limit"),
+        ("offset=%D9%A1", "offset"),
         ("limit=0", "limit"),
         ("limit=501", "limit"),
         ("limit=9223372036854775808", "limit"),

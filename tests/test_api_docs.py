@@ -36,3 +36,11 @@ def test_it_serves_swagger_ui_from_its_own_static_files(client):
     assert not [a for a in assets if a.startswith(("http:", "https:", "//"))]
     for asset in assets:
         assert client.get(asset).status_code == 200, asset
+
+
+@pytest.mark.django_db
+def test_it_ignores_a_version_parameter_it_would_echo_into_a_header(client):
+    for version in ("%0A", "%22", "2"):
+        response = client.get(f"/api/schema/?version={version}")
+        assert response.status_code == 200
+        assert response["Content-Disposition"] == 'inline; filename="Omoi Console API (1).yaml"'

@@ -67,3 +67,34 @@ def test_it_answers_a_declared_oversize_before_the_body_is_sent(server, register
         status_line = sock.recv(4096).split(b"\r\n", 1)[0]
 
     assert status_line == b"HTTP/1.1 413 Request Entity Too Large"
+
+
+def test_a_fresh_process_refuses_oversize_before_serving_anything(tmp_path):
+    """The first request a new server gets may be too large; the answer is still a 413."""
+    import os
+    import subprocess
+    import sys
+
+    code = """
+import asyncio, json
+from omoi_console.asgi import application
+
+async def main():
+    scope = {"type": "http", "method": "POST", "path": "/api/v1/agents/w/heartbeat",
+             "headers": [(b"content-length", b"99999999")], "query_string": b""}
+    sent = []
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+    async def send(message):
+        sent.append(message)
+    await application(scope, receive, send)
+    print(sent[0]["status"], json.loads(sent[1]["body"])["status"])
+
+asyncio.run(main())
+"""
+    env = {**os.environ, "OMOI_DATA_DIR": str(tmp_path)}
+    result = subprocess.run(  # noqa: S603  (our own interpreter, fixed code)
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["413", "413"]

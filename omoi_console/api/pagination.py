@@ -1,3 +1,5 @@
+import re
+
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import LimitOffsetPagination
 
@@ -24,6 +26,7 @@ class BoundedLimitOffsetPagination(LimitOffsetPagination):
         raw = request.query_params.get(name)
         if raw is None or raw == "":
             return self.default_limit if name == self.limit_query_param else None
-        if not raw.isdigit() or not low <= int(raw) <= high:
+        # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+        if not re.fullmatch(r"[0-9]+", raw) or not low <= int(raw) <= high:
             raise ValidationError({name: f"Must be a whole number from {low} to {high}."})
         return int(raw)

@@ -4,7 +4,7 @@ from django.conf import settings
 from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.parsers import JSONParser
 
-from omoi_console.api.problems import RequestTooLarge
+from omoi_console.api.exceptions import RequestTooLarge
 
 UTF_8 = {"utf-8", "utf8"}
 
@@ -28,7 +28,7 @@ class BoundedJSONParser(JSONParser):
         meta = request.META if request is not None else {}
         refuse_unsupported_encoding(meta, media_type or "")
         declared = meta.get("CONTENT_LENGTH")
-        if declared and declared.isdigit() and int(declared) > limit:
+        if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
             raise RequestTooLarge(f"Request body exceeds {limit} bytes.")
         body = stream.read(limit + 1)
         if len(body) > limit:

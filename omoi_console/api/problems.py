@@ -11,20 +11,12 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from omoi_console.api.exceptions import RequestTooLarge
+
 log = structlog.get_logger(__name__)
 
 PROBLEM_CONTENT_TYPE = "application/problem+json"
 VALIDATION_TYPE = "urn:omoi:problem:invalid-fields"
-
-
-class RequestTooLarge(exceptions.APIException):
-    status_code = 413
-    default_detail = "Request body is too large."
-    default_code = "request_too_large"
-
-
-class UnprocessableEntity(exceptions.ValidationError):
-    status_code = 422
 
 
 def problem(status: int, detail: str, *, errors: list | None = None, type_: str = "about:blank"):
