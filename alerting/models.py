@@ -3,6 +3,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from omoi_console.labels import validate_annotations, validate_labels
+
 
 class RuleKind(models.TextChoices):
     HEARTBEAT = "heartbeat", "Heartbeat lost"
@@ -26,8 +28,8 @@ class AlertRule(models.Model):
         max_length=300,
         help_text="Template over the alert's labels, e.g. 'Agent {agent_id} is down'.",
     )
-    labels = models.JSONField(default=dict, blank=True)
-    annotations = models.JSONField(default=dict, blank=True)
+    labels = models.JSONField(default=dict, blank=True, validators=[validate_labels])
+    annotations = models.JSONField(default=dict, blank=True, validators=[validate_annotations])
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)

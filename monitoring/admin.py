@@ -33,6 +33,15 @@ class AgentAdmin(admin.ModelAdmin):
     ]
     inlines = [TransitionInline]
 
+    def get_readonly_fields(self, request, obj=None):
+        # Editing a primary key in the admin would save a copy under the new id.
+        return [*self.readonly_fields, "id"] if obj is not None else self.readonly_fields
+
+    def has_add_permission(self, request):
+        # Agents are registered through the API or `manage.py agents`, which also
+        # issue the first token and record the first transition.
+        return False
+
 
 @admin.register(AgentToken)
 class AgentTokenAdmin(HashedTokenAdmin):

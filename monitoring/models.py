@@ -1,9 +1,10 @@
 from django.conf import settings
-from django.core.validators import RegexValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from omoi_console.labels import validate_labels
 from omoi_console.tokens import HashedToken
 
 AGENT_ID_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
@@ -45,9 +46,12 @@ class Agent(models.Model):
     id = models.CharField(primary_key=True, max_length=64, validators=[agent_id_validator])
     role = models.CharField(max_length=16, choices=AgentRole.choices)
     state = models.CharField(max_length=16, choices=AgentState.choices, default=AgentState.SPAWNING)
-    labels = models.JSONField(default=dict, blank=True)
+    labels = models.JSONField(default=dict, blank=True, validators=[validate_labels])
     heartbeat_interval = models.FloatField(
-        null=True, blank=True, help_text="Seconds; empty uses the site default."
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.5), MaxValueValidator(3600)],
+        help_text="Seconds (0.5 to 3600); empty uses the site default.",
     )
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     overdue_at = models.DateTimeField(null=True, blank=True)

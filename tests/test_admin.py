@@ -2,10 +2,12 @@
 
 import pytest
 from django.contrib import admin
+from django.test import RequestFactory
 from django.urls import reverse
 
+from alerting.models import AlertRule
 from alerting.services import fire_heartbeat_alerts
-from monitoring.models import AgentToken
+from monitoring.models import Agent, AgentToken
 from omoi_console.models import Event, OperatorToken
 from omoi_console.roles import PRODUCT_APPS
 
@@ -58,3 +60,68 @@ def test_it_keeps_viewers_out_of_the_admin(client, make_operator):
     response = client.get(admin_url(Event, "changelist"))
     assert response.status_code == 302
     assert reverse("admin:login") in response["Location"]
+
+
+def admin_form(model, user, instance, data):
+    request = RequestFactory().post("/")
+    request.user = user
+    form_class = admin.site._registry[model].get_form(request, obj=instance)
+    return form_class(data=data, instance=instance)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("labels", "interval", "bad"),
+    [
+        ('{"zone": "a"}', "1e15", "heartbeat_interval"),
+        ('{"zone": "a"}', "-5", "heartbeat_interval"),
+        ('{"zone": NaN}', "5", "labels"),
+        ('{"zone": "\\ud800"}', "5", "labels"),
+        ('{"zone": "a\\u0000"}', "5", "labels"),
+        ('{"": "a"}', "5", "labels"),
+        ('{"zone": {"nested": 1}}', "5", "labels"),
+    ],
+)
+def test_the_admin_holds_agents_to_the_apis_rules(
+    make_operator, registered_agent, labels, interval, bad
+):
+    user, _ = make_operator("admin")
+    agent, _ = registered_agent
+    data = {"role": "worker", "labels": labels, "heartbeat_interval": interval}
+
+    form = admin_form(Agent, user, agent, data)
+
+    assert not form.is_valid()
+    assert list(form.errors) == [bad]
+
+
+@pytest.mark.django_db
+def test_the_admin_saves_what_the_rules_allow(make_operator, registered_agent):
+    user, _ = make_operator("admin")
+    agent, _ = registered_agent
+    data = {"role": "worker", "labels": '{"zone": "eu-1"}', "heartbeat_interval": "2.5"}
+
+    form = admin_form(Agent, user, agent, data)
+
+    assert form.is_valid(), form.errors
+    assert "id" not in form.fields  # the primary key is read-only once it exists
+
+
+@pytest.mark.django_db
+def test_the_admin_refuses_rule_labels_it_could_not_store(make_operator):
+    user, _ = make_operator("admin")
+    rule = AlertRule.objects.get(name="agent-heartbeat")
+    data = {
+        "name": rule.name,
+        "kind": rule.kind,
+        "severity": rule.severity,
+        "summary": rule.summary,
+        "labels": '{"team": 7}',
+        "annotations": '{"runbook": "' + "x" * 2001 + '"}',
+        "enabled": "on",
+    }
+
+    form = admin_form(AlertRule, user, rule, data)
+
+    assert not form.is_valid()
+    assert set(form.errors) == {"labels", "annotations"}

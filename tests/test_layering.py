@@ -17,6 +17,7 @@ FOUNDATION = [
     "omoi_console/models.py",
     "omoi_console/roles.py",
     "omoi_console/environment.py",
+    "omoi_console/labels.py",
 ]
 
 

@@ -5,9 +5,10 @@ An agent that sends the wrong type has a bug its operator wants to hear about,
 so these refuse with 422 instead of guessing.
 """
 
-import re
-
+from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
+
+from omoi_console.labels import validate_labels
 
 # Signed 64-bit: the widest integer every supported database column holds.
 BIGINT_MAX = 2**63 - 1
@@ -38,28 +39,16 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
-LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")
-
-
 class LabelsField(serializers.DictField):
-    """``{"name": "value"}`` with Prometheus-like names and bounded size."""
-
-    MAX_LABELS = 32
+    """``{"name": "value"}`` under the same rule as every other way labels come in."""
 
     def __init__(self, **kwargs):
         super().__init__(child=StrictCharField(max_length=200, allow_blank=True), **kwargs)
 
     def to_internal_value(self, data):
         labels = super().to_internal_value(data)
-        if len(labels) > self.MAX_LABELS:
-            raise serializers.ValidationError(f"At most {self.MAX_LABELS} labels.")
-        bad = sorted(name for name in labels if not LABEL_NAME.fullmatch(name))
-        if bad:
-            raise serializers.ValidationError(
-                {
-                    name[:64]: "Label names are 1-63 letters, digits, '_', '.' or '-', "
-                    "starting with a letter or '_'."
-                    for name in bad
-                }
-            )
+        try:
+            validate_labels(labels)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from None
         return labels
