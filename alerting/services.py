@@ -3,6 +3,7 @@
 import functools
 import hashlib
 import json
+import re
 from datetime import timedelta
 
 import structlog
@@ -40,12 +41,19 @@ def fingerprint(rule_name: str, labels: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_.-]*)\}")
+
+
 def render_summary(rule: AlertRule, labels: dict) -> str:
-    try:
-        return rule.summary.format(**labels)[:500]
-    except (KeyError, IndexError, ValueError):
-        # A template naming a label the alert lacks still yields a usable summary.
-        return rule.summary[:500]
+    """Fill ``{label}`` placeholders from the alert's labels.
+
+    Only plain names are replaced, never ``str.format``: a summary edited in
+    the admin must not reach attributes (``{x.y}``) or pad to gigabytes
+    (``{x:>999999999}``). A placeholder naming a label the alert lacks stays.
+    """
+    return PLACEHOLDER.sub(
+        lambda match: str(labels.get(match.group(1), match.group(0))), rule.summary
+    )[:500]
 
 
 def open_alert_for(rule: AlertRule, labels: dict) -> Alert | None:

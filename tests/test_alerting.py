@@ -7,7 +7,7 @@ from django.db import connections, transaction
 from django.test import override_settings
 
 from alerting import services
-from alerting.models import Alert, AlertStatus, Notification, NotificationStatus
+from alerting.models import Alert, AlertRule, AlertStatus, Notification, NotificationStatus
 from monitoring.services import check_heartbeats, record_heartbeat
 from tests.conftest import bearer, free_port
 
@@ -183,3 +183,13 @@ def test_it_claims_one_alerts_notifications_independently(registered_agent, monk
     finally:
         release.set()
         worker.join(10)
+
+
+def test_it_fills_only_plain_label_placeholders_in_summaries():
+    rule = AlertRule(
+        summary="{agent_id} down ({role}); {missing} {agent_id.upper} {role:>999999999}"
+    )
+
+    summary = services.render_summary(rule, {"agent_id": "w-1", "role": "worker"})
+
+    assert summary == "w-1 down (worker); {missing} {agent_id.upper} {role:>999999999}"
