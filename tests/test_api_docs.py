@@ -22,6 +22,8 @@ def test_it_generates_a_valid_schema_without_warnings(tmp_path):
         content = heartbeat["responses"][code]["content"]
         assert content["application/problem+json"]["schema"]["$ref"].endswith("/Problem")
     alerts = schema["paths"]["/api/v1/alerts"]["get"]
+    limit = next(p for p in alerts["parameters"] if p["name"] == "limit")
+    assert (limit["schema"]["minimum"], limit["schema"]["maximum"]) == (1, 500)
     assert {"operatorToken": []} in alerts["security"]
     assert {"agentToken": []} not in alerts["security"]
 

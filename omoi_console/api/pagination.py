@@ -30,3 +30,13 @@ class BoundedLimitOffsetPagination(LimitOffsetPagination):
         if not re.fullmatch(r"[0-9]+", raw) or not low <= int(raw) <= high:
             raise ValidationError({name: f"Must be a whole number from {low} to {high}."})
         return int(raw)
+
+    def get_schema_operation_parameters(self, view):
+        bounds = {
+            self.limit_query_param: {"minimum": 1, "maximum": self.max_limit},
+            self.offset_query_param: {"minimum": 0, "maximum": BIGINT_MAX},
+        }
+        parameters = super().get_schema_operation_parameters(view)
+        for parameter in parameters:
+            parameter["schema"].update(bounds.get(parameter["name"], {}))
+        return parameters
