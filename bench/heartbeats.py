@@ -73,11 +73,14 @@ async def measure(base_url, concurrency, duration, make_request):
 
 async def run(options):
     from asgiref.sync import sync_to_async
+    from django.conf import settings
     from django.db import connection
 
     from omoi_console.embedded import EmbeddedApp
     from omoi_console.simulation import fleet_prefix, register_fleet
 
+    # The in-process server listens on loopback, which production settings need not list.
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1"]
     agents = await sync_to_async(register_fleet)(fleet_prefix("bench"), options.agents, 5.0)
     app = EmbeddedApp(with_ticker=False)
     await app.start()
@@ -129,6 +132,10 @@ def main():
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    # A rate of refusals is no measurement: fail rather than report it.
+    for name in ("ceiling_healthz", "heartbeats"):
+        if set(result[name]["statuses"]) != {"200"}:
+            raise SystemExit(f"{name}: not every request succeeded: {result[name]['statuses']}")
 
 
 if __name__ == "__main__":
