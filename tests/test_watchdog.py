@@ -52,6 +52,22 @@ def test_it_restarts_a_failed_worker_and_verifies_recovery(registered_agent):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_it_restarts_a_worker_that_reports_its_own_failure(registered_agent):
+    agent, _ = registered_agent
+    record_heartbeat(agent, state="running")
+
+    reported = record_heartbeat(agent, state="failed")
+
+    assert reported.agent.state == AgentState.FAILED
+    action = RemediationAction.objects.get()
+    assert action.status == ActionStatus.STARTED
+    assert not events("monitor.agent.heartbeat_lost").exists()  # it never went silent
+    following = record_heartbeat(agent, state="failed")
+    assert [c.kind for c in following.commands] == ["restart"]
+    assert following.agent.state == AgentState.RESTARTING
+
+
+@pytest.mark.django_db(transaction=True)
 def test_it_restarts_an_agent_that_still_reports_failure(registered_agent):
     agent, _ = registered_agent
     with time_machine.travel(timezone.now(), tick=False) as clock:

@@ -10,7 +10,7 @@ def ensure_default_policies() -> None:
     RemediationPolicy.objects.get_or_create(
         name=RESTART_POLICY,
         defaults={
-            "trigger": Trigger.HEARTBEAT_LOST,
+            "trigger": Trigger.AGENT_FAILED,
             "agent_role": AgentRole.WORKER,
             "step": Step.RESTART_WORKER,
             "verify_seconds": 60,

@@ -5,7 +5,7 @@ from monitoring.models import Agent, AgentCommand, AgentRole
 
 
 class Trigger(models.TextChoices):
-    HEARTBEAT_LOST = "heartbeat_lost", "Heartbeat lost"
+    AGENT_FAILED = "agent_failed", "Agent failed (heartbeats lost, or reported by the agent)"
 
 
 class Step(models.TextChoices):
