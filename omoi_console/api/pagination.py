@@ -17,19 +17,10 @@ class BoundedLimitOffsetPagination(LimitOffsetPagination):
     max_limit = 500
 
     def get_limit(self, request):
-        return self._whole_number(request, self.limit_query_param, 1, self.max_limit)
+        return whole_number(request, self.limit_query_param, 1, self.max_limit, self.default_limit)
 
     def get_offset(self, request):
-        return self._whole_number(request, self.offset_query_param, 0, BIGINT_MAX) or 0
-
-    def _whole_number(self, request, name: str, low: int, high: int) -> int | None:
-        raw = request.query_params.get(name)
-        if raw is None or raw == "":
-            return self.default_limit if name == self.limit_query_param else None
-        # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
-        if not re.fullmatch(r"[0-9]+", raw) or not low <= int(raw) <= high:
-            raise ValidationError({name: f"Must be a whole number from {low} to {high}."})
-        return int(raw)
+        return whole_number(request, self.offset_query_param, 0, BIGINT_MAX, 0)
 
     def get_schema_operation_parameters(self, view):
         bounds = {
@@ -40,3 +31,14 @@ class BoundedLimitOffsetPagination(LimitOffsetPagination):
         for parameter in parameters:
             parameter["schema"].update(bounds.get(parameter["name"], {}))
         return parameters
+
+
+def whole_number(request, name: str, low: int, high: int, default: int) -> int:
+    """The query parameter ``name`` as an integer in [low, high]; absent or empty: default."""
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+    if not re.fullmatch(r"[0-9]+", raw) or not low <= int(raw) <= high:
+        raise ValidationError({name: f"Must be a whole number from {low} to {high}."})
+    return int(raw)
