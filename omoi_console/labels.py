@@ -9,15 +9,20 @@ LABEL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,62}")
 LABEL_NAME_RULE = "1-63 letters, digits, '_', '.' or '-', starting with a letter or '_'"
 
 
-def storable(text: str) -> bool:
-    """No NUL and no lone surrogate: what every database and renderer can take."""
+def unstorable(text: str) -> str | None:
+    """What in ``text`` no database or renderer takes (NUL, a lone surrogate), else None."""
     if "\x00" in text:
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
+        return "NUL (\\u0000)"
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a lone surrogate"
+    return None
+
+
+def storable(text: str) -> bool:
+    return unstorable(text) is None
 
 
 @deconstructible

@@ -5,6 +5,7 @@ from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.parsers import JSONParser
 
 from omoi_console.api.exceptions import RequestTooLarge
+from omoi_console.labels import unstorable
 
 UTF_8 = {"utf-8", "utf8"}
 
@@ -65,13 +66,9 @@ def unstorable_text(data) -> str | None:
         else:
             continue
         for text in texts:
-            if "\x00" in text:
-                return "NUL (\\u0000)"
-            if not text.isascii():
-                try:
-                    text.encode("utf-8")
-                except UnicodeEncodeError:
-                    return "a lone surrogate"
+            problem = unstorable(text)
+            if problem:
+                return problem
     return None
 
 
