@@ -1,7 +1,7 @@
 """What alerting does with events from below: heartbeats lost and recovered."""
 
 from alerting import services
-from omoi_console.events import subscribe
+from omoi_console.foundation.events import subscribe
 
 
 @subscribe("monitor.agent.heartbeat_lost", handler_id="alerting.heartbeat_lost")

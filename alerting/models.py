@@ -3,7 +3,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from omoi_console.labels import validate_annotations, validate_labels
+from omoi_console.foundation.labels import validate_annotations, validate_labels
 
 
 class RuleKind(models.TextChoices):

@@ -23,8 +23,8 @@ from alerting.models import (
     RuleKind,
 )
 from alerting.transports import TRANSPORTS, TransportError
-from omoi_console.events import publish
-from omoi_console.events.tracing import current_trace_ids
+from omoi_console.foundation.events import publish
+from omoi_console.foundation.events.tracing import current_trace_ids
 
 log = structlog.get_logger(__name__)
 

@@ -7,7 +7,7 @@ from django.core.mail import EmailMessage
 from django.utils import timezone
 
 from alerting.models import Channel, Notification
-from omoi_console.events.broadcast import send_to_console
+from omoi_console.foundation.events.broadcast import send_to_console
 
 
 class TransportError(Exception):

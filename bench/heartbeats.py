@@ -76,8 +76,8 @@ async def run(options):
     from django.conf import settings
     from django.db import connection
 
-    from omoi_console.embedded import EmbeddedApp
-    from omoi_console.simulation import fleet_prefix, register_fleet
+    from omoi_console.top.embedded import EmbeddedApp
+    from omoi_console.top.simulation import fleet_prefix, register_fleet
 
     # The in-process server listens on loopback, which production settings need not list.
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "127.0.0.1"]

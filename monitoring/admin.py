@@ -1,7 +1,7 @@
 from django.contrib import admin
 
 from monitoring.models import Agent, AgentCommand, AgentToken, AgentTransition
-from omoi_console.tokens import HashedTokenAdmin
+from omoi_console.foundation.token_admin import HashedTokenAdmin
 
 
 class TransitionInline(admin.TabularInline):

@@ -4,8 +4,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from omoi_console.labels import validate_labels
-from omoi_console.tokens import HashedToken
+from omoi_console.foundation.labels import validate_labels
+from omoi_console.foundation.tokens import HashedToken
 
 AGENT_ID_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
 agent_id_validator = RegexValidator(

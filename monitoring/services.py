@@ -20,8 +20,8 @@ from monitoring.models import (
     CommandKind,
     CommandStatus,
 )
-from omoi_console.events import publish
-from omoi_console.events.tracing import new_trace
+from omoi_console.foundation.events import publish
+from omoi_console.foundation.events.tracing import new_trace
 
 log = structlog.get_logger(__name__)
 

@@ -1,7 +1,7 @@
 from django.contrib import admin
 
+from omoi_console.foundation.token_admin import HashedTokenAdmin
 from omoi_console.models import Event, OperatorToken
-from omoi_console.tokens import HashedTokenAdmin
 
 
 @admin.register(Event)

@@ -6,8 +6,8 @@ def _after_migrate(sender, **kwargs):
     # Permissions of every app exist once the last app has migrated.
     if sender is not list(apps.get_app_configs())[-1]:
         return
-    from omoi_console.roles import sync_roles
-    from omoi_console.schedule import sync_beat_schedule
+    from omoi_console.foundation.roles import sync_roles
+    from omoi_console.top.schedule import sync_beat_schedule
 
     sync_roles()
     sync_beat_schedule()
@@ -18,9 +18,9 @@ class OmoiConsoleConfig(AppConfig):
     verbose_name = "Omoi Console"
 
     def ready(self):
-        import omoi_console.api.schema  # noqa: F401  (registers the OpenAPI auth schemes)
-        from omoi_console.events.broadcast import broadcast_event
-        from omoi_console.events.registry import ALL, subscribe
+        import omoi_console.foundation.api.schema  # noqa: F401  (registers the OpenAPI auth schemes)
+        from omoi_console.foundation.events.broadcast import broadcast_event
+        from omoi_console.foundation.events.registry import ALL, subscribe
 
         subscribe(ALL, handler_id="console.broadcast")(broadcast_event)
         post_migrate.connect(_after_migrate, dispatch_uid="omoi_console.after_migrate")

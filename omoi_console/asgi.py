@@ -10,9 +10,9 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
-from omoi_console.request_limits import BoundedRequestBody  # noqa: E402
-from omoi_console.routing import websocket_urlpatterns  # noqa: E402
-from omoi_console.websocket_auth import AllowedHostsOrigin, WebsocketAuthMiddleware  # noqa: E402
+from omoi_console.foundation.request_limits import BoundedRequestBody  # noqa: E402
+from omoi_console.foundation.websocket_auth import AllowedHostsOrigin, WebsocketAuthMiddleware  # noqa: E402
+from omoi_console.top.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {

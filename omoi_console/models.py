@@ -6,7 +6,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from omoi_console.tokens import HashedToken
+from omoi_console.foundation.tokens import HashedToken
 
 
 class EventStatus(models.TextChoices):

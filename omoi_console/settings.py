@@ -15,7 +15,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from omoi_console.environment import (
+from omoi_console.foundation.environment import (
     env_bool,
     env_choice,
     env_float,
@@ -99,7 +99,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
-    "omoi_console.middleware.RefuseNulInURL",
+    "omoi_console.foundation.middleware.RefuseNulInURL",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -239,24 +239,25 @@ LOGOUT_REDIRECT_URL = "login"
 MAX_REQUEST_BYTES = env_int("OMOI_MAX_REQUEST_BYTES", 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
 
+_API = "omoi_console.foundation.api"
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         # Token classes first: their WWW-Authenticate header makes a request
         # without credentials a 401 rather than a 403.
-        "omoi_console.auth.OperatorTokenAuthentication",
+        "omoi_console.foundation.auth.OperatorTokenAuthentication",
         "monitoring.api.authentication.AgentTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
         # Last: credentials that none of the above recognised are a 401 that says so.
-        "omoi_console.auth.RefuseUnrecognisedCredentials",
+        "omoi_console.foundation.auth.RefuseUnrecognisedCredentials",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["omoi_console.api.permissions.IsOperatorUser"],
-    "DEFAULT_PARSER_CLASSES": ["omoi_console.api.parsers.BoundedJSONParser"],
+    "DEFAULT_PERMISSION_CLASSES": ["omoi_console.foundation.api.permissions.IsOperatorUser"],
+    "DEFAULT_PARSER_CLASSES": ["omoi_console.foundation.api.parsers.BoundedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "omoi_console.api.negotiation.JSONOnlyNegotiation",
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": f"{_API}.negotiation.JSONOnlyNegotiation",
     "URL_FORMAT_OVERRIDE": None,
-    "DEFAULT_PAGINATION_CLASS": "omoi_console.api.pagination.BoundedLimitOffsetPagination",
+    "DEFAULT_PAGINATION_CLASS": f"{_API}.pagination.BoundedLimitOffsetPagination",
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "EXCEPTION_HANDLER": "omoi_console.api.problems.problem_exception_handler",
+    "EXCEPTION_HANDLER": "omoi_console.foundation.api.problems.problem_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
@@ -271,11 +272,11 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
-        "omoi_console.api.schema.add_problem_responses",
+        "omoi_console.foundation.api.schema.add_problem_responses",
     ],
     # The last authenticator only words a refusal; it is no scheme of its own.
     "AUTHENTICATION_WHITELIST": [
-        "omoi_console.auth.OperatorTokenAuthentication",
+        "omoi_console.foundation.auth.OperatorTokenAuthentication",
         "monitoring.api.authentication.AgentTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],

@@ -3,8 +3,8 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from omoi_console import views
-from omoi_console.api import problems
+from omoi_console.foundation.api import problems
+from omoi_console.top import views
 
 api_v1 = [
     path("", include("monitoring.api.urls")),

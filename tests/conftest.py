@@ -16,7 +16,7 @@ from django.conf import settings
 from rest_framework.test import APIClient
 
 from omoi_console.celery import app as celery_app
-from omoi_console.embedded import EmbeddedApp
+from omoi_console.top.embedded import EmbeddedApp
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -74,7 +74,7 @@ def seeded(db):
     """What migrate seeds (roles, built-in rule, default policy); transactional tests
     flush the database, so it is re-seeded per test."""
     from alerting.builtins import ensure_builtin_rules
-    from omoi_console.roles import sync_roles
+    from omoi_console.foundation.roles import sync_roles
     from watchdog.builtins import ensure_default_policies
 
     sync_roles()
@@ -95,8 +95,8 @@ def make_operator(seeded):
     """make_operator(role) -> (user, plaintext API token)."""
     from django.contrib.auth import get_user_model
 
+    from omoi_console.foundation.roles import grant_role
     from omoi_console.models import OperatorToken
-    from omoi_console.roles import grant_role
 
     def make(role: str, username: str | None = None):
         user = get_user_model().objects.create_user(

@@ -8,8 +8,8 @@ from django.urls import reverse
 from alerting.models import AlertRule
 from alerting.services import fire_heartbeat_alerts
 from monitoring.models import Agent, AgentToken
+from omoi_console.foundation.roles import PRODUCT_APPS
 from omoi_console.models import Event, OperatorToken
-from omoi_console.roles import PRODUCT_APPS
 
 
 @pytest.fixture

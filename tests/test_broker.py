@@ -6,8 +6,8 @@ import uuid
 import pytest
 
 from omoi_console.celery import app as celery_app
-from omoi_console.events import publish
-from omoi_console.events.registry import subscribe, unsubscribe
+from omoi_console.foundation.events import publish
+from omoi_console.foundation.events.registry import subscribe, unsubscribe
 from omoi_console.models import Event, EventStatus
 
 LOST = {"agent_id": "worker-01", "role": "worker", "last_heartbeat_at": None, "missed": 3}

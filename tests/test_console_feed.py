@@ -6,8 +6,8 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from omoi_console.asgi import application
-from omoi_console.consumers import CLOSE_UNAUTHENTICATED
-from omoi_console.events import publish
+from omoi_console.foundation.events import publish
+from omoi_console.top.consumers import CLOSE_UNAUTHENTICATED
 
 LOST = {"agent_id": "worker-01", "role": "worker", "last_heartbeat_at": None, "missed": 3}
 
@@ -116,8 +116,8 @@ async def _connects(feed) -> bool:
 def test_it_refuses_users_without_a_role(seeded):
     from django.contrib.auth import get_user_model
 
-    from omoi_console.consumers import CLOSE_FORBIDDEN
     from omoi_console.models import OperatorToken
+    from omoi_console.top.consumers import CLOSE_FORBIDDEN
 
     user = get_user_model().objects.create_user("no-role")
     _, raw = OperatorToken.issue(user=user)
@@ -154,8 +154,8 @@ async def close_code_over_the_wire(url: str, headers: dict) -> int:
 def test_a_real_server_tells_the_client_why_it_was_refused(server, seeded):
     from django.contrib.auth import get_user_model
 
-    from omoi_console.consumers import CLOSE_FORBIDDEN
     from omoi_console.models import OperatorToken
+    from omoi_console.top.consumers import CLOSE_FORBIDDEN
 
     _, no_role = OperatorToken.issue(user=get_user_model().objects.create_user("no-role"))
     url = f"ws://127.0.0.1:{server.port}/ws/console/"
@@ -167,7 +167,7 @@ def test_a_real_server_tells_the_client_why_it_was_refused(server, seeded):
 
 
 def test_a_real_server_closes_unknown_feeds_with_4404(server):
-    from omoi_console.consumers import CLOSE_NOT_FOUND
+    from omoi_console.top.consumers import CLOSE_NOT_FOUND
 
     for path in ("/ws/nope/", "/ws/console"):
         url = f"ws://127.0.0.1:{server.port}{path}"

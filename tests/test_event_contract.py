@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from omoi_console.events.catalog import CATALOG
+from omoi_console.foundation.events.catalog import CATALOG
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "monitoring" / "events.md"
 HEADING = re.compile(r"^### `([a-z_.]+)`\s*$")

@@ -6,8 +6,8 @@ import time_machine
 from django.db import connections, transaction
 from django.utils import timezone
 
-from omoi_console.events import bus
-from omoi_console.events.registry import subscribe, unsubscribe
+from omoi_console.foundation.events import bus
+from omoi_console.foundation.events.registry import subscribe, unsubscribe
 from omoi_console.models import Event, EventReceipt, EventStatus
 
 PAYLOAD = {"agent_id": "worker-01", "role": "worker", "last_heartbeat_at": None, "missed": 3}

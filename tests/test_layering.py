@@ -1,7 +1,10 @@
 """Imports point down only: watchdog -> alerting -> monitoring -> observability.
 
-omoi_console's foundation (the bus, API plumbing, tokens, roles, models) sits
-below every app and imports none; the rest of omoi_console is the top layer.
+omoi_console has two floors: ``omoi_console/foundation`` (the bus, API plumbing,
+tokens, auth, roles, request limits) and the Event models sit below every app
+and import none; ``omoi_console/top`` (console, gameday, simulation, embedded
+server) sits above every app. The project plumbing beside them (settings, urls,
+asgi, celery, commands) wires the two together.
 """
 
 import ast
@@ -10,15 +13,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 APPS = ["observability", "monitoring", "alerting", "watchdog"]  # bottom to top
 FOUNDATION = [
-    "omoi_console/events",
-    "omoi_console/api",
-    "omoi_console/auth.py",
-    "omoi_console/tokens.py",
+    "omoi_console/foundation",
     "omoi_console/models.py",
-    "omoi_console/roles.py",
-    "omoi_console/environment.py",
-    "omoi_console/labels.py",
+    "omoi_console/admin.py",
 ]
+TOP = "omoi_console/top"
 
 
 def python_files(relative: str, root: Path = ROOT):
@@ -72,14 +71,35 @@ def test_it_keeps_the_foundation_free_of_apps():
     assert problems == []
 
 
+def test_it_keeps_every_module_of_the_project_package_on_a_floor():
+    package = ROOT / "omoi_console"
+    plumbing = {
+        "__init__.py",
+        "settings.py",
+        "celery.py",
+        "asgi.py",
+        "wsgi.py",
+        "urls.py",
+        "apps.py",
+        "tasks.py",
+    }
+    loose = [
+        path.name
+        for path in package.glob("*.py")
+        if path.name not in plumbing and f"omoi_console/{path.name}" not in FOUNDATION
+    ]
+    assert loose == []
+    assert (package / "foundation").is_dir() and (package / TOP.split("/")[1]).is_dir()
+
+
 def test_the_checker_catches_upward_and_top_layer_imports(tmp_path):
     (tmp_path / "monitoring").mkdir()
     (tmp_path / "monitoring" / "probe.py").write_text(
         "from watchdog.models import RemediationAction\n"
-        "from omoi_console.gameday import GameDay\n"
-        "from omoi_console.events import publish\n"
+        "from omoi_console.top.gameday import GameDay\n"
+        "from omoi_console.foundation.events import publish\n"
     )
     assert sorted(violations_for("monitoring", {"observability", "monitoring"}, tmp_path)) == [
-        "monitoring/probe.py imports omoi_console.gameday (not foundation)",
+        "monitoring/probe.py imports omoi_console.top.gameday (not foundation)",
         "monitoring/probe.py imports watchdog.models",
     ]

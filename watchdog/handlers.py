@@ -1,5 +1,5 @@
 from monitoring.models import AgentState
-from omoi_console.events import subscribe
+from omoi_console.foundation.events import subscribe
 from watchdog import services
 from watchdog.models import Trigger
 

@@ -8,8 +8,8 @@ from django.db import transaction
 from django.utils import timezone
 
 from monitoring.models import Agent, AgentState
-from omoi_console.events import publish
-from omoi_console.events.tracing import current_trace_ids
+from omoi_console.foundation.events import publish
+from omoi_console.foundation.events.tracing import current_trace_ids
 from watchdog.adapters import get_adapter
 from watchdog.models import ActionStatus, RemediationAction, RemediationPolicy
 

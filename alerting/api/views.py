@@ -7,8 +7,8 @@ from alerting import services
 from alerting.api.serializers import AlertRuleSerializer, AlertSerializer, NotificationSerializer
 from alerting.filtersets import AlertFilterSet
 from alerting.models import Alert, AlertRule, Notification
-from omoi_console.api.permissions import ModelPermissions, require
-from omoi_console.api.problems import problem_response
+from omoi_console.foundation.api.permissions import ModelPermissions, require
+from omoi_console.foundation.api.problems import problem_response
 
 
 class AlertViewSet(viewsets.ReadOnlyModelViewSet):

@@ -2,7 +2,7 @@
 
 from django.db import migrations, models
 
-import omoi_console.labels
+import omoi_console.foundation.labels
 
 
 class Migration(migrations.Migration):
@@ -18,7 +18,9 @@ class Migration(migrations.Migration):
                 blank=True,
                 default=dict,
                 validators=[
-                    omoi_console.labels.TextMapValidator(max_items=16, max_value_length=2000)
+                    omoi_console.foundation.labels.TextMapValidator(
+                        max_items=16, max_value_length=2000
+                    )
                 ],
             ),
         ),
@@ -26,7 +28,9 @@ class Migration(migrations.Migration):
             model_name="alertrule",
             name="labels",
             field=models.JSONField(
-                blank=True, default=dict, validators=[omoi_console.labels.TextMapValidator()]
+                blank=True,
+                default=dict,
+                validators=[omoi_console.foundation.labels.TextMapValidator()],
             ),
         ),
     ]

@@ -4,8 +4,8 @@ from rest_framework.authentication import BaseAuthentication, get_authorization_
 from rest_framework.exceptions import AuthenticationFailed
 
 from monitoring.models import AgentToken
-from omoi_console.auth import bearer_credential
-from omoi_console.tokens import split_token
+from omoi_console.foundation.auth import bearer_credential
+from omoi_console.foundation.tokens import split_token
 
 
 class AgentPrincipal:

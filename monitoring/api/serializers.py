@@ -9,7 +9,7 @@ from monitoring.models import (
     AgentTransition,
     agent_id_validator,
 )
-from omoi_console.api.fields import (
+from omoi_console.foundation.api.fields import (
     LabelsField,
     StrictCharField,
     StrictFloatField,

@@ -4,7 +4,7 @@ from rest_framework.routers import SimpleRouter
 
 from monitoring.api import views
 from monitoring.models import AGENT_ID_PATTERN
-from omoi_console.tokens import LOOKUP_PATTERN
+from omoi_console.foundation.tokens import LOOKUP_PATTERN
 
 
 class AgentIdConverter(StringConverter):

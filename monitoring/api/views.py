@@ -22,8 +22,8 @@ from monitoring.api.serializers import (
 )
 from monitoring.filtersets import AgentFilterSet
 from monitoring.models import AGENT_ID_PATTERN, Agent, AgentToken
-from omoi_console.api.permissions import ModelPermissions, require
-from omoi_console.api.problems import problem_response
+from omoi_console.foundation.api.permissions import ModelPermissions, require
+from omoi_console.foundation.api.problems import problem_response
 
 
 class HeartbeatView(APIView):

@@ -3,7 +3,7 @@
 import django.core.validators
 from django.db import migrations, models
 
-import omoi_console.labels
+import omoi_console.foundation.labels
 
 
 class Migration(migrations.Migration):
@@ -44,7 +44,9 @@ class Migration(migrations.Migration):
             model_name="agent",
             name="labels",
             field=models.JSONField(
-                blank=True, default=dict, validators=[omoi_console.labels.TextMapValidator()]
+                blank=True,
+                default=dict,
+                validators=[omoi_console.foundation.labels.TextMapValidator()],
             ),
         ),
     ]

@@ -1,6 +1,6 @@
 from rest_framework import viewsets
 
-from omoi_console.api.permissions import ModelPermissions
+from omoi_console.foundation.api.permissions import ModelPermissions
 from watchdog.api.serializers import RemediationActionSerializer, RemediationPolicySerializer
 from watchdog.models import RemediationAction, RemediationPolicy
 

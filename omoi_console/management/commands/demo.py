@@ -11,9 +11,9 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from omoi_console.celery import app as celery_app
-from omoi_console.embedded import EmbeddedApp, in_thread
-from omoi_console.roles import ADMIN, grant_role
-from omoi_console.simulation import SimulatedFleet, fleet_prefix, register_fleet, retire_fleet
+from omoi_console.foundation.roles import ADMIN, grant_role
+from omoi_console.top.embedded import EmbeddedApp, in_thread
+from omoi_console.top.simulation import SimulatedFleet, fleet_prefix, register_fleet, retire_fleet
 
 DEMO_USER = "demo"
 

@@ -9,7 +9,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.test.utils import override_settings
 
 from omoi_console.celery import app as celery_app
-from omoi_console.gameday import GameDay, Options
+from omoi_console.top.gameday import GameDay, Options
 
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
 

@@ -2,8 +2,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from omoi_console.foundation.roles import ROLES, grant_role
 from omoi_console.models import OperatorToken
-from omoi_console.roles import ROLES, grant_role
 
 
 class Command(BaseCommand):

@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from omoi_console.events import bus
+from omoi_console.foundation.events import bus
 
 
 @shared_task(ignore_result=True)

@@ -5,7 +5,7 @@ from contextlib import contextmanager
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-tracer = trace.get_tracer("omoi_console.events")
+tracer = trace.get_tracer("omoi_console.foundation.events")
 
 
 def current_trace_ids() -> tuple[str, str]:

@@ -1,7 +1,7 @@
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from omoi_console.events.broadcast import CONSOLE_GROUP
+from omoi_console.foundation.events.broadcast import CONSOLE_GROUP
 
 # Close codes in the private range: the browser sees why it was turned away.
 CLOSE_UNAUTHENTICATED = 4401

@@ -12,8 +12,8 @@ import uvicorn
 from asgiref.sync import sync_to_async
 from django.db import connections
 
-from omoi_console.events.broadcast import bind_server_loop
-from omoi_console.ticker import Ticker
+from omoi_console.foundation.events.broadcast import bind_server_loop
+from omoi_console.top.ticker import Ticker
 
 
 class _Server(uvicorn.Server):

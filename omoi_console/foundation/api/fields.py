@@ -8,7 +8,7 @@ so these refuse with 422 instead of guessing.
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
-from omoi_console.labels import validate_labels
+from omoi_console.foundation.labels import validate_labels
 
 # Signed 64-bit: the widest integer every supported database column holds.
 BIGINT_MAX = 2**63 - 1

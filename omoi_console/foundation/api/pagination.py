@@ -3,7 +3,7 @@ import re
 from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import LimitOffsetPagination
 
-from omoi_console.api.fields import BIGINT_MAX
+from omoi_console.foundation.api.fields import BIGINT_MAX
 
 
 class BoundedLimitOffsetPagination(LimitOffsetPagination):

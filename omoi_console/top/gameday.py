@@ -20,10 +20,10 @@ from django.utils import timezone
 from alerting.models import Notification, NotificationKind, NotificationStatus
 from monitoring.models import Agent, AgentRole
 from monitoring.services import failed_after_seconds
-from omoi_console.embedded import EmbeddedApp, in_thread
+from omoi_console.foundation.roles import VIEWER, grant_role
 from omoi_console.models import Event, OperatorToken
-from omoi_console.roles import VIEWER, grant_role
-from omoi_console.simulation import SimulatedFleet, fleet_prefix, register_fleet, retire_fleet
+from omoi_console.top.embedded import EmbeddedApp, in_thread
+from omoi_console.top.simulation import SimulatedFleet, fleet_prefix, register_fleet, retire_fleet
 
 log = structlog.get_logger(__name__)
 

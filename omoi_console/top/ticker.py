@@ -7,7 +7,7 @@ import structlog
 from django.db import close_old_connections, connection
 from django.utils.module_loading import import_string
 
-from omoi_console.schedule import PERIODIC_JOBS
+from omoi_console.top.schedule import PERIODIC_JOBS
 
 log = structlog.get_logger(__name__)
 

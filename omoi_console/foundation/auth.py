@@ -3,8 +3,8 @@
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.exceptions import AuthenticationFailed
 
+from omoi_console.foundation.tokens import split_token
 from omoi_console.models import OperatorToken
-from omoi_console.tokens import split_token
 
 
 def bearer_credential(header: bytes) -> str | None:

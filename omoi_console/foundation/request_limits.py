@@ -11,7 +11,7 @@ import json
 
 from django.conf import settings
 
-from omoi_console.api.problems import PROBLEM_CONTENT_TYPE, problem
+from omoi_console.foundation.api.problems import PROBLEM_CONTENT_TYPE, problem
 
 
 class BoundedRequestBody:

@@ -16,9 +16,9 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from omoi_console.events.catalog import check_payload
-from omoi_console.events.registry import Subscription, subscribers_for
-from omoi_console.events.tracing import continued_trace, current_trace_ids
+from omoi_console.foundation.events.catalog import check_payload
+from omoi_console.foundation.events.registry import Subscription, subscribers_for
+from omoi_console.foundation.events.tracing import continued_trace, current_trace_ids
 from omoi_console.models import Event, EventReceipt, EventStatus
 
 log = structlog.get_logger(__name__)
@@ -66,7 +66,7 @@ def redispatch_delay() -> timedelta:
 
 
 def enqueue_dispatch(event_id: UUID) -> None:
-    from omoi_console.events.tasks import dispatch_event
+    from omoi_console.foundation.events.tasks import dispatch_event
 
     dispatch_event.delay(str(event_id))
 

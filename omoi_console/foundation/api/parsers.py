@@ -4,8 +4,8 @@ from django.conf import settings
 from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.parsers import JSONParser
 
-from omoi_console.api.exceptions import RequestTooLarge
-from omoi_console.labels import unstorable
+from omoi_console.foundation.api.exceptions import RequestTooLarge
+from omoi_console.foundation.labels import unstorable
 
 UTF_8 = {"utf-8", "utf8"}
 

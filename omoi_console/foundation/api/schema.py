@@ -14,7 +14,7 @@ def for_agents(auto_schema) -> bool:
 
 
 class OperatorTokenScheme(OpenApiAuthenticationExtension):
-    target_class = "omoi_console.auth.OperatorTokenAuthentication"
+    target_class = "omoi_console.foundation.auth.OperatorTokenAuthentication"
     name = "operatorToken"
 
     def get_security_requirement(self, auto_schema):

@@ -11,7 +11,7 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from omoi_console.api.exceptions import RequestTooLarge
+from omoi_console.foundation.api.exceptions import RequestTooLarge
 
 log = structlog.get_logger(__name__)
 

@@ -6,7 +6,7 @@ from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 
-from omoi_console.auth import bearer_credential, operator_for_token
+from omoi_console.foundation.auth import bearer_credential, operator_for_token
 
 
 class BearerTokenMiddleware:

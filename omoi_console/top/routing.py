@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from omoi_console.consumers import ConsoleConsumer, NoSuchFeed
+from omoi_console.top.consumers import ConsoleConsumer, NoSuchFeed
 
 websocket_urlpatterns = [
     path("ws/console/", ConsoleConsumer.as_asgi()),
