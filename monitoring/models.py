@@ -32,6 +32,10 @@ class AgentState(models.TextChoices):
 
 
 HEALTHY_STATES = frozenset({AgentState.IDLE, AgentState.RUNNING})
+# What an agent may say about itself in a heartbeat.
+REPORTABLE_STATES = (AgentState.IDLE, AgentState.RUNNING, AgentState.FAILED)
+TASK_ID_MAX_LENGTH = 200
+MAX_ACKS_PER_HEARTBEAT = 100
 UNHEALTHY_STATES = frozenset({AgentState.DEGRADED, AgentState.FAILED, AgentState.RESTARTING})
 
 
@@ -57,7 +61,7 @@ class Agent(models.Model):
     overdue_at = models.DateTimeField(null=True, blank=True)
     missed_heartbeats = models.PositiveSmallIntegerField(default=0)
     unhealthy_since = models.DateTimeField(null=True, blank=True)
-    current_task = models.CharField(max_length=200, blank=True)
+    current_task = models.CharField(max_length=TASK_ID_MAX_LENGTH, blank=True)
     task_progress = models.FloatField(null=True, blank=True)
     state_changed_at = models.DateTimeField(default=timezone.now)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
@@ -104,6 +108,11 @@ class AgentToken(HashedToken):
     OWNER = "agent"
 
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="tokens")
+
+    class Meta:
+        # The newest revocation, polled by a serving process that has no
+        # channel to hear about revocations made elsewhere.
+        indexes = [models.Index(fields=["revoked_at"], name="agenttoken_revoked_idx")]
 
 
 class CommandKind(models.TextChoices):

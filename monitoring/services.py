@@ -9,6 +9,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from monitoring.ingest.invalidation import invalidate_on_commit
 from monitoring.models import (
     HEALTHY_STATES,
     UNHEALTHY_STATES,
@@ -156,11 +157,14 @@ def record_heartbeat(
     task_id: str = "",
     progress: float | None = None,
     acks: list[int] | None = None,
+    deliver: bool = True,
 ) -> HeartbeatResult:
     """Take a heartbeat: refresh deadlines, apply acknowledgements, hand out commands.
 
     ``state`` is what the agent reports (idle, running or failed). An agent
     with a delivered restart stays RESTARTING until it acknowledges it.
+    ``deliver=False`` leaves queued commands queued: for a heartbeat whose
+    answer has already gone out (the batched ingest path).
     """
     with transaction.atomic():
         agent = Agent.objects.select_for_update().get(pk=agent.pk)
@@ -168,7 +172,7 @@ def record_heartbeat(
             raise AgentUnavailable(f"agent {agent.id} is terminated")
         now = timezone.now()
         restarted = _acknowledge(agent, acks or [], now)
-        commands = _deliver_commands(agent, now)
+        commands = _deliver_commands(agent, now) if deliver else []
         agent.last_heartbeat_at = now
         agent.missed_heartbeats = 0
         agent.current_task = task_id
@@ -301,3 +305,4 @@ def terminate_agent(agent: Agent, *, reason: str, actor: str) -> None:
         AgentToken.objects.filter(agent=agent, revoked_at__isnull=True).update(
             revoked_at=timezone.now()
         )
+        invalidate_on_commit(agents=[agent.pk], agent_tokens=[agent.pk], wait=True)

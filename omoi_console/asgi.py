@@ -1,4 +1,8 @@
-"""ASGI entry point for daphne (production) and the in-process server (embedded)."""
+"""ASGI entry point for the production server and the in-process server (embedded).
+
+HTTP passes the request-body bound first, then the lean heartbeat path, which
+answers routine heartbeats itself and hands every other request to Django.
+"""
 
 import os
 
@@ -10,13 +14,18 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from monitoring.ingest.asgi import HeartbeatFastPath, lifespan  # noqa: E402
 from omoi_console.foundation.request_limits import BoundedRequestBody  # noqa: E402
-from omoi_console.foundation.websocket_auth import AllowedHostsOrigin, WebsocketAuthMiddleware  # noqa: E402
+from omoi_console.foundation.websocket_auth import (  # noqa: E402
+    AllowedHostsOrigin,
+    WebsocketAuthMiddleware,
+)
 from omoi_console.top.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": BoundedRequestBody(django_asgi_app),
+        "http": BoundedRequestBody(HeartbeatFastPath(django_asgi_app)),
         "websocket": AllowedHostsOrigin(WebsocketAuthMiddleware(URLRouter(websocket_urlpatterns))),
+        "lifespan": lifespan,
     }
 )

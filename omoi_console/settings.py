@@ -178,6 +178,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- cache, channels, celery --------------------------------------------------
 
+# Names this deployment's keys and pub/sub channels in a shared Redis.
+CHANNELS_PREFIX = env_str("CHANNELS_PREFIX", "omoi")
 if REDIS_URL:
     CACHES = {
         "default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}
@@ -185,7 +187,7 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": env_str("CHANNELS_PREFIX", "omoi")},
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": CHANNELS_PREFIX},
         }
     }
 else:
@@ -284,7 +286,7 @@ SPECTACULAR_SETTINGS = {
     "ENUM_NAME_OVERRIDES": {
         "AgentRoleEnum": "monitoring.models.AgentRole",
         "AgentStateEnum": "monitoring.models.AgentState",
-        "ReportedStateEnum": "monitoring.api.serializers.REPORTABLE_STATES",
+        "ReportedStateEnum": "monitoring.models.REPORTABLE_STATES",
     },
 }
 
@@ -354,5 +356,11 @@ if PRODUCTION and ALERT_EMAIL_RECIPIENTS and not MAIL_DELIVERED:
         "or EMAIL_BACKEND, or leave OMOI_ALERT_EMAIL_TO empty to turn alert mail off."
     )
 NOTIFICATION_MAX_ATTEMPTS = env_int("OMOI_NOTIFICATION_MAX_ATTEMPTS", 5)
+
+# The lean heartbeat path writes buffered heartbeats every this many seconds.
+INGEST_FLUSH_SECONDS = env_float("OMOI_INGEST_FLUSH_SECONDS", 0.1)
+# Without Redis, a revocation made by another process (the command line) is noticed
+# by polling for the newest revocation this often.
+INGEST_REVOCATION_POLL_SECONDS = env_float("OMOI_INGEST_REVOCATION_POLL_SECONDS", 1.0)
 
 WATCHDOG_MODE = env_choice("OMOI_WATCHDOG_MODE", ("on", "off", "dry-run"), "on")

@@ -69,6 +69,16 @@ def eager_celery():
     celery_app.conf.task_always_eager = previous
 
 
+@pytest.fixture(autouse=True)
+def empty_ingest_cache():
+    """Each test starts with a lean heartbeat path that knows no token or agent."""
+    from monitoring.ingest.cache import ingest_cache
+
+    ingest_cache.clear()
+    yield
+    ingest_cache.clear()
+
+
 @pytest.fixture
 def seeded(db):
     """What migrate seeds (roles, built-in rule, default policy); transactional tests

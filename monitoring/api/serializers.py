@@ -1,6 +1,9 @@
 from rest_framework import serializers
 
 from monitoring.models import (
+    MAX_ACKS_PER_HEARTBEAT,
+    REPORTABLE_STATES,
+    TASK_ID_MAX_LENGTH,
     Agent,
     AgentCommand,
     AgentRole,
@@ -16,15 +19,21 @@ from omoi_console.foundation.api.fields import (
     StrictIntegerField,
 )
 
-REPORTABLE_STATES = [AgentState.IDLE, AgentState.RUNNING, AgentState.FAILED]
-
 
 class HeartbeatSerializer(serializers.Serializer):
+    """What an agent reports. The lean ingest path (monitoring.ingest.validation) takes
+    the routine subset of these same rules and sends everything else here."""
+
     state = serializers.ChoiceField(choices=REPORTABLE_STATES)
-    task_id = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
+    task_id = StrictCharField(
+        max_length=TASK_ID_MAX_LENGTH, required=False, allow_blank=True, default=""
+    )
     progress = StrictFloatField(min_value=0.0, max_value=1.0, required=False, allow_null=True)
     acks = serializers.ListField(
-        child=StrictIntegerField(min_value=1), required=False, max_length=100, default=list
+        child=StrictIntegerField(min_value=1),
+        required=False,
+        max_length=MAX_ACKS_PER_HEARTBEAT,
+        default=list,
     )
 
 

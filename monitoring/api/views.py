@@ -21,6 +21,7 @@ from monitoring.api.serializers import (
     TransitionSerializer,
 )
 from monitoring.filtersets import AgentFilterSet
+from monitoring.ingest.cache import ingest_cache, remember_served
 from monitoring.models import AGENT_ID_PATTERN, Agent, AgentToken
 from omoi_console.foundation.api.permissions import ModelPermissions, require
 from omoi_console.foundation.api.problems import problem_response
@@ -41,10 +42,14 @@ class HeartbeatView(APIView):
             raise PermissionDenied("This token belongs to another agent.")
         serializer = HeartbeatSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
+        _, agent_generation = ingest_cache.generations(agent.pk)
         try:
-            result = services.record_heartbeat(agent, **serializer.validated_data)
+            with ingest_cache.counting_own_changes() as own:
+                result = services.record_heartbeat(agent, **serializer.validated_data)
         except services.AgentUnavailable as exc:
             return problem_response(409, str(exc))
+        generations = (request.user.token_generation, agent_generation + own.get(agent.pk, 0))
+        remember_served(request.user.raw_token, request.auth, result.agent, generations)
         return Response(HeartbeatResponseSerializer(result).data)
 
 

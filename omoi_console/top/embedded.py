@@ -46,7 +46,7 @@ class EmbeddedApp:
         sock.bind((self.host, self.requested_port))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            application, lifespan="off", log_config=None, access_log=False, ws="websockets-sansio"
+            application, lifespan="on", log_config=None, access_log=False, ws="websockets-sansio"
         )
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))

@@ -35,19 +35,28 @@ class BoundedJSONParser(JSONParser):
         if len(body) > limit:
             raise RequestTooLarge(f"Request body exceeds {limit} bytes.")
         try:
-            data = json.loads(
-                body.decode("utf-8"),
-                parse_constant=_refuse_constant,
-                object_pairs_hook=_refuse_duplicate_keys,
-            )
-        except RecursionError:
-            raise ParseError("Malformed JSON: nested too deeply.") from None
-        except (UnicodeDecodeError, ValueError) as exc:
+            return load_strict_json(body)
+        except ValueError as exc:
             raise ParseError(f"Malformed JSON: {exc}") from None
-        problem = unstorable_text(data)
-        if problem:
-            raise ParseError(f"Malformed JSON: strings may not contain {problem}.")
-        return data
+
+
+def load_strict_json(body: bytes):
+    """Parse a UTF-8 JSON body under the rules above; ValueError says what is wrong.
+
+    Shared by the DRF parser and the lean ingest path, so both refuse the same bodies.
+    """
+    try:
+        data = json.loads(
+            body.decode("utf-8"),
+            parse_constant=_refuse_constant,
+            object_pairs_hook=_refuse_duplicate_keys,
+        )
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    problem = unstorable_text(data)
+    if problem:
+        raise ValueError(f"strings may not contain {problem}.")
+    return data
 
 
 def unstorable_text(data) -> str | None:

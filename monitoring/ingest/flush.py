@@ -1,0 +1,144 @@
+"""Writing a batch of buffered heartbeats: one statement for the routine ones.
+
+A routine heartbeat is written only if the agent is still in the state it was
+answered from (``WHERE state = <served state>``); the statement returns the
+rows it moved, and every other heartbeat of the batch (a state change, or an
+agent whose state changed under us) goes through ``record_heartbeat`` with
+``deliver=False``: its answer has gone out, so no queued command may be marked
+delivered by it.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from monitoring import services
+from monitoring.ingest.cache import ingest_cache
+from monitoring.models import Agent, AgentToken
+
+log = structlog.get_logger(__name__)
+
+# Postgres takes at most 65,535 parameters per statement; six per row.
+ROWS_PER_STATEMENT = 5000
+
+
+@dataclass
+class Beat:
+    agent_id: str
+    at: datetime
+    state: str  # what the agent reported
+    served_from: str  # the cached state it was answered from
+    task_id: str
+    progress: float | None
+    interval: float
+    token_id: int
+    touch_token: bool  # its last_used_at is a minute old: write it with this batch
+    generation: int
+
+    @property
+    def routine(self) -> bool:
+        return self.state == self.served_from
+
+
+@dataclass
+class Outcome:
+    states: dict[str, str | None]  # each agent's state afterwards (None: may not report)
+    own_changes: dict[str, int]  # cache invalidations this flush caused, per agent
+
+
+def flush_heartbeats(beats: list[Beat]) -> Outcome:
+    """Write a batch of heartbeats."""
+    latest: dict[str, Beat] = {}
+    for beat in beats:  # an agent that beat twice in one interval: the last one counts
+        latest[beat.agent_id] = beat
+    routine = [b for b in latest.values() if b.routine]
+    with transaction.atomic():
+        written = write_liveness(routine)
+    states: dict[str, str | None] = {agent_id: latest[agent_id].state for agent_id in written}
+    with ingest_cache.counting_own_changes() as own:
+        for beat in latest.values():
+            if beat.agent_id not in written:
+                states[beat.agent_id] = apply_in_full(beat)
+    touch_tokens(beats)
+    return Outcome(states, dict(own))
+
+
+def write_liveness(beats: list[Beat]) -> set[str]:
+    """One UPDATE per chunk for heartbeats that change nothing but liveness."""
+    written: set[str] = set()
+    for start in range(0, len(beats), ROWS_PER_STATEMENT):
+        written |= _write_chunk(beats[start : start + ROWS_PER_STATEMENT])
+    return written
+
+
+def _write_chunk(beats: list[Beat]) -> set[str]:
+    if not beats:
+        return set()
+    ops = connection.ops
+    skew = timedelta(seconds=settings.HEARTBEAT_SKEW_SECONDS)
+    postgres = connection.vendor == "postgresql"
+    row = (
+        "(%s, %s::timestamptz, %s::timestamptz, %s, %s::double precision, %s)"
+        if postgres
+        else "(%s, %s, %s, %s, %s, %s)"
+    )
+    params: list = []
+    for beat in sorted(beats, key=lambda b: b.agent_id):
+        overdue = beat.at + timedelta(seconds=beat.interval) + skew
+        params += [
+            beat.agent_id,
+            ops.adapt_datetimefield_value(beat.at),
+            ops.adapt_datetimefield_value(overdue),
+            beat.task_id,
+            beat.progress,
+            beat.state,
+        ]
+    table = connection.ops.quote_name(Agent._meta.db_table)
+    values = ", ".join([row] * len(beats))
+    # Rows are locked in id order, so two processes flushing overlapping
+    # batches queue behind each other instead of deadlocking.
+    lock = (
+        f"SELECT a.id FROM {table} a JOIN v ON a.id = v.id AND a.state = v.state "  # noqa: S608
+        "ORDER BY a.id FOR UPDATE OF a"
+        if postgres
+        else "SELECT v.id FROM v"
+    )
+    # Only identifiers and placeholders are formatted in; every value is a parameter.
+    sql = (
+        f"WITH v (id, at, overdue, task, progress, state) AS (VALUES {values}), "  # noqa: S608
+        f"locked AS ({lock}) "
+        f"UPDATE {table} SET last_heartbeat_at = v.at, overdue_at = v.overdue, "
+        "missed_heartbeats = 0, current_task = v.task, task_progress = v.progress "
+        f"FROM v WHERE {table}.id = v.id AND {table}.state = v.state "
+        f"AND {table}.id IN (SELECT id FROM locked) "
+        f"RETURNING {table}.id"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return {row[0] for row in cursor.fetchall()}
+
+
+def apply_in_full(beat: Beat) -> str | None:
+    agent = Agent(pk=beat.agent_id)
+    try:
+        result = services.record_heartbeat(
+            agent,
+            state=beat.state,
+            task_id=beat.task_id,
+            progress=beat.progress,
+            deliver=False,
+        )
+    except (Agent.DoesNotExist, services.AgentUnavailable):
+        return None
+    return result.agent.state
+
+
+def touch_tokens(beats: list[Beat]) -> None:
+    """Keep ``last_used_at`` as Django's path does: at most one write a minute per token."""
+    stale = {b.token_id for b in beats if b.touch_token}
+    if stale:
+        AgentToken.objects.filter(pk__in=stale).update(last_used_at=timezone.now())
