@@ -1,5 +1,6 @@
 """Monitoring's verbs: register agents, record heartbeats, find the overdue, move states."""
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -9,6 +10,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from monitoring.ingest.cache import ingest_cache, remember_served
 from monitoring.ingest.invalidation import invalidate_on_commit
 from monitoring.models import (
     HEALTHY_STATES,
@@ -28,10 +30,14 @@ log = structlog.get_logger(__name__)
 
 S = AgentState
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
-    S.SPAWNING: frozenset({S.IDLE, S.RUNNING, S.DEGRADED, S.FAILED, S.QUARANTINED, S.TERMINATED}),
-    S.IDLE: frozenset({S.RUNNING, S.DEGRADED, S.FAILED, S.QUARANTINED, S.TERMINATED}),
-    S.RUNNING: frozenset({S.IDLE, S.DEGRADED, S.FAILED, S.QUARANTINED, S.TERMINATED}),
-    S.DEGRADED: frozenset({S.IDLE, S.RUNNING, S.FAILED, S.QUARANTINED, S.TERMINATED}),
+    # A delivered restart command moves any live agent to RESTARTING: a heartbeat
+    # that hands one out must never fail on the agent's current state.
+    S.SPAWNING: frozenset(
+        {S.IDLE, S.RUNNING, S.DEGRADED, S.FAILED, S.RESTARTING, S.QUARANTINED, S.TERMINATED}
+    ),
+    S.IDLE: frozenset({S.RUNNING, S.DEGRADED, S.FAILED, S.RESTARTING, S.QUARANTINED, S.TERMINATED}),
+    S.RUNNING: frozenset({S.IDLE, S.DEGRADED, S.FAILED, S.RESTARTING, S.QUARANTINED, S.TERMINATED}),
+    S.DEGRADED: frozenset({S.IDLE, S.RUNNING, S.FAILED, S.RESTARTING, S.QUARANTINED, S.TERMINATED}),
     S.FAILED: frozenset({S.RESTARTING, S.IDLE, S.RUNNING, S.QUARANTINED, S.TERMINATED}),
     S.RESTARTING: frozenset({S.IDLE, S.RUNNING, S.FAILED, S.QUARANTINED, S.TERMINATED}),
     S.QUARANTINED: frozenset({S.IDLE, S.TERMINATED}),
@@ -68,6 +74,7 @@ def register_agent(
     Raises ValidationError for a malformed id or role, IntegrityError for a taken id.
     """
     now = timezone.now()
+    generations = ingest_cache.generations(agent_id)
     with transaction.atomic():
         agent = Agent(
             id=agent_id,
@@ -90,7 +97,12 @@ def register_agent(
             actor=actor,
             at=now,
         )
-        _, raw = AgentToken.issue(agent=agent, name="initial")
+        token, raw = AgentToken.issue(agent=agent, name="initial")
+        # The agent's first heartbeat usually reaches the process that registered
+        # it: let the lean path take it (a fleet starting at once is a storm).
+        transaction.on_commit(
+            functools.partial(remember_served, raw, token, agent, generations), robust=True
+        )
     log.info("agent.registered", agent_id=agent.id, role=role)
     return agent, raw
 

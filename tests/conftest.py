@@ -11,6 +11,7 @@ import socket
 import threading
 from urllib.parse import urlparse
 
+import httpx
 import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
@@ -45,7 +46,16 @@ def pytest_configure(config):
         pytest.exit("; ".join(problems), returncode=3)
 
 
+SERVED = "served"
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("api") == SERVED:
+            # A served app's threads see only committed rows: this variant of a
+            # test runs transactionally whatever its own django_db mark says.
+            item.own_markers.insert(0, pytest.mark.django_db(transaction=True).mark)
     if REQUIRE_SERVICES:
         return
     on_postgres = settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql"
@@ -151,3 +161,56 @@ def server(settings):
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
     loop.close()
+
+
+class ServedResponse:
+    """An httpx response that reads like a Django test response."""
+
+    def __init__(self, response):
+        self._response = response
+        self.status_code = response.status_code
+        self.content = response.content
+
+    def __getitem__(self, header):
+        return self._response.headers[header]
+
+    def json(self):
+        return self._response.json()
+
+
+class ServedClient:
+    """The calls tests make on DRF's APIClient, sent over HTTP to a served app."""
+
+    def __init__(self, base_url: str):
+        self.base_url = base_url
+
+    def _headers(self, extra: dict, content_type: str | None) -> dict:
+        headers = {"Content-Type": content_type} if content_type else {}
+        for key, value in extra.items():
+            if key.startswith("HTTP_"):
+                headers[key[5:].replace("_", "-").title()] = value
+        return headers
+
+    def post(self, path, data=None, content_type=None, format=None, **extra):
+        import json
+
+        if format == "json" or (content_type is None and not isinstance(data, str | bytes)):
+            data, content_type = json.dumps(data), "application/json"
+        response = httpx.post(
+            self.base_url + path,
+            content=data.encode() if isinstance(data, str) else data,
+            headers=self._headers(extra, content_type),
+            timeout=30,
+        )
+        return ServedResponse(response)
+
+    def get(self, path, **extra):
+        response = httpx.get(self.base_url + path, headers=self._headers(extra, None), timeout=30)
+        return ServedResponse(response)
+
+
+def flush_ingest(app: EmbeddedApp) -> None:
+    """Write what the served app's lean heartbeat path has buffered, now."""
+    from monitoring.ingest.runtime import flush_now
+
+    asyncio.run_coroutine_threadsafe(flush_now(), app.loop).result(30)

@@ -1,12 +1,24 @@
 import json
 
 import pytest
+from rest_framework.test import APIClient
 
 from monitoring.models import AgentState, AgentToken, AgentTransition
 from monitoring.services import register_agent, terminate_agent
-from tests.conftest import bearer
+from tests.conftest import ServedClient, bearer
 
 URL = "/api/v1/agents/{}/heartbeat"
+
+
+@pytest.fixture(params=["in-process", "served"])
+def api(request):
+    """Every test twice: through DRF's test client, and over HTTP through the ASGI app
+    as served (body bound, lean heartbeat path, then Django), which must answer alike."""
+    if request.param == "in-process":
+        return APIClient()
+    return ServedClient(request.getfixturevalue("server").base_url)
+
+
 GOOD = {"state": "running", "task_id": "task-7", "progress": 0.4}
 
 

@@ -187,6 +187,11 @@ def current_runtime() -> IngestRuntime:
     return _runtime
 
 
+async def flush_now() -> None:
+    """Write what the running loop's lean path has buffered (tests, shutdown)."""
+    await current_runtime().flush()
+
+
 async def stop_runtime() -> None:
     global _runtime
     runtime, _runtime = _runtime, None

@@ -15,8 +15,9 @@ LIVENESS_FIELDS = frozenset(
 )
 
 
-def agent_changed(sender, instance, update_fields=None, **kwargs):
-    if update_fields is not None and set(update_fields) <= LIVENESS_FIELDS:
+def agent_changed(sender, instance, created=False, update_fields=None, **kwargs):
+    # A new agent is in no cache (a deleted one with the same id was dropped).
+    if created or (update_fields is not None and set(update_fields) <= LIVENESS_FIELDS):
         return
     invalidate_on_commit(agents=[instance.pk])
 

@@ -4,14 +4,13 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('monitoring', '0002_validated_agent_fields'),
+        ("monitoring", "0002_validated_agent_fields"),
     ]
 
     operations = [
         migrations.AddIndex(
-            model_name='agenttoken',
-            index=models.Index(fields=['revoked_at'], name='agenttoken_revoked_idx'),
+            model_name="agenttoken",
+            index=models.Index(fields=["revoked_at"], name="agenttoken_revoked_idx"),
         ),
     ]

@@ -31,6 +31,7 @@ class EmbeddedApp:
         self.requested_port = port
         self.ticker = Ticker(ticker_periods) if with_ticker else None
         self.port: int | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._server: _Server | None = None
         self._task: asyncio.Task | None = None
 
@@ -54,7 +55,8 @@ class EmbeddedApp:
             if self._task.done():
                 self._task.result()  # re-raise why it could not start
             await asyncio.sleep(0.01)
-        bind_server_loop(asyncio.get_running_loop())
+        self.loop = asyncio.get_running_loop()
+        bind_server_loop(self.loop)
         if self.ticker is not None:
             self.ticker.start()
 
