@@ -61,7 +61,7 @@ class EmbeddedApp:
             self.ticker.start()
 
     async def stop(self) -> None:
-        if self.ticker is not None:
+        if self.ticker is not None and self._server is not None:
             await asyncio.to_thread(self.ticker.stop)
         bind_server_loop(None)
         if self._server is not None:

@@ -6,6 +6,7 @@ recovery -> resolved, each stage read back from what the system recorded.
 
 import asyncio
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -23,7 +24,8 @@ from monitoring.services import failed_after_seconds
 from omoi_console.foundation.roles import VIEWER, grant_role
 from omoi_console.models import Event, OperatorToken
 from omoi_console.top.embedded import EmbeddedApp, in_thread
-from omoi_console.top.simulation import SimulatedFleet, fleet_prefix, register_fleet, retire_fleet
+from omoi_console.top.fleet_process import FleetProcess
+from omoi_console.top.simulation import fleet_prefix, register_fleet, retire_fleet
 
 log = structlog.get_logger(__name__)
 
@@ -126,9 +128,22 @@ def victim_heartbeat(agent_id: str) -> datetime:
     return Agent.objects.get(pk=agent_id).last_heartbeat_at
 
 
-def finish(agent_ids: list[str], token_pk: int) -> None:
+def written_heartbeat_after(agent_id: str, before: datetime | None) -> datetime:
+    """The victim's last heartbeat as stored: routine heartbeats are written in
+    batches, so the one it just sent may land a flush interval after its answer."""
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        latest = victim_heartbeat(agent_id)
+        if latest != before:
+            return latest
+        time.sleep(settings.INGEST_FLUSH_SECONDS / 2)
+    return victim_heartbeat(agent_id)
+
+
+def finish(agent_ids: list[str], token_pk: int | None) -> None:
     retire_fleet(agent_ids, reason="gameday finished")
-    OperatorToken.objects.get(pk=token_pk).revoke()
+    if token_pk is not None:
+        OperatorToken.objects.get(pk=token_pk).revoke()
 
 
 class GameDay:
@@ -149,36 +164,38 @@ class GameDay:
     async def run(self) -> Report:
         periods = {"monitoring.tasks.check_heartbeats": min(1.0, self.options.interval / 4)}
         app = EmbeddedApp(ticker_periods=periods)
-        agents = await in_thread(register_fleet)(
-            self.run_id, self.options.agents, self.options.interval
-        )
-        observer_token, observer_pk = await in_thread(create_observer)()
-        fleet = None
-        listener = None
+        # The fleet's process sets itself up while the agents are registered: the
+        # registration starts their deadlines.
+        fleet = FleetProcess(log_level=logging.getLogger().level)
+        await fleet.launch()
+        agents, observer_pk, listener = [], None, None
         try:
+            agents = await in_thread(register_fleet)(
+                self.run_id, self.options.agents, self.options.interval
+            )
+            observer_token, observer_pk = await in_thread(create_observer)()
             await app.start()
-            fleet = SimulatedFleet(app.base_url, agents)
             listener = asyncio.create_task(self._listen(app, observer_token))
-            await fleet.start()
+            await fleet.start(app.base_url, agents)
             await self._exercise(fleet, agents)
         finally:
             if listener is not None:
                 listener.cancel()
-            if fleet is not None:
-                await fleet.stop()
+            await fleet.stop()
             await app.stop()
             await in_thread(finish)([a.id for a in agents], observer_pk)
         self._judge(fleet)
         return self.report
 
-    async def _exercise(self, fleet: SimulatedFleet, agents) -> None:
+    async def _exercise(self, fleet: FleetProcess, agents) -> None:
         self.write(self._header(agents))
         if not await fleet.wait_until_all_reported(START_TIMEOUT_SECONDS):
             self.report.failures.append("the fleet did not come up")
             return
         victim = next(a for a in agents if a.role == AgentRole.WORKER)
+        before = await in_thread(victim_heartbeat)(victim.id)
         await fleet.silence(victim.id, self.outage)
-        t0 = await in_thread(victim_heartbeat)(victim.id)
+        t0 = await in_thread(written_heartbeat_after)(victim.id, before)
         self.report.facts.update(victim=victim.id, fault_at=t0.isoformat())
         self.write(f"  fault: {victim.id} went silent after its heartbeat at {t0:%H:%M:%S.%f}"[:-3])
         self.t0 = t0
@@ -239,7 +256,7 @@ class GameDay:
             f"watchdog: {settings.WATCHDOG_MODE}"
         )
 
-    def _judge(self, fleet: SimulatedFleet | None) -> None:
+    def _judge(self, fleet: FleetProcess | None) -> None:
         report = self.report
         t0 = self.t0
         previous = 0.0
@@ -269,7 +286,7 @@ class GameDay:
                     f"loss to recovery {loss_to_recovery:.1f}s exceeds {self.objective:g}s"
                 )
         report.facts["console_messages"] = len(self.console_messages)
-        if fleet is not None:
+        if fleet is not None and fleet.counters is not None:
             report.facts["heartbeats"] = {
                 "responses": {str(k): v for k, v in sorted(fleet.responses.items())},
                 "transport_errors": fleet.transport_errors,

@@ -76,19 +76,24 @@ class SimulatedFleet:
         self.agents = {a.id: a for a in agents}
         self.responses: Counter[int] = Counter()
         self.transport_errors = 0
-        self._client: httpx.AsyncClient | None = None
+        # One client (one keep-alive connection) per agent, as real agents have:
+        # a shared pool with a thousand requests in flight spends its time
+        # matching requests to connections.
+        self._clients: dict[str, httpx.AsyncClient] = {}
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
-        self._client = httpx.AsyncClient(base_url=self.base_url, timeout=10.0)
+        self._clients = {
+            agent_id: httpx.AsyncClient(base_url=self.base_url, timeout=10.0)
+            for agent_id in self.agents
+        }
         self._tasks = [asyncio.create_task(self._run(a)) for a in self.agents.values()]
 
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
+        await asyncio.gather(*(client.aclose() for client in self._clients.values()))
 
     @property
     def server_errors(self) -> int:
@@ -143,7 +148,7 @@ class SimulatedFleet:
             "acks": agent.acks,
         }
         try:
-            response = await self._client.post(
+            response = await self._clients[agent.id].post(
                 f"/api/v1/agents/{agent.id}/heartbeat",
                 json=body,
                 headers={"Authorization": f"Bearer {agent.token}"},
