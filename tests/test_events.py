@@ -115,7 +115,7 @@ def test_it_refuses_unknown_names_and_incomplete_payloads():
 @pytest.mark.django_db(transaction=True)
 def test_it_redispatches_events_whose_dispatch_never_ran(calls, monkeypatch):
     # A broker outage at commit time: the hand-over fails, the outbox row stays.
-    monkeypatch.setattr(bus, "enqueue_dispatch", lambda event_id: None)
+    monkeypatch.setattr(bus, "enqueue_dispatch_many", lambda event_ids: None)
     event = bus.publish("monitor.agent.heartbeat_lost", PAYLOAD)
     monkeypatch.undo()
     assert calls == []
@@ -128,7 +128,7 @@ def test_it_redispatches_events_whose_dispatch_never_ran(calls, monkeypatch):
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_it_never_delivers_one_event_twice_with_two_sweepers_at_once(calls, monkeypatch):
-    monkeypatch.setattr(bus, "enqueue_dispatch", lambda event_id: None)
+    monkeypatch.setattr(bus, "enqueue_dispatch_many", lambda event_ids: None)
     events = [bus.publish("monitor.agent.heartbeat_lost", PAYLOAD) for _ in range(60)]
     monkeypatch.undo()
     Event.objects.update(dispatch_after=timezone.now() - timedelta(seconds=1))
