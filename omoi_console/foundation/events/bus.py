@@ -78,7 +78,8 @@ def publish_many(new_events: Iterable[NewEvent]) -> list[Event]:
         )
         for item in new_events
     ]
-    with transaction.atomic():
+    # No savepoint: an error here fails the caller's transaction anyway.
+    with transaction.atomic(savepoint=False):
         # A taken key is skipped by the database, so concurrent publishers of one
         # key never fail: each reads back which row holds the key.
         Event.objects.bulk_create(rows, ignore_conflicts=True)
@@ -114,7 +115,8 @@ def _log_published(rows: list[Event], fresh: list[UUID]) -> None:
         event = next(row for row in rows if row.pk == fresh[0])
         log.info("event.published", event_id=str(event.pk), event_name=event.name)
         return
-    names = Counter(row.name for row in rows if row.pk in set(fresh))
+    new = set(fresh)
+    names = Counter(row.name for row in rows if row.pk in new)
     log.info("event.published_many", count=len(fresh), names=dict(names))
 
 
