@@ -146,8 +146,9 @@ def dispatch_many(event_ids: Sequence[UUID | str]) -> bool:
     """Run every handler on the pending events among ``event_ids``; True when all succeeded.
 
     Handlers run in registration order, each on every event of the batch it
-    subscribes to, in the order of ``event_ids``. An event whose handlers all succeeded is marked processed; one
-    with a failure stays pending with its error and a backoff.
+    subscribes to, in the order of ``event_ids``. An event whose handlers all
+    succeeded is marked processed; one with a failure stays pending with its
+    error and a backoff.
     """
     order = {str(event_id): n for n, event_id in enumerate(event_ids)}
     events = sorted(
