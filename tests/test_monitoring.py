@@ -1,8 +1,9 @@
+import threading
 from datetime import timedelta
 
 import pytest
 import time_machine
-from django.db import connection
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
@@ -192,3 +193,41 @@ def test_it_spends_as_many_statements_on_a_thousand_failures_as_on_three():
         return len(queries)
 
     assert statements(3, "small") == statements(1000, "large")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_it_leaves_an_agent_whose_heartbeat_is_in_flight_to_the_next_tick():
+    t0 = timezone.now()
+    silent_fleet(3, t0 - timedelta(seconds=8))  # one heartbeat missed by each
+    holds, checked = threading.Event(), threading.Event()
+    outcome = {}
+
+    def heartbeat_in_flight():
+        # What record_heartbeat does first: lock the agent's row, then work.
+        try:
+            with transaction.atomic():
+                Agent.objects.select_for_update().get(pk="silent-00001")
+                holds.set()
+                outcome["checked_meanwhile"] = checked.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=heartbeat_in_flight)
+    thread.start()
+    try:
+        assert holds.wait(10)
+        outcome["moved"] = check_heartbeats()
+        checked.set()
+    finally:
+        thread.join(30)
+
+    assert outcome["checked_meanwhile"], "the check waited for the heartbeat's lock"
+    assert outcome["moved"] == 2
+    states = dict(Agent.objects.values_list("id", "state"))
+    assert states == {
+        "silent-00000": AgentState.DEGRADED,
+        "silent-00001": AgentState.RUNNING,
+        "silent-00002": AgentState.DEGRADED,
+    }
+    assert check_heartbeats() == 1  # the next tick takes it
