@@ -1,14 +1,21 @@
-"""What alerting does with events from below: heartbeats lost and recovered."""
+"""What alerting does with events from below: heartbeats lost and recovered.
+
+Batch handlers: a mass outage is one task; each event is acted on in its own trace.
+"""
 
 from alerting import services
-from omoi_console.foundation.events import subscribe
+from omoi_console.foundation.events import event_trace, subscribe
 
 
-@subscribe("monitor.agent.heartbeat_lost", handler_id="alerting.heartbeat_lost")
-def on_heartbeat_lost(event):
-    services.fire_heartbeat_alerts(event.payload)
+@subscribe("monitor.agent.heartbeat_lost", handler_id="alerting.heartbeat_lost", batch=True)
+def on_heartbeat_lost(events):
+    for event in events:
+        with event_trace(event):
+            services.fire_heartbeat_alerts(event.payload)
 
 
-@subscribe("monitor.agent.recovered", handler_id="alerting.agent_recovered")
-def on_agent_recovered(event):
-    services.resolve_heartbeat_alerts(event.payload)
+@subscribe("monitor.agent.recovered", handler_id="alerting.agent_recovered", batch=True)
+def on_agent_recovered(events):
+    for event in events:
+        with event_trace(event):
+            services.resolve_heartbeat_alerts(event.payload)

@@ -2,12 +2,15 @@
 
 import functools
 import math
+from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import structlog
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Case, DateTimeField, PositiveSmallIntegerField, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from monitoring.ingest.cache import ingest_cache, remember_served
@@ -23,32 +26,20 @@ from monitoring.models import (
     CommandKind,
     CommandStatus,
 )
-from omoi_console.foundation.events import publish
-from omoi_console.foundation.events.tracing import new_trace
+from monitoring.transitions import (
+    ALLOWED_TRANSITIONS,
+    WATCHED_STATES,
+    InvalidTransition,
+    Move,
+    ids_per_statement,
+    transition_many,
+)
+from omoi_console.foundation.events import NewEvent, publish, publish_many
+from omoi_console.foundation.events.tracing import new_trace_ids
 
 log = structlog.get_logger(__name__)
 
 S = AgentState
-ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
-    # A delivered restart command moves any live agent to RESTARTING: a heartbeat
-    # that hands one out must never fail on the agent's current state.
-    S.SPAWNING: frozenset(
-        {S.IDLE, S.RUNNING, S.DEGRADED, S.FAILED, S.RESTARTING, S.QUARANTINED, S.TERMINATED}
-    ),
-    S.IDLE: frozenset({S.RUNNING, S.DEGRADED, S.FAILED, S.RESTARTING, S.QUARANTINED, S.TERMINATED}),
-    S.RUNNING: frozenset({S.IDLE, S.DEGRADED, S.FAILED, S.RESTARTING, S.QUARANTINED, S.TERMINATED}),
-    S.DEGRADED: frozenset({S.IDLE, S.RUNNING, S.FAILED, S.RESTARTING, S.QUARANTINED, S.TERMINATED}),
-    S.FAILED: frozenset({S.RESTARTING, S.IDLE, S.RUNNING, S.QUARANTINED, S.TERMINATED}),
-    S.RESTARTING: frozenset({S.IDLE, S.RUNNING, S.FAILED, S.QUARANTINED, S.TERMINATED}),
-    S.QUARANTINED: frozenset({S.IDLE, S.TERMINATED}),
-    S.TERMINATED: frozenset(),
-}
-# States in which the agent is expected to keep heartbeating.
-WATCHED_STATES = frozenset({S.SPAWNING, S.IDLE, S.RUNNING, S.DEGRADED, S.RESTARTING})
-
-
-class InvalidTransition(Exception):
-    pass
 
 
 class AgentUnavailable(Exception):
@@ -252,60 +243,115 @@ def queue_command(agent: Agent, kind: str, *, reason: str, issued_by: str) -> Ag
 
 
 def overdue_agents(now: datetime | None = None):
-    """Agents whose next heartbeat deadline has passed: one indexed query."""
-    return Agent.objects.filter(overdue_at__lte=now or timezone.now())
+    """Agents whose next heartbeat deadline has passed, earliest first.
+
+    Ordered by ``overdue_at`` (not the model's default, the id) so that a LIMIT
+    walks the partial index ``agent_overdue_idx`` and stops: with nothing due the
+    query costs the same at a thousand agents and at a hundred thousand.
+    """
+    return Agent.objects.filter(overdue_at__lte=now or timezone.now()).order_by("overdue_at")
 
 
-def check_heartbeats(now: datetime | None = None, limit: int = 500) -> int:
-    """Move every overdue agent along DEGRADED -> FAILED; return how many moved."""
+def check_heartbeats(now: datetime | None = None, limit: int = 5000) -> int:
+    """Move every overdue agent along DEGRADED -> FAILED in one transaction; return how many.
+
+    One ``SELECT ... FOR UPDATE SKIP LOCKED`` claims up to ``limit`` overdue
+    agents (a concurrent checker takes others, a heartbeat in flight keeps its
+    agent); their new deadlines are one UPDATE, their state changes one
+    ``transition_many``, their ``heartbeat_lost`` events one INSERT. Each agent
+    that changes state starts a trace of its own.
+    """
     now = now or timezone.now()
-    moved = 0
-    for agent_id in overdue_agents(now).values_list("pk", flat=True)[:limit]:
-        with new_trace("monitoring.heartbeat_overdue", agent_id=agent_id), transaction.atomic():
-            # Another checker may hold it, or a heartbeat may have just arrived.
-            agent = (
-                Agent.objects.select_for_update(skip_locked=True)
-                .filter(pk=agent_id, overdue_at__lte=now)
-                .first()
-            )
-            if agent is not None:
-                mark_missed(agent, now)
-                moved += 1
-    return moved
+    with transaction.atomic():
+        agents = list(overdue_agents(now).select_for_update(skip_locked=True)[:limit])
+        if not agents:
+            return 0
+        moves = [move for agent in agents if (move := mark_missed(agent, now)) is not None]
+        save_deadlines(agents)
+        rows = transition_many(moves, now=now)
+        _publish_heartbeats_lost(moves, rows)
+    return len(agents)
 
 
-def mark_missed(agent: Agent, now: datetime) -> None:
+def mark_missed(agent: Agent, now: datetime) -> Move | None:
+    """Count ``agent``'s missed heartbeats and set its next deadline (unsaved).
+
+    Returns the move its misses call for (to DEGRADED or FAILED), if any.
+    """
     if agent.state == S.FAILED:
         # Reported failed, then went silent: nothing further to detect.
         agent.overdue_at = None
-        agent.save(update_fields=["overdue_at"])
-        return
+        return None
     since = agent.last_heartbeat_at or agent.created_at
-    interval = agent.interval_seconds
     elapsed = (now - since).total_seconds() - settings.HEARTBEAT_SKEW_SECONDS
-    missed = max(1, math.floor(elapsed / interval))
+    missed = max(1, math.floor(elapsed / agent.interval_seconds))
     agent.missed_heartbeats = min(missed, 32767)
     agent.overdue_at = miss_deadline(agent, since, missed + 1)
-    agent.save(update_fields=["missed_heartbeats", "overdue_at"])
-    reason = f"{missed} heartbeat(s) missed"
     if missed >= settings.HEARTBEAT_FAILED_AFTER_MISSES:
-        row = transition(agent, S.FAILED, reason=reason, actor="monitor")
-        publish(
-            "monitor.agent.heartbeat_lost",
-            {
-                "agent_id": agent.id,
-                "role": agent.role,
-                "last_heartbeat_at": agent.last_heartbeat_at,
-                "missed": missed,
-            },
-            key=f"heartbeat_lost:{row.pk}",
-        )
-        log.warning("agent.heartbeat_lost", agent_id=agent.id, missed=missed)
+        target = S.FAILED
     elif (
         agent.state in HEALTHY_STATES | {S.SPAWNING}
         and missed >= settings.HEARTBEAT_DEGRADED_AFTER_MISSES
     ):
-        transition(agent, S.DEGRADED, reason=reason, actor="monitor")
+        target = S.DEGRADED
+    else:
+        return None
+    trace = new_trace_ids("monitoring.heartbeat_overdue", agent_id=agent.id)
+    return Move(agent, target, f"{missed} heartbeat(s) missed", "monitor", trace)
+
+
+def save_deadlines(agents: list[Agent]) -> None:
+    """Store the agents' missed counts and next deadlines, one UPDATE per chunk.
+
+    A deadline is the last heartbeat (or the registration) plus a fixed offset
+    for a given count and interval, so agents that share both share one CASE
+    branch computed from their own row: a mass outage is a branch or two, not
+    one per agent as ``bulk_update`` would write.
+    """
+    since = Coalesce("last_heartbeat_at", "created_at")
+    for start in range(0, len(agents), ids_per_statement()):
+        groups = defaultdict(list)
+        for agent in agents[start : start + ids_per_statement()]:
+            origin = agent.last_heartbeat_at or agent.created_at
+            offset = agent.overdue_at - origin if agent.overdue_at else None
+            groups[(agent.missed_heartbeats, offset)].append(agent.pk)
+        deadline = [
+            When(pk__in=ids, then=since + Value(offset) if offset is not None else Value(None))
+            for (_, offset), ids in groups.items()
+        ]
+        Agent.objects.filter(pk__in=[i for ids in groups.values() for i in ids]).update(
+            missed_heartbeats=Case(
+                *[When(pk__in=ids, then=Value(missed)) for (missed, _), ids in groups.items()],
+                output_field=PositiveSmallIntegerField(),
+            ),
+            overdue_at=Case(*deadline, output_field=DateTimeField()),
+        )
+
+
+def _publish_heartbeats_lost(moves: list[Move], rows) -> None:
+    by_agent = {move.agent.id: move for move in moves}
+    lost = []
+    for row in rows:
+        if row.to_state != S.FAILED:
+            continue
+        move = by_agent[row.agent_id]
+        agent = move.agent
+        payload = {
+            "agent_id": agent.id,
+            "role": agent.role,
+            "last_heartbeat_at": agent.last_heartbeat_at,
+            "missed": agent.missed_heartbeats,
+        }
+        lost.append(
+            NewEvent(
+                "monitor.agent.heartbeat_lost",
+                payload,
+                key=f"heartbeat_lost:{row.pk}",
+                trace=move.trace,
+            )
+        )
+        log.warning("agent.heartbeat_lost", agent_id=agent.id, missed=agent.missed_heartbeats)
+    publish_many(lost)
 
 
 def terminate_agent(agent: Agent, *, reason: str, actor: str) -> None:

@@ -19,8 +19,9 @@ class OmoiConsoleConfig(AppConfig):
 
     def ready(self):
         import omoi_console.foundation.api.schema  # noqa: F401  (registers the OpenAPI auth schemes)
-        from omoi_console.foundation.events.broadcast import broadcast_event
+        from omoi_console.foundation.events.broadcast import broadcast_events
         from omoi_console.foundation.events.registry import ALL, subscribe
 
-        subscribe(ALL, handler_id="console.broadcast")(broadcast_event)
+        # Outside any transaction: the send may wait on the channel layer.
+        subscribe(ALL, handler_id="console.broadcast", batch=True, atomic=False)(broadcast_events)
         post_migrate.connect(_after_migrate, dispatch_uid="omoi_console.after_migrate")

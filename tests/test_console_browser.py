@@ -96,6 +96,29 @@ def test_it_updates_without_reload_when_an_agent_fails(registered_agent, make_op
     assert page.evaluate("performance.timeOrigin") == loaded  # same page, no reload
 
 
+def test_it_shows_a_batch_of_events_and_each_event_once(registered_agent, make_operator, page):
+    from playwright.sync_api import expect
+
+    from omoi_console.foundation.events import publish, publish_many
+    from omoi_console.foundation.events.broadcast import broadcast_events
+    from tests.test_console_feed import LOST, state_changes
+
+    user, _ = off_thread(make_operator, "viewer")
+    log_in(page, user.username)
+    expect(page.locator("#live")).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+
+    events = off_thread(publish_many, state_changes(3))
+    for event in events:
+        expect(page.locator(f'#events li[data-id="{event.id}"]')).to_be_visible(timeout=WAIT_MS)
+    # Delivery is at least once: the same batch again, then a marker sent after it.
+    off_thread(broadcast_events, events)
+    marker = off_thread(publish, "monitor.agent.heartbeat_lost", LOST)
+    expect(page.locator(f'#events li[data-id="{marker.id}"]')).to_be_visible(timeout=WAIT_MS)
+
+    for event in events:
+        assert page.locator(f'#events li[data-id="{event.id}"]').count() == 1
+
+
 def test_it_keeps_people_without_a_role_out(seeded, console_errors, page):
     from django.contrib.auth import get_user_model
 

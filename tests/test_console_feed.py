@@ -172,3 +172,43 @@ def test_a_real_server_closes_unknown_feeds_with_4404(server):
     for path in ("/ws/nope/", "/ws/console"):
         url = f"ws://127.0.0.1:{server.port}{path}"
         assert run(close_code_over_the_wire(url, {"Origin": "http://127.0.0.1"})) == CLOSE_NOT_FOUND
+
+
+def state_changes(count: int) -> list:
+    from omoi_console.foundation.events import NewEvent
+
+    return [
+        NewEvent(
+            "monitor.agent.state_changed",
+            {
+                "agent_id": f"worker-{n:03d}",
+                "role": "worker",
+                "from_state": "running",
+                "to_state": "degraded",
+                "reason": "1 heartbeat(s) missed",
+                "actor": "monitor",
+            },
+        )
+        for n in range(count)
+    ]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_forwards_a_batch_of_events_as_one_message(make_operator):
+    from omoi_console.foundation.events import publish_many
+
+    _, token = make_operator("viewer")
+
+    async def mass_outage():
+        feed = communicator(token)
+        await feed.connect()
+        events = await database_sync_to_async(publish_many)(state_changes(50))
+        message = await feed.receive_json_from(timeout=5)
+        assert await feed.receive_nothing(timeout=0.2)  # one message, not fifty
+        await feed.disconnect()
+        return events, message
+
+    events, message = run(mass_outage())
+    assert message["type"] == "events"
+    assert [e["id"] for e in message["events"]] == [str(e.id) for e in events]
+    assert message["events"][7]["payload"]["agent_id"] == "worker-007"

@@ -1,15 +1,17 @@
+import threading
 from datetime import timedelta
 
 import pytest
 import time_machine
-from django.db import connection
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from monitoring.models import AgentState
+from monitoring.models import Agent, AgentState
 from monitoring.services import (
     InvalidTransition,
     check_heartbeats,
+    miss_deadline,
     overdue_agents,
     record_heartbeat,
     transition,
@@ -100,3 +102,132 @@ def test_it_marks_an_agent_failed_when_it_reports_failure(registered_agent):
     agent.refresh_from_db()
     assert agent.state == AgentState.FAILED
     assert agent.transitions.last().reason == "reported failed by the agent"
+
+
+def silent_fleet(size: int, now, prefix: str = "silent") -> list[Agent]:
+    """``size`` running workers whose last heartbeats were in the second before ``now``."""
+    agents = []
+    for n in range(size):
+        last = now - timedelta(milliseconds=n % 1000)
+        agent = Agent(
+            id=f"{prefix}-{n:05d}",
+            role="worker",
+            state=AgentState.RUNNING,
+            heartbeat_interval=5.0,
+            last_heartbeat_at=last,
+            created_at=last,
+            state_changed_at=last,
+        )
+        agent.overdue_at = miss_deadline(agent, last, 1)
+        agents.append(agent)
+    return Agent.objects.bulk_create(agents)
+
+
+def query_plan(sql: str) -> str:
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("ANALYZE monitoring_agent")
+            cursor.execute(f"EXPLAIN {sql}")
+            return "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("ANALYZE")
+        cursor.execute(f"EXPLAIN QUERY PLAN {sql}")
+        return "\n".join(row[-1] for row in cursor.fetchall())
+
+
+@pytest.mark.django_db
+def test_it_claims_the_overdue_by_walking_their_index_alone():
+    now = timezone.now()
+    silent_fleet(5000, now + timedelta(minutes=5))  # a fleet with nothing due
+    with CaptureQueriesContext(connection) as queries:
+        assert check_heartbeats(now) == 0
+    claim = next(q["sql"] for q in queries if q["sql"].startswith("SELECT"))
+
+    plan = query_plan(claim)
+    # The LIMIT stops early only if the index yields rows in the order asked for:
+    # a sort (or a scan of another index) reads every agent on every tick.
+    assert "agent_overdue_idx" in plan, plan
+    assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan
+
+
+@pytest.mark.django_db
+def test_it_moves_a_mass_outage_in_one_tick_per_stage():
+    t0 = timezone.now()
+    with time_machine.travel(t0, tick=False) as clock:
+        fleet = silent_fleet(1000, t0)
+        last = {agent.id: agent.last_heartbeat_at for agent in fleet}
+
+        clock.shift(7.1)  # every agent has missed one heartbeat
+        assert check_heartbeats() == 1000
+        degraded = Agent.objects.filter(state=AgentState.DEGRADED)
+        assert degraded.count() == 1000
+        for agent_id, overdue_at in degraded.values_list("id", "overdue_at"):
+            assert overdue_at == last[agent_id] + timedelta(seconds=12)
+
+        clock.shift(5)  # two missed: only their deadlines move
+        assert check_heartbeats() == 1000
+        assert set(Agent.objects.values_list("state", "missed_heartbeats")) == {("degraded", 2)}
+
+        clock.shift(5)  # three missed: all of them fail in the same tick
+        assert check_heartbeats() == 1000
+        assert check_heartbeats() == 0
+
+    assert set(Agent.objects.values_list("state", "overdue_at")) == {("failed", None)}
+    lost = Event.objects.filter(name="monitor.agent.heartbeat_lost")
+    assert lost.count() == 1000
+    assert {e.payload["agent_id"] for e in lost} == set(last)
+    assert len({e.trace_id for e in lost}) == 1000  # one trace per incident
+    assert Event.objects.filter(name="monitor.agent.state_changed").count() == 2000
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db
+def test_it_spends_as_many_statements_on_a_thousand_failures_as_on_three():
+    def statements(size: int, prefix: str) -> int:
+        t0 = timezone.now()
+        with time_machine.travel(t0, tick=False) as clock:
+            silent_fleet(size, t0, prefix)
+            clock.shift(17.1)
+            with CaptureQueriesContext(connection) as queries:
+                assert check_heartbeats() == size
+        assert Agent.objects.filter(id__startswith=prefix, state=AgentState.FAILED).count() == size
+        return len(queries)
+
+    assert statements(3, "small") == statements(1000, "large")
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_it_leaves_an_agent_whose_heartbeat_is_in_flight_to_the_next_tick():
+    t0 = timezone.now()
+    silent_fleet(3, t0 - timedelta(seconds=8))  # one heartbeat missed by each
+    holds, checked = threading.Event(), threading.Event()
+    outcome = {}
+
+    def heartbeat_in_flight():
+        # What record_heartbeat does first: lock the agent's row, then work.
+        try:
+            with transaction.atomic():
+                Agent.objects.select_for_update().get(pk="silent-00001")
+                holds.set()
+                outcome["checked_meanwhile"] = checked.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=heartbeat_in_flight)
+    thread.start()
+    try:
+        assert holds.wait(10)
+        outcome["moved"] = check_heartbeats()
+        checked.set()
+    finally:
+        thread.join(30)
+
+    assert outcome["checked_meanwhile"], "the check waited for the heartbeat's lock"
+    assert outcome["moved"] == 2
+    states = dict(Agent.objects.values_list("id", "state"))
+    assert states == {
+        "silent-00000": AgentState.DEGRADED,
+        "silent-00001": AgentState.RUNNING,
+        "silent-00002": AgentState.DEGRADED,
+    }
+    assert check_heartbeats() == 1  # the next tick takes it

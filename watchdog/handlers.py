@@ -1,26 +1,41 @@
+"""What the watchdog does with events from below: agents failed and recovered.
+
+Batch handlers: a mass outage is one task; each event is acted on in its own trace.
+"""
+
 from monitoring.models import AgentState
-from omoi_console.foundation.events import subscribe
+from omoi_console.foundation.events import event_trace, subscribe
 from watchdog import services
 from watchdog.models import Trigger
 
 
-@subscribe("monitor.agent.heartbeat_lost", handler_id="watchdog.heartbeat_lost")
-def on_heartbeat_lost(event):
-    services.open_remediation(Trigger.AGENT_FAILED, event.payload["agent_id"], event_id=event.id)
+@subscribe("monitor.agent.heartbeat_lost", handler_id="watchdog.heartbeat_lost", batch=True)
+def on_heartbeat_lost(events):
+    for event in events:
+        with event_trace(event):
+            services.open_remediation(
+                Trigger.AGENT_FAILED, event.payload["agent_id"], event_id=event.id
+            )
 
 
-@subscribe("monitor.agent.state_changed", handler_id="watchdog.failure_reported")
-def on_state_changed(event):
-    # The other way into FAILED: the agent says so itself. A move to FAILED by
-    # the monitor is a lost heartbeat, handled above after alerting has seen it.
-    payload = event.payload
-    if (
-        payload["to_state"] == AgentState.FAILED
-        and payload["actor"] == f"agent:{payload['agent_id']}"
-    ):
-        services.open_remediation(Trigger.AGENT_FAILED, payload["agent_id"], event_id=event.id)
+@subscribe("monitor.agent.state_changed", handler_id="watchdog.failure_reported", batch=True)
+def on_state_changed(events):
+    for event in events:
+        payload = event.payload
+        # The other way into FAILED: the agent says so itself. A move to FAILED by
+        # the monitor is a lost heartbeat, handled above after alerting has seen it.
+        if (
+            payload["to_state"] == AgentState.FAILED
+            and payload["actor"] == f"agent:{payload['agent_id']}"
+        ):
+            with event_trace(event):
+                services.open_remediation(
+                    Trigger.AGENT_FAILED, payload["agent_id"], event_id=event.id
+                )
 
 
-@subscribe("monitor.agent.recovered", handler_id="watchdog.agent_recovered")
-def on_agent_recovered(event):
-    services.verify_recovery(event.payload["agent_id"])
+@subscribe("monitor.agent.recovered", handler_id="watchdog.agent_recovered", batch=True)
+def on_agent_recovered(events):
+    for event in events:
+        with event_trace(event):
+            services.verify_recovery(event.payload["agent_id"])

@@ -10,7 +10,7 @@ CLOSE_NOT_FOUND = 4404
 
 
 class ConsoleConsumer(AsyncJsonWebsocketConsumer):
-    """Live feed for the console: every bus event and console notification."""
+    """Live feed for the console: every bus event (alone or in batches) and notification."""
 
     async def connect(self):
         refusal = await self.refusal()
@@ -40,6 +40,10 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
 
     async def event_message(self, message):
         await self.send_json({"type": "event", "event": message["event"]})
+
+    async def events_message(self, message):
+        # A batch from one dispatch (a mass outage) stays one frame for the browser too.
+        await self.send_json({"type": "events", "events": message["events"]})
 
     async def notification_message(self, message):
         await self.send_json({"type": "notification", "notification": message["notification"]})

@@ -18,6 +18,9 @@ import threading
 # find its entry point before it has set Django up.
 
 
+READY = -1  # the child's first message: Django is set up, send the agents
+
+
 class FleetProcess:
     """``launch()`` early (the child needs a couple of seconds to set Django up), then
     ``start(base_url, agents)`` once the agents are registered and the server listens."""
@@ -42,10 +45,14 @@ class FleetProcess:
         return getattr(self.counters, name)
 
     async def launch(self) -> None:
+        """Start the child and wait until it is ready to take agents."""
         self._loop = asyncio.get_running_loop()
+        ready = self._loop.create_future()
+        self._pending[READY] = ready
         await asyncio.to_thread(self._process.start)
         self._reader = threading.Thread(target=self._read, name="omoi-fleet-reader", daemon=True)
         self._reader.start()
+        await ready
 
     async def start(self, base_url: str, agents: list) -> None:
         from omoi_console.top.simulation import SimulatedFleet
@@ -125,6 +132,7 @@ async def _serve(conn) -> None:
         task.add_done_callback(tasks.discard)
 
     stop_ident = None
+    conn.send((READY, True))
     try:
         while stop_ident is None:
             kind, ident, args = await loop.run_in_executor(None, conn.recv)

@@ -226,12 +226,13 @@ class GameDay:
         if stage.at is not None:
             return
         for message in self.console_messages:
-            event = message.get("event") or {}
-            labels = (event.get("payload") or {}).get("labels") or {}
-            if event.get("name") == "monitor.alert.triggered" and labels.get("agent_id") == victim:
-                stage.at, stage.trace_id = message["received_at"], event["trace_id"]
-                stage.detail = "websocket"
-                return
+            for event in message.get("events") or [message.get("event") or {}]:
+                labels = (event.get("payload") or {}).get("labels") or {}
+                triggered = event.get("name") == "monitor.alert.triggered"
+                if triggered and labels.get("agent_id") == victim:
+                    stage.at, stage.trace_id = message["received_at"], event["trace_id"]
+                    stage.detail = "websocket"
+                    return
 
     def _header(self, agents) -> str:
         roles = {}

@@ -53,6 +53,7 @@
     const list = document.getElementById("events");
     list.replaceChildren(...state.events.slice(0, MAX_EVENTS).map((e) => {
       const li = document.createElement("li");
+      li.dataset.id = e.id;
       li.dataset.name = e.name;
       li.textContent = time(e.occurred_at) + "  " + e.name + "  " + (e.payload.agent_id || e.payload.alert_id || "");
       return li;
@@ -80,6 +81,7 @@
     }, 250);
   }
 
+  // Keyed by id: delivery is at least once, so the same event may arrive twice.
   function mergeEvents(a, b) {
     const seen = new Map();
     [...a, ...b].forEach((e) => seen.set(e.id, e));
@@ -98,8 +100,9 @@
     };
     socket.onmessage = (message) => {
       const data = JSON.parse(message.data);
-      if (data.type === "event") {
-        state.events = mergeEvents(state.events, [data.event]);
+      const events = data.type === "event" ? [data.event] : data.type === "events" ? data.events : null;
+      if (events) {
+        state.events = mergeEvents(state.events, events);
         render();
         scheduleRefresh();
       }

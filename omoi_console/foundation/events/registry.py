@@ -1,8 +1,11 @@
 """Who listens to which event.
 
-Apps register handlers in ``AppConfig.ready()``. A handler gets the Event row
-and must be safe to run inside a transaction: the dispatcher wraps it with its
-receipt, so its writes and the receipt commit or roll back together.
+Apps register handlers in ``AppConfig.ready()``. By default a handler gets one
+Event row and runs inside a transaction with its receipt, so its writes and the
+receipt commit or roll back together. ``batch=True`` hands it a list of events
+instead (one call for a whole dispatched batch, receipts written in bulk).
+``atomic=False`` runs it outside any transaction and writes the receipts after it
+returns: for work that waits on the network, delivered at least once.
 """
 
 from collections.abc import Callable
@@ -16,12 +19,19 @@ class Subscription:
     handler_id: str
     event_name: str
     func: Callable
+    batch: bool = False
+    atomic: bool = True
+
+    def wants(self, event_name: str) -> bool:
+        return self.event_name in (event_name, ALL)
 
 
 _subscriptions: dict[str, Subscription] = {}
 
 
-def subscribe(event_name: str, handler_id: str | None = None):
+def subscribe(
+    event_name: str, handler_id: str | None = None, *, batch: bool = False, atomic: bool = True
+):
     """Decorator: run the function for every event named ``event_name`` ("*" for all)."""
 
     def register(func: Callable) -> Callable:
@@ -29,7 +39,7 @@ def subscribe(event_name: str, handler_id: str | None = None):
         existing = _subscriptions.get(hid)
         if existing is not None and existing.func is not func:
             raise ValueError(f"handler id {hid!r} is already taken")
-        _subscriptions[hid] = Subscription(hid, event_name, func)
+        _subscriptions[hid] = Subscription(hid, event_name, func, batch=batch, atomic=atomic)
         return func
 
     return register
@@ -40,4 +50,9 @@ def unsubscribe(handler_id: str) -> None:
 
 
 def subscribers_for(event_name: str) -> list[Subscription]:
-    return [s for s in _subscriptions.values() if s.event_name in (event_name, ALL)]
+    return [s for s in _subscriptions.values() if s.wants(event_name)]
+
+
+def subscriptions() -> list[Subscription]:
+    """Every subscription, in the order they were registered."""
+    return list(_subscriptions.values())

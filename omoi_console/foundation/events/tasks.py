@@ -4,8 +4,13 @@ from omoi_console.foundation.events import bus
 
 
 @shared_task(ignore_result=True)
+def dispatch_events(event_ids: list[str]) -> None:
+    bus.dispatch_many(event_ids)
+
+
+@shared_task(ignore_result=True)
 def dispatch_event(event_id: str) -> None:
-    bus.dispatch(event_id)
+    bus.dispatch_many([event_id])
 
 
 @shared_task(ignore_result=True, expires=10)

@@ -38,3 +38,19 @@ def new_trace(span_name: str, **attributes):
         span_name, context=trace.set_span_in_context(trace.INVALID_SPAN), attributes=attributes
     ) as span:
         yield span
+
+
+def event_trace(event):
+    """The span in which a handler acts on ``event``: a child of the trace it was published in.
+
+    Batch handlers that act per event enter it per event, so each incident keeps one trace.
+    """
+    return continued_trace(
+        f"event {event.name}", event.trace_id, event.span_id, event_id=str(event.id)
+    )
+
+
+def new_trace_ids(span_name: str, **attributes) -> tuple[str, str]:
+    """Open and close a fresh root span; its ids start the trace of one incident."""
+    with new_trace(span_name, **attributes):
+        return current_trace_ids()
