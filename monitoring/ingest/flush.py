@@ -18,7 +18,8 @@ from django.utils import timezone
 
 from monitoring import services
 from monitoring.ingest.cache import ingest_cache
-from monitoring.models import Agent, AgentToken
+from monitoring.models import UNHEALTHY_STATES, Agent, AgentToken
+from monitoring.transitions import Move, transition_many
 
 log = structlog.get_logger(__name__)
 
@@ -51,20 +52,51 @@ class Outcome:
 
 
 def flush_heartbeats(beats: list[Beat]) -> Outcome:
-    """Write a batch of heartbeats."""
+    """Write a batch of heartbeats: liveness in one statement, state changes in bulk."""
     latest: dict[str, Beat] = {}
     for beat in beats:  # an agent that beat twice in one interval: the last one counts
         latest[beat.agent_id] = beat
-    routine = [b for b in latest.values() if b.routine]
-    with transaction.atomic():
-        written = write_liveness(routine)
-    states: dict[str, str | None] = {agent_id: latest[agent_id].state for agent_id in written}
     with ingest_cache.counting_own_changes() as own:
+        with transaction.atomic():
+            written = write_liveness([b for b in latest.values() if b.routine])
+            moved = apply_state_changes([b for b in latest.values() if not b.routine])
+        states: dict[str, str | None] = {
+            agent_id: latest[agent_id].state for agent_id in written | moved
+        }
         for beat in latest.values():
-            if beat.agent_id not in written:
+            if beat.agent_id not in states:
                 states[beat.agent_id] = apply_in_full(beat)
     touch_tokens(beats)
     return Outcome(states, dict(own))
+
+
+def apply_state_changes(beats: list[Beat]) -> set[str]:
+    """Plain reported state changes, as ``record_heartbeat`` would make them, in bulk.
+
+    Only agents still in the state their heartbeat was answered from move; the
+    rest are left to ``apply_in_full``. Returns the ids moved and written.
+    """
+    if not beats:
+        return set()
+    rows = (
+        Agent.objects.select_for_update()
+        .filter(pk__in=[b.agent_id for b in beats])
+        .order_by("pk")
+        .values("id", "role", "state", "unhealthy_since", "last_heartbeat_at")
+    )
+    current = {row["id"]: row for row in rows}
+    moves = [
+        Move(
+            current[b.agent_id],
+            b.state,
+            "heartbeat resumed" if b.served_from in UNHEALTHY_STATES else "reported by the agent",
+            f"agent:{b.agent_id}",
+        )
+        for b in beats
+        if b.agent_id in current and current[b.agent_id]["state"] == b.served_from
+    ]
+    applied = {row.agent_id for row in transition_many(moves)}
+    return write_liveness([b for b in beats if b.agent_id in applied])
 
 
 def write_liveness(beats: list[Beat]) -> set[str]:
