@@ -64,14 +64,33 @@ def register_agent(
 
     Raises ValidationError for a malformed id or role, IntegrityError for a taken id.
     """
+    spec = NewAgent(agent_id, role, labels or {}, heartbeat_interval)
+    return register_agents([spec], actor=actor)[0]
+
+
+@dataclass(frozen=True)
+class NewAgent:
+    id: str
+    role: str
+    labels: dict
+    heartbeat_interval: float | None = None
+
+
+def register_agents(specs: list[NewAgent], *, actor: str = "system") -> list[tuple[Agent, str]]:
+    """Register many agents at once: three INSERTs, whatever their number.
+
+    Every agent is validated first (ValidationError, nothing stored); a taken id
+    fails the whole batch with IntegrityError. Each agent's deadline starts now,
+    so a fleet registered together gets the same time to send its first heartbeat.
+    """
     now = timezone.now()
-    generations = ingest_cache.generations(agent_id)
-    with transaction.atomic():
+    agents = []
+    for spec in specs:
         agent = Agent(
-            id=agent_id,
-            role=role,
-            labels=labels or {},
-            heartbeat_interval=heartbeat_interval,
+            id=spec.id,
+            role=spec.role,
+            labels=spec.labels,
+            heartbeat_interval=spec.heartbeat_interval,
             created_at=now,
             state_changed_at=now,
         )
@@ -79,23 +98,33 @@ def register_agent(
         # same id then fails as IntegrityError, which callers answer with 409.
         agent.full_clean(validate_unique=False)
         agent.overdue_at = miss_deadline(agent, now, 1)
-        agent.save(force_insert=True)
-        AgentTransition.objects.create(
-            agent=agent,
-            from_state="",
-            to_state=S.SPAWNING,
-            reason="registered",
-            actor=actor,
-            at=now,
+        agents.append(agent)
+    generations = {agent.pk: ingest_cache.generations(agent.pk) for agent in agents}
+    issued = [AgentToken.unsaved(agent=agent, name="initial") for agent in agents]
+    with transaction.atomic():
+        Agent.objects.bulk_create(agents)
+        AgentTransition.objects.bulk_create(
+            AgentTransition(
+                agent=agent,
+                from_state="",
+                to_state=S.SPAWNING,
+                reason="registered",
+                actor=actor,
+                at=now,
+            )
+            for agent in agents
         )
-        token, raw = AgentToken.issue(agent=agent, name="initial")
-        # The agent's first heartbeat usually reaches the process that registered
+        AgentToken.objects.bulk_create(token for token, _ in issued)
+        # An agent's first heartbeat usually reaches the process that registered
         # it: let the lean path take it (a fleet starting at once is a storm).
-        transaction.on_commit(
-            functools.partial(remember_served, raw, token, agent, generations), robust=True
-        )
-    log.info("agent.registered", agent_id=agent.id, role=role)
-    return agent, raw
+        for agent, (token, raw) in zip(agents, issued, strict=True):
+            transaction.on_commit(
+                functools.partial(remember_served, raw, token, agent, generations[agent.pk]),
+                robust=True,
+            )
+    for agent in agents:
+        log.info("agent.registered", agent_id=agent.id, role=agent.role)
+    return [(agent, raw) for agent, (_, raw) in zip(agents, issued, strict=True)]
 
 
 def miss_deadline(agent: Agent, since: datetime, misses: int) -> datetime:
@@ -356,11 +385,20 @@ def _publish_heartbeats_lost(moves: list[Move], rows) -> None:
 
 def terminate_agent(agent: Agent, *, reason: str, actor: str) -> None:
     """Retire an agent for good and revoke its tokens."""
+    terminate_agents([agent.pk], reason=reason, actor=actor)
+
+
+def terminate_agents(agent_ids: list[str], *, reason: str, actor: str) -> None:
+    """Retire many agents at once (a fleet): one transition batch, one revocation."""
     with transaction.atomic():
-        agent = Agent.objects.select_for_update().get(pk=agent.pk)
-        if agent.state != S.TERMINATED:
-            transition(agent, S.TERMINATED, reason=reason, actor=actor)
-        AgentToken.objects.filter(agent=agent, revoked_at__isnull=True).update(
+        live = (
+            Agent.objects.select_for_update()
+            .filter(pk__in=agent_ids)
+            .exclude(state=S.TERMINATED)
+            .order_by("pk")
+        )
+        transition_many([Move(agent, S.TERMINATED, reason, actor) for agent in live])
+        AgentToken.objects.filter(agent_id__in=agent_ids, revoked_at__isnull=True).update(
             revoked_at=timezone.now()
         )
-        invalidate_on_commit(agents=[agent.pk], agent_tokens=[agent.pk], wait=True)
+        invalidate_on_commit(agents=agent_ids, agent_tokens=agent_ids, wait=True)

@@ -63,10 +63,16 @@ class HashedToken(models.Model):
     @classmethod
     def issue(cls, **fields):
         """Create a token row; return it with the plaintext, which is never stored."""
+        token, raw = cls.unsaved(**fields)
+        token.save(force_insert=True)
+        return token, raw
+
+    @classmethod
+    def unsaved(cls, **fields):
+        """A new token row not yet saved (for ``bulk_create``) and its plaintext."""
         lookup = secrets.token_hex(6)
         raw = f"omoi_{cls.KIND}_{lookup}_{secrets.token_urlsafe(32)}"
-        token = cls.objects.create(lookup=lookup, token_hash=hash_token(raw), **fields)
-        return token, raw
+        return cls(lookup=lookup, token_hash=hash_token(raw), **fields), raw
 
     @classmethod
     def authenticate(cls, raw: str):

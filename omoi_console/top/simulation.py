@@ -14,11 +14,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import httpx
-from django.db import transaction
 from django.utils import timezone
 
 from monitoring import services as monitoring
-from monitoring.models import Agent, AgentRole
+from monitoring.models import AgentRole
 
 RESTART_SECONDS = 0.2
 ROLE_MIX = ((AgentRole.WORKER, 0.8), (AgentRole.MONITOR, 0.1), (AgentRole.SCHEDULER, 0.1))
@@ -51,23 +50,16 @@ def roles_for(size: int) -> list[str]:
 
 def register_fleet(prefix: str, size: int, interval: float) -> list[SimAgent]:
     """Register ``size`` agents named ``<prefix>-<role>-NN``; return them with their tokens."""
-    agents = []
-    with transaction.atomic():
-        for number, role in enumerate(roles_for(size), start=1):
-            agent, token = monitoring.register_agent(
-                f"{prefix}-{role}-{number:02d}",
-                role,
-                labels={"fleet": prefix},
-                heartbeat_interval=interval,
-                actor="simulation",
-            )
-            agents.append(SimAgent(agent.id, role, token, interval))
-    return agents
+    specs = [
+        monitoring.NewAgent(f"{prefix}-{role}-{number:02d}", role, {"fleet": prefix}, interval)
+        for number, role in enumerate(roles_for(size), start=1)
+    ]
+    registered = monitoring.register_agents(specs, actor="simulation")
+    return [SimAgent(agent.id, agent.role, token, interval) for agent, token in registered]
 
 
 def retire_fleet(agent_ids: list[str], reason: str) -> None:
-    for agent in Agent.objects.filter(pk__in=agent_ids):
-        monitoring.terminate_agent(agent, reason=reason, actor="simulation")
+    monitoring.terminate_agents(agent_ids, reason=reason, actor="simulation")
 
 
 class SimulatedFleet:
