@@ -133,10 +133,6 @@ def enqueue_dispatch_many(event_ids: Sequence[UUID | str]) -> None:
         dispatch_events.delay(ids[start : start + DISPATCH_BATCH])
 
 
-def enqueue_dispatch(event_id: UUID | str) -> None:
-    enqueue_dispatch_many([event_id])
-
-
 def dispatch(event_id: UUID | str) -> bool:
     """Run every handler of one pending event; return True when all of them succeeded."""
     return dispatch_many([event_id])
