@@ -108,8 +108,7 @@ def _first_of_each_key(rows: list[Event]) -> tuple[list[Event], list[UUID]]:
             fresh.append(row.pk)
         else:
             kept.append(existing[holder])
-    # One row may stand for two items of the batch with the same key.
-    return kept, list(dict.fromkeys(fresh))
+    return kept, fresh
 
 
 def _log_published(rows: list[Event], fresh: list[UUID]) -> None:
