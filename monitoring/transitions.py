@@ -51,9 +51,11 @@ class InvalidTransition(Exception):
 
 
 class Move(NamedTuple):
-    """Move ``agent`` (an Agent, or a mapping with its id, role and state) to ``to_state``.
+    """Move ``agent`` to ``to_state``.
 
-    ``trace`` is (trace_id, span_id) for the move's events; empty means the current span.
+    ``agent`` is an Agent, or a mapping with ``id``, ``role`` and ``state`` (and,
+    for ``down_seconds`` of a recovery, ``unhealthy_since``). ``trace`` is
+    (trace_id, span_id) for the move's events; empty means the current span.
     """
 
     agent: Agent | Mapping

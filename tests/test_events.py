@@ -363,3 +363,57 @@ def test_it_acts_once_when_two_workers_dispatch_one_event_at_once(batch, monkeyp
     assert EventReceipt.objects.filter(event=event, handler="test.once").count() == 1
     event.refresh_from_db()
     assert event.status == EventStatus.PROCESSED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_commits_a_large_batch_a_chunk_at_a_time(monkeypatch):
+    monkeypatch.setattr(bus, "DELIVERY_CHUNK", 2)
+    sent = []
+    monkeypatch.setattr(broadcast, "send_to_console", sent.append)
+    seen = []
+
+    def chunk_handler(events):
+        earlier = [i for batch in seen for i in batch]
+        statuses = set(Event.objects.filter(pk__in=earlier).values_list("status", flat=True))
+        seen.append([e.pk for e in events])
+        # What earlier chunks did is committed and settled already.
+        assert statuses <= {EventStatus.PROCESSED}
+
+    subscribe(LOST, handler_id="test.chunks", batch=True)(chunk_handler)
+    try:
+        events = bus.publish_many([lost(n) for n in range(5)])
+    finally:
+        unsubscribe("test.chunks")
+
+    assert [len(batch) for batch in seen] == [2, 2, 1]
+    assert [i for batch in seen for i in batch] == [e.pk for e in events]
+    ours = [m for m in sent if m["type"] == "events.message" and len(m["events"]) == 5]
+    assert len(ours) == 1  # the console still gets the batch as one message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_the_sweeper_off_a_batch_that_is_still_being_handled(monkeypatch, settings):
+    monkeypatch.setattr(bus, "DELIVERY_CHUNK", 1)
+    settings.EVENT_REDISPATCH_AFTER_SECONDS = 10
+    due_meanwhile = []
+
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+
+        def slow(events):
+            clock.shift(6)  # each chunk takes longer than half the redispatch delay
+            ids = [e.pk for e in batch]
+            due = Event.objects.filter(pk__in=ids, dispatch_after__lte=timezone.now())
+            due_meanwhile.append(due.filter(status=EventStatus.PENDING).count())
+
+        subscribe(LOST, handler_id="test.slow", batch=True)(slow)
+        try:
+            monkeypatch.setattr(bus, "enqueue_dispatch_many", lambda event_ids: None)
+            batch = bus.publish_many([lost(n) for n in range(4)])
+            bus.dispatch_many([e.pk for e in batch])
+        finally:
+            unsubscribe("test.slow")
+
+    assert due_meanwhile == [0, 0, 0, 0]
+    assert set(Event.objects.filter(name=LOST).values_list("status", flat=True)) == {
+        EventStatus.PROCESSED
+    }

@@ -135,18 +135,30 @@ def query_plan(sql: str) -> str:
 
 
 @pytest.mark.django_db
-def test_it_claims_the_overdue_by_walking_their_index_alone():
+def test_it_finds_and_claims_the_overdue_by_walking_their_index_alone():
     now = timezone.now()
     silent_fleet(5000, now + timedelta(minutes=5))  # a fleet with nothing due
+    silent_fleet(1, now - timedelta(seconds=8), prefix="due")
+    with CaptureQueriesContext(connection) as queries:
+        assert check_heartbeats(now) == 1
+    lookups = [q["sql"] for q in queries if q["sql"].startswith("SELECT")][:2]
+    assert all("overdue_at" in sql for sql in lookups)  # the probe, then the claim
+
+    for sql in lookups:
+        plan = query_plan(sql)
+        # The LIMIT stops early only if the index yields rows in the order asked
+        # for: a sort (or a scan of another index) reads every agent on every tick.
+        assert "agent_overdue_idx" in plan, plan
+        assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan
+
+
+@pytest.mark.django_db
+def test_it_answers_a_tick_with_nothing_due_with_one_read():
+    now = timezone.now()
+    silent_fleet(10, now + timedelta(minutes=5))
     with CaptureQueriesContext(connection) as queries:
         assert check_heartbeats(now) == 0
-    claim = next(q["sql"] for q in queries if q["sql"].startswith("SELECT"))
-
-    plan = query_plan(claim)
-    # The LIMIT stops early only if the index yields rows in the order asked for:
-    # a sort (or a scan of another index) reads every agent on every tick.
-    assert "agent_overdue_idx" in plan, plan
-    assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan
+    assert [q["sql"].split()[0] for q in queries] == ["SELECT"]
 
 
 @pytest.mark.django_db

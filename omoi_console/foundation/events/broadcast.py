@@ -67,10 +67,6 @@ def send_to_console(message: dict) -> None:
         async_to_sync(layer.group_send)(CONSOLE_GROUP, message)
 
 
-def broadcast_event(event) -> None:
-    send_to_console(event_message(event))
-
-
 def broadcast_events(events) -> None:
     """Send a dispatched batch to the console: one message per ``EVENTS_PER_MESSAGE`` events."""
     for start in range(0, len(events), EVENTS_PER_MESSAGE):

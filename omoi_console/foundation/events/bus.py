@@ -31,6 +31,8 @@ MAX_BACKOFF_SECONDS = 300
 SWEEP_BATCH = 1000
 # Events handed to one dispatch task: a mass outage is a few tasks, not thousands.
 DISPATCH_BATCH = 1000
+# Events per transaction of a handler: its work becomes visible a chunk at a time.
+DELIVERY_CHUNK = 50
 
 
 @dataclass(frozen=True)
@@ -106,8 +108,7 @@ def _first_of_each_key(rows: list[Event]) -> tuple[list[Event], list[UUID]]:
             fresh.append(row.pk)
         else:
             kept.append(existing[holder])
-    # One row may stand for two items of the batch with the same key.
-    return kept, list(dict.fromkeys(fresh))
+    return kept, fresh
 
 
 def _log_published(rows: list[Event], fresh: list[UUID]) -> None:
@@ -133,10 +134,6 @@ def enqueue_dispatch_many(event_ids: Sequence[UUID | str]) -> None:
         dispatch_events.delay(ids[start : start + DISPATCH_BATCH])
 
 
-def enqueue_dispatch(event_id: UUID | str) -> None:
-    enqueue_dispatch_many([event_id])
-
-
 def dispatch(event_id: UUID | str) -> bool:
     """Run every handler of one pending event; return True when all of them succeeded."""
     return dispatch_many([event_id])
@@ -145,10 +142,14 @@ def dispatch(event_id: UUID | str) -> bool:
 def dispatch_many(event_ids: Sequence[UUID | str]) -> bool:
     """Run every handler on the pending events among ``event_ids``; True when all succeeded.
 
-    Handlers run in registration order, each on every event of the batch it
-    subscribes to, in the order of ``event_ids``. An event whose handlers all
-    succeeded is marked processed; one with a failure stays pending with its
-    error and a backoff.
+    Handlers that run outside a transaction (the console broadcast) get the whole
+    batch at once. The others run on it in chunks of ``DELIVERY_CHUNK`` events, each
+    handler in registration order on every event of the chunk it subscribes to,
+    so the first alerts of a mass outage commit (and its first remediations start)
+    without waiting for the last. Each chunk is settled as soon as it is done: an
+    event whose handlers all succeeded is marked processed, one with a failure
+    stays pending with its error and a backoff. While a long batch runs, its
+    events' ``dispatch_after`` is pushed forward, so the sweeper leaves them alone.
     """
     order = {str(event_id): n for n, event_id in enumerate(event_ids)}
     events = sorted(
@@ -157,11 +158,27 @@ def dispatch_many(event_ids: Sequence[UUID | str]) -> bool:
     )
     if not events:
         return True
+    handlers = subscriptions()
     failures: dict[UUID, list[str]] = {}
-    for subscription in subscriptions():
+    _run_handlers([s for s in handlers if not s.atomic], events, failures)
+    lease = Lease()
+    for start in range(0, len(events), DELIVERY_CHUNK):
+        lease.renew_if_due(events[start:])
+        chunk = events[start : start + DELIVERY_CHUNK]
+        _run_handlers([s for s in handlers if s.atomic], chunk, failures)
+        settle(chunk, failures)
+    return not failures
+
+
+def _run_handlers(handlers: list[Subscription], events: list[Event], failures: dict) -> None:
+    for subscription in handlers:
         mine = [event for event in events if subscription.wants(event.name)]
         for event, exc in deliver(subscription, mine) if mine else ():
             failures.setdefault(event.pk, []).append(f"{subscription.handler_id}: {exc!r}")
+
+
+def settle(events: list[Event], failures: dict[UUID, list[str]]) -> None:
+    """Mark the events processed, or record why they failed."""
     done = [event.pk for event in events if event.pk not in failures]
     if done:
         Event.objects.filter(pk__in=done, status=EventStatus.PENDING).update(
@@ -170,7 +187,27 @@ def dispatch_many(event_ids: Sequence[UUID | str]) -> bool:
     for event in events:
         if event.pk in failures:
             record_failure(event, "; ".join(failures[event.pk]))
-    return not failures
+
+
+class Lease:
+    """Keeps the sweeper off a batch that is still being worked on.
+
+    Renewed once half the redispatch delay has passed, so a batch done within
+    it costs no statement; a dispatcher that dies stops renewing, and its
+    events fall due again one delay later.
+    """
+
+    def __init__(self):
+        self.renewed_at = timezone.now()
+
+    def renew_if_due(self, events: list[Event]) -> None:
+        now = timezone.now()
+        if now - self.renewed_at < redispatch_delay() / 2:
+            return
+        Event.objects.filter(
+            pk__in=[event.pk for event in events], status=EventStatus.PENDING
+        ).update(dispatch_after=now + redispatch_delay())
+        self.renewed_at = now
 
 
 def deliver(subscription: Subscription, events: list[Event]) -> list[tuple[Event, Exception]]:
