@@ -125,6 +125,14 @@ def bearer(token: str) -> dict:
     return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
 
 
+def forget_rate_limits():
+    """The served app lives as long as the process: start every server with no counts."""
+    from omoi_console import asgi
+
+    asgi.ingest_limits.configure()
+    asgi.verified_credentials.clear()
+
+
 @pytest.fixture
 def server(settings):
     """The app served over real HTTP and websockets on a loopback port, in a thread."""
@@ -135,9 +143,11 @@ def server(settings):
     thread.start()
     # No periodic checks: the test decides every state change itself.
     app = EmbeddedApp(with_ticker=False)
+    forget_rate_limits()
     asyncio.run_coroutine_threadsafe(app.start(), loop).result(30)
     yield app
     asyncio.run_coroutine_threadsafe(app.stop(), loop).result(30)
+    forget_rate_limits()
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
     loop.close()

@@ -59,7 +59,8 @@ def replay(body: bytes, receive):
     return replayed
 
 
-async def refuse(send, status: int, detail: str) -> None:
+async def refuse(send, status: int, detail: str, *, headers=()) -> None:
+    """Answer with problem JSON before the app (and its body reading) is reached."""
     body = json.dumps(problem(status, detail)).encode()
     await send(
         {
@@ -70,6 +71,7 @@ async def refuse(send, status: int, detail: str) -> None:
                 (b"content-length", str(len(body)).encode()),
                 # The rest of the body is never read, so the connection cannot be reused.
                 (b"connection", b"close"),
+                *headers,
             ],
         }
     )
