@@ -8,6 +8,7 @@ import asyncio
 import os
 import shutil
 import socket
+import sys
 import threading
 from urllib.parse import urlparse
 
@@ -125,12 +126,16 @@ def bearer(token: str) -> dict:
     return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
 
 
-def forget_rate_limits():
-    """The served app lives as long as the process: start every server with no counts."""
-    from omoi_console import asgi
-
-    asgi.ingest_limits.configure()
-    asgi.verified_credentials.clear()
+@pytest.fixture(autouse=True)
+def fresh_rate_limits():
+    """The served app lives as long as the process: every test starts with no counts and,
+    afterwards, with limits read from settings that the test no longer overrides (an
+    autouse fixture is torn down after ``settings``)."""
+    yield
+    asgi = sys.modules.get("omoi_console.asgi")
+    if asgi is not None:
+        asgi.ingest_limits.configure()
+        asgi.verified_credentials.clear()
 
 
 @pytest.fixture
@@ -143,11 +148,9 @@ def server(settings):
     thread.start()
     # No periodic checks: the test decides every state change itself.
     app = EmbeddedApp(with_ticker=False)
-    forget_rate_limits()
     asyncio.run_coroutine_threadsafe(app.start(), loop).result(30)
     yield app
     asyncio.run_coroutine_threadsafe(app.stop(), loop).result(30)
-    forget_rate_limits()
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
     loop.close()
