@@ -126,10 +126,12 @@ class IngestRateLimits:
         self.tally = WindowedTally(log, settings.RATE_LIMIT_LOG_SECONDS)
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or not scope["path"].startswith(WATCHED_PREFIXES):
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
         now = time.time()
         self.tally.flush_due(now)
+        if not scope["path"].startswith(WATCHED_PREFIXES):
+            return await self.app(scope, receive, send)
         header = authorization(scope["headers"])
         source = self._source(scope)
         known = header is not None and self.is_known_good(header)
@@ -194,4 +196,7 @@ class IngestRateLimits:
     @staticmethod
     async def _refuse(send, retry_after: int, reason: str) -> None:
         detail = f"{reason}; retry after {retry_after} s."
-        await refuse(send, 429, detail, headers=[(b"retry-after", str(retry_after).encode())])
+        # The body is within the bound (checked before this layer), so the
+        # connection is kept: a client that honours Retry-After reuses it.
+        headers = [(b"retry-after", str(retry_after).encode())]
+        await refuse(send, 429, detail, headers=headers, close=False)
