@@ -154,10 +154,12 @@ class IngestRateLimits:
         remote = client[0] if client else "unknown"
         if not self.trusted:
             return remote
-        forwarded = None
-        for name, value in scope["headers"]:
-            if name == b"x-forwarded-for":
-                forwarded = value.decode("latin-1")
+        # Several X-Forwarded-For headers read as one list, in order.
+        forwarded = ",".join(
+            value.decode("latin-1")
+            for name, value in scope["headers"]
+            if name == b"x-forwarded-for"
+        )
         return client_address(remote, forwarded, self.trusted)
 
     def _exhausted(self, limiter, items, now: float, *identifiers) -> int:
