@@ -5,6 +5,8 @@ a missing service fails the run.
 """
 
 import asyncio
+import json
+import logging
 import os
 import shutil
 import socket
@@ -16,6 +18,7 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from observability.logging import structured_formatter
 from omoi_console.celery import app as celery_app
 from omoi_console.top.embedded import EmbeddedApp
 
@@ -154,3 +157,34 @@ def server(settings):
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
     loop.close()
+
+
+class captured_log:
+    """Collects every log line at INFO and above, structlog's and the stdlib's, as parsed
+    JSON. The root level is set for the duration: a command run earlier in the session
+    (the gameday quietens the log) may have raised it."""
+
+    def __init__(self, lines: list):
+        self.lines = lines
+        self.handler = logging.StreamHandler(stream=self)
+        self.handler.setFormatter(structured_formatter("json"))
+
+    def write(self, text):
+        for line in text.splitlines():
+            if line.strip():
+                self.lines.append(json.loads(line))
+
+    def flush(self):
+        pass
+
+    def __enter__(self):
+        root = logging.getLogger()
+        self.level = root.level
+        root.setLevel(logging.INFO)
+        root.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        root = logging.getLogger()
+        root.removeHandler(self.handler)
+        root.setLevel(self.level)

@@ -1,14 +1,13 @@
 """The login form counts failed logins per username and per source in the cache."""
 
 import json
-import logging
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.urls import reverse
 
-from observability.logging import structured_formatter
+from tests.conftest import captured_log
 
 pytestmark = pytest.mark.django_db
 
@@ -98,14 +97,9 @@ def test_it_sends_the_admin_login_through_the_throttled_form(client):
 
 def test_it_logs_a_throttle_once_when_it_starts(client, alice):
     lines = []
-    handler = logging.StreamHandler(stream=_Lines(lines))
-    handler.setFormatter(structured_formatter("json"))
-    logging.getLogger().addHandler(handler)
-    try:
+    with captured_log(lines):
         for _ in range(6):
             attempt(client, "alice", "wrong")
-    finally:
-        logging.getLogger().removeHandler(handler)
 
     throttled = [line for line in lines if line["event"] == "login.throttled"]
     assert [(t["limit"], t["source"], t["count"]) for t in throttled] == [
@@ -113,16 +107,3 @@ def test_it_logs_a_throttle_once_when_it_starts(client, alice):
     ]
     assert not [line for line in lines if line.get("logger") == "django.request"]
     assert "wrong" not in json.dumps(lines)
-
-
-class _Lines:
-    def __init__(self, lines):
-        self.lines = lines
-
-    def write(self, text):
-        for line in text.splitlines():
-            if line.strip():
-                self.lines.append(json.loads(line))
-
-    def flush(self):
-        pass

@@ -2,7 +2,6 @@
 
 import asyncio
 import json
-import logging
 from datetime import timedelta
 
 import httpx
@@ -13,7 +12,6 @@ from django.utils import timezone
 
 from monitoring.models import Agent, AgentState
 from monitoring.services import check_heartbeats, register_agent
-from observability.logging import structured_formatter
 from omoi_console import asgi
 from omoi_console.foundation.rate_limits import client_address, trusted_networks
 from omoi_console.foundation.rate_windows import (
@@ -21,6 +19,7 @@ from omoi_console.foundation.rate_windows import (
     RecentlyVerified,
     WindowedTally,
 )
+from tests.conftest import captured_log
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -152,6 +151,27 @@ def test_it_refuses_a_source_that_fails_operator_authentication_too_often(
     assert agents(good).status_code == 200  # known good: not held back with the flooder
 
 
+def test_it_counts_failures_per_client_behind_a_trusted_proxy(server, settings, seeded):
+    limit(settings, RATE_LIMIT_AUTH_FAILURES="3/minute", TRUSTED_PROXIES=["127.0.0.1"])
+    agent, _ = register_agent("worker-01", "worker")
+
+    def from_client(address, number):
+        return httpx.post(
+            f"{server.base_url}/api/v1/agents/{agent.id}/heartbeat",
+            json=BEAT,
+            headers={
+                "Authorization": f"Bearer {stale_token(number)}",
+                "X-Forwarded-For": f"198.51.100.66, {address}",
+            },
+            timeout=10,
+        ).status_code
+
+    flooder = [from_client("203.0.113.9", n) for n in range(5)]
+
+    assert flooder == [401] * 3 + [429] * 2
+    assert from_client("203.0.113.10", 99) == 401  # another client behind the same proxy
+
+
 def test_it_logs_failures_once_per_window_with_a_count(server, settings, seeded):
     limit(settings, RATE_LIMIT_AUTH_FAILURES="3/minute", RATE_LIMIT_LOG_SECONDS=10.0)
     agent, token = register_agent("worker-01", "worker")
@@ -175,30 +195,6 @@ def test_it_logs_failures_once_per_window_with_a_count(server, settings, seeded)
     # Django's own line per 401 ("Unauthorized: ...") is gone, and no secret is logged.
     assert not [line for line in lines if line.get("logger") == "django.request"]
     assert "x" * 43 not in json.dumps(lines)
-
-
-class captured_log:
-    """Collects every log line, structlog's and the stdlib's, as parsed JSON."""
-
-    def __init__(self, lines: list):
-        self.lines = lines
-        self.handler = logging.StreamHandler(stream=self)
-        self.handler.setFormatter(structured_formatter("json"))
-
-    def write(self, text):
-        for line in text.splitlines():
-            if line.strip():
-                self.lines.append(json.loads(line))
-
-    def flush(self):
-        pass
-
-    def __enter__(self):
-        logging.getLogger().addHandler(self.handler)
-        return self
-
-    def __exit__(self, *exc):
-        logging.getLogger().removeHandler(self.handler)
 
 
 def test_it_keeps_counts_in_bounded_memory_under_a_flood_of_distinct_keys():
