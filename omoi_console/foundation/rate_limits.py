@@ -52,10 +52,12 @@ def path_pattern(templates) -> re.Pattern:
 
 
 def never_known(header: bytes) -> bool:
+    """The default judgement: no credentials are known to be good."""
     return False
 
 
 def authorization(headers) -> bytes | None:
+    """The ``Authorization`` header of an ASGI scope's header list, else None."""
     for name, value in headers:
         if name == b"authorization":
             return value
@@ -193,6 +195,8 @@ class IngestRateLimits:
             if header is not None and self.on_refused is not None:
                 self.on_refused(header)
         elif 200 <= status < 300 and header is not None and self.on_verified is not None:
+            # Every view under the watched prefixes authenticates the header it is
+            # sent (an unrecognised one is a 401), so a 2xx means it was checked.
             self.on_verified(header)
 
     @staticmethod

@@ -102,6 +102,7 @@ def backoff_seconds(attempt: int) -> float:
 
 
 def worth_retrying(status: int) -> bool:
+    """Whether an agent SDK would send a request again after this answer."""
     return status == 429 or status >= 500
 
 
