@@ -59,3 +59,15 @@ def structured_formatter(renderer: str = "json") -> logging.Formatter:
         foreign_pre_chain=SHARED_PROCESSORS,
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
     )
+
+
+class DropCountedResponses(logging.Filter):
+    """Filter for ``django.request``: drops its line per 401 and 429 answer.
+
+    The rate limits and the login throttle count those answers and log one line
+    per window with the count; a line per request would let a flood of bad
+    tokens flood the log as well.
+    """
+
+    def filter(self, record) -> bool:
+        return getattr(record, "status_code", None) not in (401, 429)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+from limits import parse_many
 
 from omoi_console.foundation.environment import (
     env_bool,
@@ -237,6 +238,33 @@ LOGOUT_REDIRECT_URL = "login"
 
 # --- API ----------------------------------------------------------------------
 
+
+def _rates(name: str, default: str) -> str:
+    """A limit in the ``limits`` notation ("10/second;300/minute"), checked at start-up."""
+    value = env_str(name, default)
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ImproperlyConfigured(
+            f"{name} must be rates such as '10/second;300/minute', got {value!r}"
+        ) from None
+    return value
+
+
+# Agents heartbeat every 1-5 s and retry with backoff; a metrics batch may share
+# the token. Ten a second absorbs a retry burst, 300 a minute five a second.
+RATE_LIMIT_PER_TOKEN = _rates("OMOI_RATE_LIMIT_PER_TOKEN", "10/second;300/minute")
+# 401s from one source address before its unproven requests are refused.
+RATE_LIMIT_AUTH_FAILURES = _rates("OMOI_RATE_LIMIT_AUTH_FAILURES", "30/minute")
+# Repeated failures and refusals are logged once per this many seconds, with a count.
+RATE_LIMIT_LOG_SECONDS = env_float("OMOI_RATE_LIMIT_LOG_SECONDS", 10.0)
+# Failed logins before the login form answers 429, per username and per source.
+LOGIN_FAILURES_PER_USER = _rates("OMOI_LOGIN_FAILURES_PER_USER", "5/15minutes")
+LOGIN_FAILURES_PER_SOURCE = _rates("OMOI_LOGIN_FAILURES_PER_SOURCE", "20/15minutes")
+# Proxies (addresses or CIDR networks) whose X-Forwarded-For names the client.
+# Empty: the connection's own address is the source, and the header is ignored.
+TRUSTED_PROXIES = env_list("OMOI_TRUSTED_PROXIES")
+
 # Request bodies above this are refused with 413 before they are parsed.
 MAX_REQUEST_BYTES = env_int("OMOI_MAX_REQUEST_BYTES", 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
@@ -322,9 +350,16 @@ LOGGING = {
     "handlers": {
         "stderr": {"class": "logging.StreamHandler", "formatter": "structured"},
     },
+    "filters": {
+        "drop_counted_responses": {
+            "()": "observability.logging.DropCountedResponses",
+        },
+    },
     "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
+        # 401 and 429 answers are logged once per window, with a count.
+        "django.request": {"filters": ["drop_counted_responses"]},
         "uvicorn.access": {"level": "WARNING"},
         "celery": {"level": LOG_LEVEL},
         "celery.beat": {"level": TICK_LOG_LEVEL},

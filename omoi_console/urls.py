@@ -1,10 +1,12 @@
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from omoi_console.foundation.api import problems
 from omoi_console.top import views
+from omoi_console.top.login import ThrottledLoginView
 
 api_v1 = [
     path("", include("monitoring.api.urls")),
@@ -17,12 +19,10 @@ urlpatterns = [
     path("console/state", views.console_state, name="console-state"),
     path("healthz", views.healthz, name="healthz"),
     path("favicon.ico", views.favicon),
-    path(
-        "accounts/login/",
-        auth_views.LoginView.as_view(template_name="registration/login.html"),
-        name="login",
-    ),
+    path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    # One login form, throttled: the admin's own would take unlimited guesses.
+    path("admin/login/", RedirectView.as_view(pattern_name="login", query_string=True)),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     # A fixed version: the view would otherwise copy ?version= into a header.

@@ -5,9 +5,12 @@ a missing service fails the run.
 """
 
 import asyncio
+import json
+import logging
 import os
 import shutil
 import socket
+import sys
 import threading
 from urllib.parse import urlparse
 
@@ -16,6 +19,7 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from observability.logging import structured_formatter
 from omoi_console.celery import app as celery_app
 from omoi_console.top.embedded import EmbeddedApp
 
@@ -145,6 +149,18 @@ def bearer(token: str) -> dict:
     return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
 
 
+@pytest.fixture(autouse=True)
+def fresh_rate_limits():
+    """The served app lives as long as the process: every test starts with no counts and,
+    afterwards, with limits read from settings that the test no longer overrides (an
+    autouse fixture is torn down after ``settings``)."""
+    yield
+    asgi = sys.modules.get("omoi_console.asgi")
+    if asgi is not None:
+        asgi.ingest_limits.configure()
+        asgi.verified_credentials.clear()
+
+
 @pytest.fixture
 def server(settings):
     """The app served over real HTTP and websockets on a loopback port, in a thread."""
@@ -214,3 +230,34 @@ def flush_ingest(app: EmbeddedApp) -> None:
     from monitoring.ingest.runtime import flush_now
 
     asyncio.run_coroutine_threadsafe(flush_now(), app.loop).result(30)
+
+
+class captured_log:
+    """Collects every log line at INFO and above, structlog's and the stdlib's, as parsed
+    JSON. The root level is set for the duration: a command run earlier in the session
+    (the gameday quietens the log) may have raised it."""
+
+    def __init__(self, lines: list):
+        self.lines = lines
+        self.handler = logging.StreamHandler(stream=self)
+        self.handler.setFormatter(structured_formatter("json"))
+
+    def write(self, text):
+        for line in text.splitlines():
+            if line.strip():
+                self.lines.append(json.loads(line))
+
+    def flush(self):
+        pass
+
+    def __enter__(self):
+        root = logging.getLogger()
+        self.level = root.level
+        root.setLevel(logging.INFO)
+        root.addHandler(self.handler)
+        return self
+
+    def __exit__(self, *exc):
+        root = logging.getLogger()
+        root.removeHandler(self.handler)
+        root.setLevel(self.level)

@@ -59,7 +59,13 @@ def replay(body: bytes, receive):
     return replayed
 
 
-async def refuse(send, status: int, detail: str) -> None:
+async def refuse(send, status: int, detail: str, *, headers=(), close: bool = True) -> None:
+    """Answer with problem JSON before the app (and its body reading) is reached.
+
+    ``close`` (the default) ends the connection, for an answer sent while an
+    unread body may still be arriving; without it the server discards a body
+    that fits the bound and keeps the connection for the client's next request.
+    """
     body = json.dumps(problem(status, detail)).encode()
     await send(
         {
@@ -68,8 +74,8 @@ async def refuse(send, status: int, detail: str) -> None:
             "headers": [
                 (b"content-type", PROBLEM_CONTENT_TYPE.encode()),
                 (b"content-length", str(len(body)).encode()),
-                # The rest of the body is never read, so the connection cannot be reused.
-                (b"connection", b"close"),
+                *([(b"connection", b"close")] if close else []),
+                *headers,
             ],
         }
     )

@@ -287,15 +287,23 @@ class GameDay:
                     f"loss to recovery {loss_to_recovery:.1f}s exceeds {self.objective:g}s"
                 )
         report.facts["console_messages"] = len(self.console_messages)
-        if fleet is not None and fleet.counters is not None:
+        # A fleet that never started has no counts.
+        if fleet is not None and getattr(fleet, "responses", None) is not None:
             report.facts["heartbeats"] = {
                 "responses": {str(k): v for k, v in sorted(fleet.responses.items())},
                 "transport_errors": fleet.transport_errors,
+                "retries": fleet.retries,
+                "recovered": fleet.recovered,
+                "unrecovered": fleet.unrecovered,
             }
-            if fleet.server_errors or fleet.transport_errors:
+            # A failure that a retry recovered within the interval is what a real
+            # client rides out; a 5xx is our bug, and a lost heartbeat is a miss.
+            if fleet.server_errors:
+                report.failures.append(f"{fleet.server_errors} server errors during the run")
+            if fleet.unrecovered:
                 report.failures.append(
-                    f"{fleet.server_errors} server errors and "
-                    f"{fleet.transport_errors} failed connections during the run"
+                    f"{fleet.unrecovered} heartbeats lost after retries "
+                    f"({fleet.transport_errors} failed connections during the run)"
                 )
         report.passed = not report.failures
 
@@ -318,10 +326,11 @@ class GameDay:
                 f"(objective {facts['objective_seconds']:g}s)"
             )
         if "heartbeats" in facts:
-            responses = facts["heartbeats"]["responses"]
+            beats = facts["heartbeats"]
             lines.append(
-                f"  heartbeats: {sum(responses.values())} answered {responses}, "
-                f"{facts['heartbeats']['transport_errors']} failed connections"
+                f"  heartbeats: {sum(beats['responses'].values())} answered {beats['responses']}, "
+                f"{beats['transport_errors']} failed connections, {beats['retries']} retries "
+                f"({beats['recovered']} recovered, {beats['unrecovered']} lost)"
             )
         for failure in report.failures:
             lines.append(f"  FAIL: {failure}")

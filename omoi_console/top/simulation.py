@@ -6,6 +6,12 @@ Each agent runs a coroutine: heartbeat, obey the commands in the response
 for an outage, then its harness reconnects and reports the agent failed until a
 restart command arrives. Only remediation brings it back, so a gameday's
 recovery proves that the watchdog healed it rather than that time passed.
+
+Agents behave like clients built on an agent SDK: a heartbeat that fails (a
+dropped connection, a 5xx, a 429) is retried with exponential backoff and full
+jitter, never sooner than the server's Retry-After, for as long as the wait
+fits in one interval; after that the heartbeat is given up and the next one
+is due as usual.
 """
 
 import asyncio
@@ -13,6 +19,7 @@ import random
 import ssl
 from collections import Counter
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 
 import httpx
 from django.utils import timezone
@@ -21,6 +28,8 @@ from monitoring import services as monitoring
 from monitoring.models import AgentRole
 
 RESTART_SECONDS = 0.2
+# The first retry waits up to this long; each later one up to twice the one before.
+RETRY_BASE_SECONDS = 0.05
 ROLE_MIX = ((AgentRole.WORKER, 0.8), (AgentRole.MONITOR, 0.1), (AgentRole.SCHEDULER, 0.1))
 
 
@@ -38,6 +47,7 @@ class SimAgent:
     reported: str = "running"
     wedged: bool = False
     silence_after_next: float | None = None
+    hold_off: float = 0.0  # a Retry-After longer than the retries could wait
     last_beat_done: asyncio.Event = field(default_factory=asyncio.Event)
     resume: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -63,19 +73,59 @@ def retire_fleet(agent_ids: list[str], reason: str) -> None:
     monitoring.terminate_agents(agent_ids, reason=reason, actor="simulation")
 
 
+def retry_after_seconds(response: httpx.Response | None) -> float | None:
+    """The delay a response's ``Retry-After`` asks for, in seconds, if it gives one."""
+    if response is None:
+        return None
+    value = response.headers.get("retry-after", "")
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, (moment - timezone.now()).total_seconds())
+
+
+def backoff_seconds(attempt: int) -> float:
+    """Full jitter: a random wait up to ``RETRY_BASE_SECONDS * 2**attempt``."""
+    return random.uniform(0, RETRY_BASE_SECONDS * 2**attempt)  # noqa: S311
+
+
+def worth_retrying(status: int) -> bool:
+    """Whether an agent SDK would send a request again after this answer."""
+    return status == 429 or status >= 500
+
+
 class SimulatedFleet:
-    def __init__(self, base_url: str, agents: list[SimAgent]):
+    """The agents' heartbeat loops, and counts of what they met on the wire.
+
+    ``transport_errors`` counts failed attempts (no answer), ``retries`` the
+    attempts sent again, ``recovered`` the heartbeats that got through after a
+    retry and ``unrecovered`` those given up once the retries no longer fitted in
+    the interval. ``sleep`` is how the agents wait: tests pass one that moves a
+    frozen clock instead.
+    """
+
+    def __init__(self, base_url: str, agents: list[SimAgent], sleep=asyncio.sleep):
         self.base_url = base_url
         self.agents = {a.id: a for a in agents}
         self.responses: Counter[int] = Counter()
         self.transport_errors = 0
+        self.retries = 0
+        self.recovered = 0
+        self.unrecovered = 0
+        self._sleep = sleep
         # One client (one keep-alive connection) per agent, as real agents have:
         # a shared pool with a thousand requests in flight spends its time
         # matching requests to connections.
         self._clients: dict[str, httpx.AsyncClient] = {}
         self._tasks: list[asyncio.Task] = []
 
-    async def start(self) -> None:
+    async def open(self) -> None:
+        """Open the agents' HTTP clients without starting the agents."""
         # One TLS context for all: building one per client reads the CA bundle
         # each time (about 50 ms), a minute for a thousand agents.
         tls = ssl.create_default_context()
@@ -83,6 +133,9 @@ class SimulatedFleet:
             agent_id: httpx.AsyncClient(base_url=self.base_url, timeout=10.0, verify=tls)
             for agent_id in self.agents
         }
+
+    async def start(self) -> None:
+        await self.open()
         self._tasks = [asyncio.create_task(self._run(a)) for a in self.agents.values()]
 
     async def stop(self) -> None:
@@ -117,7 +170,7 @@ class SimulatedFleet:
         # Spread the fleet over one interval, as real agents would be.
         await asyncio.sleep(random.uniform(0, agent.interval))  # noqa: S311
         while True:
-            restart = await self._beat(agent)
+            restart = await self.heartbeat(agent)
             if agent.silence_after_next is not None:
                 outage, agent.silence_after_next = agent.silence_after_next, None
                 agent.last_beat_done.set()
@@ -128,9 +181,10 @@ class SimulatedFleet:
             if restart:
                 await asyncio.sleep(RESTART_SECONDS)
                 continue  # report straight back after a restart
-            await asyncio.sleep(agent.interval)
+            wait, agent.hold_off = max(agent.interval, agent.hold_off), 0.0
+            await asyncio.sleep(wait)
 
-    async def _beat(self, agent: SimAgent) -> bool:
+    async def heartbeat(self, agent: SimAgent) -> bool:
         """One heartbeat; True when the response asked for a restart (now done)."""
         agent.progress = min(1.0, agent.progress + 0.1)
         if agent.progress >= 1.0:
@@ -143,17 +197,8 @@ class SimulatedFleet:
             "progress": agent.progress if reported == "running" else None,
             "acks": agent.acks,
         }
-        try:
-            response = await self._clients[agent.id].post(
-                f"/api/v1/agents/{agent.id}/heartbeat",
-                json=body,
-                headers={"Authorization": f"Bearer {agent.token}"},
-            )
-        except httpx.HTTPError:
-            self.transport_errors += 1
-            return False
-        self.responses[response.status_code] += 1
-        if response.status_code != 200:
+        response = await self._send(agent, body)
+        if response is None or response.status_code != 200:
             return False
         agent.beats += 1
         agent.acks = []
@@ -169,6 +214,34 @@ class SimulatedFleet:
                 agent.task_number += 1
                 agent.progress = 0.0
         return restart
+
+    async def _send(self, agent: SimAgent, body: dict) -> httpx.Response | None:
+        """POST one heartbeat, retrying failures within the interval; None when given up."""
+        attempt, waited = 0, 0.0
+        while True:
+            response = None
+            try:
+                response = await self._clients[agent.id].post(
+                    f"/api/v1/agents/{agent.id}/heartbeat",
+                    json=body,
+                    headers={"Authorization": f"Bearer {agent.token}"},
+                )
+            except httpx.HTTPError:
+                self.transport_errors += 1
+            else:
+                self.responses[response.status_code] += 1
+                if not worth_retrying(response.status_code):
+                    self.recovered += attempt > 0
+                    return response
+            hinted = retry_after_seconds(response)
+            delay = max(backoff_seconds(attempt), hinted or 0.0)
+            if waited + delay > agent.interval:
+                self.unrecovered += 1
+                agent.hold_off = hinted or 0.0
+                return None
+            self.retries += 1
+            attempt, waited = attempt + 1, waited + delay
+            await self._sleep(delay)
 
 
 def fleet_prefix(kind: str) -> str:
