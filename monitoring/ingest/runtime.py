@@ -21,6 +21,7 @@ from monitoring.ingest import invalidation
 from monitoring.ingest.cache import AgentSnapshot, ingest_cache
 from monitoring.ingest.flush import Beat, Outcome, flush_heartbeats
 from monitoring.models import AgentToken
+from omoi_console.foundation.events.background import dispatch_in_background
 
 log = structlog.get_logger(__name__)
 
@@ -159,7 +160,9 @@ class IngestRuntime:
 
 def _flush_in_thread(beats: list[Beat]) -> Outcome:
     try:
-        return flush_heartbeats(beats)
+        # Heartbeats waiting on this batch must not wait for its events' handlers.
+        with dispatch_in_background():
+            return flush_heartbeats(beats)
     except Exception:
         # A broken connection must not poison the next flush.
         connections.close_all()

@@ -7,6 +7,7 @@ import structlog
 from django.db import close_old_connections, connection
 from django.utils.module_loading import import_string
 
+from omoi_console.foundation.events.background import dispatch_in_background
 from omoi_console.top.schedule import PERIODIC_JOBS
 
 log = structlog.get_logger(__name__)
@@ -52,7 +53,9 @@ class Ticker:
     def _run_once(task) -> None:
         close_old_connections()
         try:
-            task()
+            # The checks keep their pace; what they publish is handled beside them.
+            with dispatch_in_background():
+                task()
         except Exception:
             # One bad tick must not stop the checks that keep the fleet alive.
             log.exception("ticker.job_failed", task=task.name)

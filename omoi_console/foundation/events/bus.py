@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from omoi_console.foundation.events import background
 from omoi_console.foundation.events.catalog import check_payload
 from omoi_console.foundation.events.registry import Subscription, subscriptions
 from omoi_console.foundation.events.tracing import current_trace_ids, event_trace
@@ -131,7 +132,11 @@ def enqueue_dispatch_many(event_ids: Sequence[UUID | str]) -> None:
 
     ids = [str(event_id) for event_id in event_ids]
     for start in range(0, len(ids), DISPATCH_BATCH):
-        dispatch_events.delay(ids[start : start + DISPATCH_BATCH])
+        batch = ids[start : start + DISPATCH_BATCH]
+        if background.wanted() and dispatch_events.app.conf.task_always_eager:
+            background.submit(dispatch_events.delay, batch)
+        else:
+            dispatch_events.delay(batch)
 
 
 def dispatch(event_id: UUID | str) -> bool:
