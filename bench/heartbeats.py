@@ -160,6 +160,7 @@ class Bench:
     def __init__(self, options, workdir: Path, cleanup: contextlib.ExitStack):
         self.plan = QUICK if options.quick else Plan()
         self.parts = options.only
+        self.procfile = options.procfile
         self.workdir = workdir
         self.cleanup = cleanup
         self.databases = scratch.ScratchDatabases()
@@ -268,7 +269,7 @@ class Bench:
             self.mass_outage()
 
     def production(self) -> None:
-        command = webserver.procfile_command()
+        command = webserver.procfile_command(procfile=self.procfile)
         env = self.production_env(self.database("web"))
         print("registering the fleet", file=sys.stderr)
         agents_file = self.workdir / "agents.json"
@@ -277,7 +278,13 @@ class Bench:
         )
         agents = [tuple(pair) for pair in json.loads(agents_file.read_text())]
         self.details["registration"] = registered
-        server_info = {"command": command}
+        argv = webserver.expand(command, {**env, "PORT": "8000"})
+        server_info = {
+            "command": command,
+            "argv_with_port_8000": argv,
+            "workers": webserver.worker_count(argv, env),
+        }
+        self.details["server"] = server_info
         if self.wants("hello"):
             hello_command = webserver.with_app(command, HELLO_APP)
             print(f"hello: {hello_command}", file=sys.stderr)
@@ -286,13 +293,10 @@ class Bench:
                 self.details["hello"] = self.measure(server, agents, "hello", self.load())
             self.report["hello_per_s"] = self.details["hello"]["per_s"]
         if not self.wants("heartbeats", "latency", "flood"):
-            self.details["server"] = server_info
             return
         print(f"heartbeats: {command}", file=sys.stderr)
         with self.serving(command, env, "/healthz", "web") as server:
-            server_info.update(
-                argv=server.argv, workers=server.workers, processes=server.process_names()
-            )
+            server_info["processes"] = server.process_names()
             self.details["warm_up"] = self.warm_up(server, agents, "heartbeats", env)
             if self.wants("heartbeats"):
                 beats = self.measure(server, agents, "heartbeats", self.load())
@@ -302,7 +306,6 @@ class Bench:
                 self.latency(server, agents)
             if self.wants("flood"):
                 self.flood(server, agents)
-        self.details["server"] = server_info
 
     def latency(self, server, agents) -> None:
         load = self.load(rate=self.plan.paced_rate, connections=self.plan.paced_connections)
@@ -435,6 +438,17 @@ def load_generator_headroom(report: dict, details: dict) -> dict:
                 "wrk_threads": run["threads"],
                 "server_cpu_share_of_all_cores": run["server_cpu_share_of_all_cores"],
             }
+    hello, workers = details.get("hello"), details.get("server", {}).get("workers")
+    if hello and workers:
+        busy = hello["server_cpu_s"] / hello["seconds"] / min(workers, os.cpu_count() or 1)
+        evidence["hello_server_cpu_per_worker"] = round(busy, 2)
+        if busy < 0.6:
+            # The ceiling should be work-bound; an idle server answering slowly
+            # points at the transport, such as Nagle's algorithm meeting delayed ACKs.
+            evidence["ceiling_warning"] = (
+                f"the hello run kept each worker only {busy:.0%} busy: the ceiling is bounded "
+                "by something other than work, so the ratio flatters the app"
+            )
     if report.get("hello_per_s") and report.get("heartbeats_per_s"):
         evidence["hello_over_heartbeats"] = round(
             report["hello_per_s"] / report["heartbeats_per_s"], 1
@@ -459,12 +473,17 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short runs, small fleets")
     parser.add_argument("--only", type=parse_parts, default=PARTS, help=",".join(PARTS))
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--procfile", type=Path, default=webserver.PROCFILE, help="whose web: line to serve"
+    )
     options = parser.parse_args()
 
     def terminate(signum, frame):
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
+    # Even when started with SIGINT ignored (as a background job is), Ctrl-C cleans up.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.monotonic()
     started_at = datetime.now(UTC)
     flush_redis()
@@ -500,6 +519,8 @@ def main() -> int:
         "load_generator": load_generator_headroom(report, bench.details),
         "details": bench.details,
     }
+    if "ceiling_warning" in result["load_generator"]:
+        print(f"warning: {result['load_generator']['ceiling_warning']}", file=sys.stderr)
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "details"}, indent=2))

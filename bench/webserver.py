@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+PROCFILE = ROOT / "Procfile"
 APP_MODULE = "omoi_console.asgi"
 # module.path:attribute, standing alone (not a host:port, not part of a URL or path)
 APP_PATH = re.compile(r"(?<![\w.:/-])([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*):([A-Za-z_]\w*)(?![\w.:/-])")
@@ -17,7 +18,7 @@ VARIABLE = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}|\$(\w+)")
 WORKER_OPTIONS = ("--workers", "-w")
 
 
-def procfile_command(process: str = "web", procfile: Path = ROOT / "Procfile") -> str:
+def procfile_command(process: str = "web", procfile: Path = PROCFILE) -> str:
     for line in procfile.read_text().splitlines():
         name, sep, command = line.partition(":")
         if sep and name.strip() == process:
@@ -88,8 +89,6 @@ class WebServer:
         self.env = {**env, "PORT": str(port)}
         self.port = port
         self.log_path = log
-        self.argv = expand(command, self.env)
-        self.workers = worker_count(self.argv, self.env)
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
