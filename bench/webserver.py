@@ -169,6 +169,19 @@ class WebServer:
         return bool(session_processes(self.process.pid))
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of all CPUs so far, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    total = sum(fields[:8])  # guest time is already counted in user
+    return total - idle, total
+
+
+def machine_busy_share(before: tuple[float, float], after: tuple[float, float]) -> float:
+    busy, total = after[0] - before[0], after[1] - before[1]
+    return busy / total if total else 0.0
+
+
 def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds the processes alive at both moments spent in between."""
     return sum(after[pid] - before[pid] for pid in after.keys() & before.keys())
