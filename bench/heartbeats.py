@@ -23,8 +23,6 @@ import os
 import secrets
 import shlex
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,28 +31,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import scratch
+import steps
+import verdict
 import webserver
 import wrk
 
-ROOT = Path(__file__).resolve().parent.parent
-FLEET = Path(__file__).resolve().parent / "fleet.py"
 RESULTS = Path(__file__).resolve().parent / "results" / "heartbeats.json"
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4")
 HELLO_APP = "bench.hello:app"
 FLOOD_GOOD_CONNECTIONS = 16
 PARTS = ("hello", "heartbeats", "latency", "flood", "embedded", "idle-tick", "mass-outage")
-# Environment that must come from the bench, never from the caller's shell.
-OWNED_VARIABLES = (
-    "DATABASE_URL",
-    "REDIS_URL",
-    "SECRET_KEY",
-    "ALLOWED_HOSTS",
-    "OMOI_MODE",
-    "OMOI_DATA_DIR",
-    "LOG_LEVEL",
-    "DJANGO_SETTINGS_MODULE",
-    "PORT",
-)
 
 
 @dataclass(frozen=True)
@@ -84,77 +69,6 @@ QUICK = Plan(
     outage_silent=150,
     outage_interval=1.0,
 )
-TARGETS = {
-    "heartbeats_per_s": (">=", 2000),
-    "ratio": (">=", 0.4),
-    "p99_ms": ("<", 50),
-    "embedded_heartbeats_per_s": (">=", 500),
-    "idle_tick_ms_100k": ("<=", "2 * idle_tick_ms_1k"),
-    "mass_outage_detect_p99_s": ("<=", 2),
-    "flood_good_p99_ms": ("<", 100),
-}
-
-
-class BenchFailed(Exception):
-    pass
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def clean_environment(**values: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in OWNED_VARIABLES}
-    return {**env, "LOG_LEVEL": "WARNING", **values}
-
-
-def step(args: list[str], env: dict[str, str], timeout: float = 600.0) -> dict:
-    """Run a step in a process group of its own; return the JSON its last line prints."""
-    process = subprocess.Popen(  # noqa: S603 (our own scripts and uv)
-        args,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        out, err = process.communicate(timeout=timeout)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-    if process.returncode != 0:
-        what = " ".join(Path(arg).name for arg in args[:3])
-        raise BenchFailed(f"{what} failed ({process.returncode}):\n{err[-3000:]}")
-    lines = out.strip().splitlines()
-    return json.loads(lines[-1]) if lines else {}
-
-
-def fleet_step(env: dict[str, str], *args: str, timeout: float = 600.0) -> dict:
-    return step([sys.executable, str(FLEET), *args], env, timeout)
-
-
-def git_commit() -> dict:
-    def git(*args):
-        return subprocess.run(  # noqa: S603
-            ["git", *args],  # noqa: S607 (git from PATH, as a developer runs it)
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.strip()
-
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
-
-
-def flush_redis() -> None:
-    import redis
-
-    redis.Redis.from_url(REDIS_URL).flushdb()
 
 
 class Bench:
@@ -184,9 +98,9 @@ class Bench:
     def production_env(self, database: str) -> dict[str, str]:
         data_dir = self.workdir / f"data-{database}"
         data_dir.mkdir(exist_ok=True)
-        return clean_environment(
+        return steps.clean_environment(
             DATABASE_URL=self.databases.url(database),
-            REDIS_URL=REDIS_URL,
+            REDIS_URL=steps.REDIS_URL,
             SECRET_KEY=secrets.token_urlsafe(50),
             ALLOWED_HOSTS="127.0.0.1",
             OMOI_DATA_DIR=str(data_dir),
@@ -197,7 +111,7 @@ class Bench:
         if self.template is None:
             self.template = self.databases.create("template")
             started = time.monotonic()
-            step(
+            steps.run_step(
                 ["uv", "run", "manage.py", "migrate", "--no-input", "-v", "0"],
                 self.production_env(self.template),
             )
@@ -208,7 +122,7 @@ class Bench:
 
     @contextlib.contextmanager
     def serving(self, command: str, env: dict[str, str], ready_path: str, name: str):
-        server = webserver.WebServer(command, env, free_port(), self.workdir / f"{name}.log")
+        server = webserver.WebServer(command, env, steps.free_port(), self.workdir / f"{name}.log")
         try:
             server.start()
             server.wait_until_answering(ready_path, timeout=180.0)
@@ -231,7 +145,7 @@ class Bench:
         server_cpu = webserver.cpu_used(before, server.cpu_seconds())
         machine_busy = webserver.machine_busy_share(machine_before, webserver.machine_cpu())
         if must_succeed and not measured.ok:
-            raise BenchFailed(
+            raise steps.BenchFailed(
                 f"{name}: not every request succeeded: {', '.join(measured.refusals)}"
             )
         report = measured.report()
@@ -255,9 +169,9 @@ class Bench:
         that, a few seconds of the measured load open the server's connections
         and fill whatever it caches before anything is counted.
         """
-        unbeaten = fleet_step(env, "unbeaten")["unbeaten"]
+        unbeaten = steps.fleet_step(env, "unbeaten")["unbeaten"]
         if unbeaten:
-            raise BenchFailed(f"{name}: {unbeaten} agent(s) have never heartbeated")
+            raise steps.BenchFailed(f"{name}: {unbeaten} agent(s) have never heartbeated")
         load = self.load(seconds=self.plan.warm_up_seconds)
         return self.measure(server, agents, f"{name}-warm-up", load)
 
@@ -300,7 +214,7 @@ class Bench:
         env = self.production_env(self.database("web"))
         print("registering the fleet", file=sys.stderr)
         agents_file = self.workdir / "agents.json"
-        registered = fleet_step(
+        registered = steps.fleet_step(
             env, "register", "--count", str(self.plan.agents), "--out", str(agents_file)
         )
         agents = [tuple(pair) for pair in json.loads(agents_file.read_text())]
@@ -366,7 +280,7 @@ class Bench:
             flood_run.stop()
         forged_accepted = sum(n for code, n in flooded.statuses.items() if code.startswith("2"))
         if forged_accepted:
-            raise BenchFailed(f"flood: {forged_accepted} forged token(s) were accepted")
+            raise steps.BenchFailed(f"flood: {forged_accepted} forged token(s) were accepted")
         self.details["flood"] = {"good": good, "forged": flooded.report()}
         self.report["flood_good_p99_ms"] = good["latency_ms"]["p99"]
         self.report["flood_per_s"] = round(flooded.per_second, 1)
@@ -377,9 +291,9 @@ class Bench:
     def embedded(self) -> None:
         data_dir = self.workdir / "embedded"
         data_dir.mkdir()
-        env = clean_environment(OMOI_DATA_DIR=str(data_dir))
+        env = steps.clean_environment(OMOI_DATA_DIR=str(data_dir))
         agents_file = self.workdir / "embedded-agents.json"
-        port = free_port()
+        port = steps.free_port()
         arguments = [
             "--count",
             str(self.plan.agents),
@@ -388,7 +302,7 @@ class Bench:
             "--out",
             str(agents_file),
         ]
-        command = shlex.join([sys.executable, str(FLEET), "embedded", *arguments])
+        command = shlex.join([sys.executable, str(steps.FLEET), "embedded", *arguments])
         print("embedded: migrating, registering, serving", file=sys.stderr)
         server = webserver.WebServer(command, env, port, self.workdir / "embedded.log")
         try:
@@ -406,7 +320,8 @@ class Bench:
         print("idle tick", file=sys.stderr)
         env = self.production_env(self.database("idle"))
         sizes = ",".join(str(n) for n in self.plan.idle_sizes)
-        ticks = fleet_step(env, "idle-tick", "--sizes", sizes, "--ticks", str(self.plan.idle_ticks))
+        count = str(self.plan.idle_ticks)
+        ticks = steps.fleet_step(env, "idle-tick", "--sizes", sizes, "--ticks", count)
         small, large = (ticks[str(n)] for n in self.plan.idle_sizes)
         self.details["idle_tick"] = ticks
         self.report["idle_tick_ms_1k"] = small["median_ms"]
@@ -417,7 +332,7 @@ class Bench:
         print("mass outage", file=sys.stderr)
         env = self.production_env(self.database("outage"))
         plan = self.plan
-        outage = fleet_step(
+        outage = steps.fleet_step(
             env,
             "mass-outage",
             *("--agents", str(plan.outage_agents), "--silent", str(plan.outage_silent)),
@@ -439,65 +354,6 @@ class Bench:
         self.report["mass_outage_detect_p99_s"] = outage["detect_p99_s"]
         self.report["mass_outage_setup"] = outage["setup"]
         print(f"  p99 {outage['detect_p99_s']} s", file=sys.stderr)
-
-
-def judge(report: dict) -> dict:
-    verdicts = {}
-    for name, (operator, bound) in TARGETS.items():
-        value = report.get(name)
-        if isinstance(bound, str):
-            base = report.get("idle_tick_ms_1k")
-            limit = None if base is None else 2 * base
-        else:
-            limit = bound
-        if value is None or limit is None:
-            verdicts[name] = {"target": f"{operator} {bound}", "value": None, "pass": None}
-            continue
-        passed = {"<": value < limit, "<=": value <= limit, ">=": value >= limit}[operator]
-        verdicts[name] = {"target": f"{operator} {bound}", "value": value, "pass": passed}
-    return verdicts
-
-
-def load_generator_headroom(report: dict, details: dict) -> dict:
-    """Evidence that wrk was not what limited the rates."""
-    evidence = {}
-    for name in ("hello", "heartbeats", "embedded"):
-        run = details.get(name)
-        if run:
-            evidence[name] = {
-                "per_s": run["per_s"],
-                "wrk_cpu_share_of_one_core": run["wrk_cpu_share_of_one_core"],
-                "wrk_threads": run["threads"],
-                "server_cpu_share_of_all_cores": run["server_cpu_share_of_all_cores"],
-                "machine_cpu_busy_share": run["machine_cpu_busy_share"],
-            }
-    hello, workers = details.get("hello"), details.get("server", {}).get("workers")
-    if hello and workers:
-        busy = hello["server_cpu_s"] / hello["seconds"] / min(workers, os.cpu_count() or 1)
-        evidence["hello_server_cpu_per_worker"] = round(busy, 2)
-        if busy < 0.6:
-            # The ceiling should be bound by the server's own work. A busy machine
-            # means other load took the cores; an idle one points at the transport,
-            # such as Nagle's algorithm meeting delayed ACKs.
-            machine = hello["machine_cpu_busy_share"]
-            cause = (
-                "other load on the machine took the cores"
-                if machine > 0.85
-                else "the machine was not busy either, so look at the transport"
-            )
-            evidence["ceiling_warning"] = (
-                f"the hello run kept each worker only {busy:.0%} busy (machine {machine:.0%} "
-                f"busy): {cause}; the ceiling is low and the ratio flatters the app"
-            )
-    if report.get("hello_per_s") and report.get("heartbeats_per_s"):
-        evidence["hello_over_heartbeats"] = round(
-            report["hello_per_s"] / report["heartbeats_per_s"], 1
-        )
-        evidence["reading"] = (
-            "the same wrk settings and script drove the hello app this many times faster, "
-            "so wrk could offer far more heartbeats than the server answered"
-        )
-    return evidence
 
 
 def parse_parts(text: str) -> tuple[str, ...]:
@@ -526,16 +382,16 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     started = time.monotonic()
     started_at = datetime.now(UTC)
-    flush_redis()
     try:
+        steps.check_services()
         with (
             tempfile.TemporaryDirectory(prefix="omoi-bench-") as tmp,
             contextlib.ExitStack() as cleanup,
         ):
-            cleanup.callback(flush_redis)
+            cleanup.callback(steps.flush_redis)
             bench = Bench(options, Path(tmp), cleanup)
             bench.run()
-    except BenchFailed as exc:
+    except steps.BenchFailed as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -546,9 +402,9 @@ def main() -> int:
         report["ratio"] = round(report["heartbeats_per_s"] / report["hello_per_s"], 3)
     result = {
         **report,
-        "targets": judge(report),
+        "targets": verdict.judge(report),
         "run": {
-            **git_commit(),
+            **verdict.git_commit(),
             "started_at": started_at.isoformat(timespec="seconds"),
             "seconds": round(time.monotonic() - started, 1),
             "phase_seconds": bench.seconds,
@@ -560,7 +416,7 @@ def main() -> int:
             "parts": list(options.only),
             "plan": dataclasses.asdict(bench.plan),
         },
-        "load_generator": load_generator_headroom(report, bench.details),
+        "load_generator": verdict.load_generator_headroom(report, bench.details),
         "details": bench.details,
     }
     if "ceiling_warning" in result["load_generator"]:

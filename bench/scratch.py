@@ -26,9 +26,10 @@ class ScratchDatabases:
         statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
         if template:
             statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+        # Remembered first: an interruption mid-statement still gets it dropped.
+        self.names.append(name)
         with psycopg.connect(ADMIN_DSN, autocommit=True) as connection:
             connection.execute(statement)
-        self.names.append(name)
         return name
 
     def drop_all(self) -> list[str]:
