@@ -5,6 +5,7 @@
     python bench/fleet.py idle-tick --sizes 1000,100000 --ticks 20
     python bench/fleet.py mass-outage --agents 2000 --silent 1000 --interval 5
     python bench/fleet.py embedded --count 2000 --port 8123 --out agents.json
+    python bench/fleet.py hello --port 8123
 
 Each prints one JSON object on its last line of output.
 """
@@ -114,6 +115,13 @@ def idle_tick_at(size: int, ticks: int) -> dict:
         durations.append((time.perf_counter() - started) * 1000)
         if moved:
             raise SystemExit(f"idle tick moved {moved} agent(s): the table was not idle")
+    bare = []
+    with connection.cursor() as cursor:
+        for _ in range(ticks):
+            started = time.perf_counter()
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+            bare.append((time.perf_counter() - started) * 1000)
     with CaptureQueriesContext(connection) as captured:
         check_heartbeats()
     plan = []
@@ -126,6 +134,7 @@ def idle_tick_at(size: int, ticks: int) -> dict:
         "agents": size,
         "ticks": ticks,
         "median_ms": round(statistics.median(durations), 3),
+        "bare_query_median_ms": round(statistics.median(bare), 3),
         "min_ms": round(min(durations), 3),
         "max_ms": round(max(durations), 3),
         "statements": statements,
@@ -265,6 +274,22 @@ def command_embedded(options):
     asyncio.run(serve())
 
 
+def command_hello(options):
+    """The embedded server's ceiling: the hello app on uvicorn configured as EmbeddedApp does."""
+    import uvicorn
+    from hello import app
+
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=options.port,
+        lifespan="off",
+        log_config=None,
+        access_log=False,
+    )
+    uvicorn.Server(config).run()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -285,7 +310,12 @@ def main():
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--out", required=True)
+    p = commands.add_parser("hello")
+    p.add_argument("--port", type=int, required=True)
     options = parser.parse_args()
+    if options.command == "hello":
+        command_hello(options)
+        return
     setup_django()
     {
         "register": command_register,

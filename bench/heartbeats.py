@@ -121,11 +121,13 @@ class Bench:
     # --- servers --------------------------------------------------------------
 
     @contextlib.contextmanager
-    def serving(self, command: str, env: dict[str, str], ready_path: str, name: str):
-        server = webserver.WebServer(command, env, steps.free_port(), self.workdir / f"{name}.log")
+    def serving(self, command: str, env: dict[str, str], ready_path: str, name: str, port=None):
+        port = port or steps.free_port()
+        server = webserver.WebServer(command, env, port, self.workdir / f"{name}.log")
         try:
             server.start()
-            server.wait_until_answering(ready_path, timeout=180.0)
+            # Generous: the embedded server migrates and registers its fleet first.
+            server.wait_until_answering(ready_path, timeout=300.0)
             yield server
         finally:
             server.stop()
@@ -304,17 +306,19 @@ class Bench:
         ]
         command = shlex.join([sys.executable, str(steps.FLEET), "embedded", *arguments])
         print("embedded: migrating, registering, serving", file=sys.stderr)
-        server = webserver.WebServer(command, env, port, self.workdir / "embedded.log")
-        try:
-            server.start()
-            server.wait_until_answering("/healthz", timeout=300.0)
+        with self.serving(command, env, "/healthz", "embedded", port=port) as server:
             agents = [tuple(pair) for pair in json.loads(agents_file.read_text())]
             warm_up = self.warm_up(server, agents, "embedded", env)
             beats = self.measure(server, agents, "embedded", self.load())
-        finally:
-            server.stop()
+        port = steps.free_port()
+        command = shlex.join([sys.executable, str(steps.FLEET), "hello", "--port", str(port)])
+        with self.serving(command, env, "/", "embedded-hello", port=port) as server:
+            hello = self.measure(server, agents, "embedded-hello", self.load())
         self.details["embedded"] = {**beats, "warm_up": warm_up}
+        self.details["embedded_hello"] = hello
         self.report["embedded_heartbeats_per_s"] = beats["per_s"]
+        self.report["embedded_hello_per_s"] = hello["per_s"]
+        self.report["embedded_ratio"] = round(beats["per_s"] / hello["per_s"], 3)
 
     def idle_tick(self) -> None:
         print("idle tick", file=sys.stderr)
@@ -326,6 +330,7 @@ class Bench:
         self.details["idle_tick"] = ticks
         self.report["idle_tick_ms_1k"] = small["median_ms"]
         self.report["idle_tick_ms_100k"] = large["median_ms"]
+        self.report["idle_tick_bare_query_ms"] = large["bare_query_median_ms"]
         print(f"  {small['median_ms']} ms, {large['median_ms']} ms", file=sys.stderr)
 
     def mass_outage(self) -> None:
@@ -391,7 +396,7 @@ def main() -> int:
             cleanup.callback(steps.flush_redis)
             bench = Bench(options, Path(tmp), cleanup)
             bench.run()
-    except steps.BenchFailed as exc:
+    except (steps.BenchFailed, wrk.WrkFailed) as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

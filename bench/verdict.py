@@ -37,7 +37,7 @@ def judge(report: dict) -> dict:
 def load_generator_headroom(report: dict, details: dict) -> dict:
     """Evidence that wrk was not what limited the rates."""
     evidence = {}
-    for name in ("hello", "heartbeats", "embedded"):
+    for name in ("hello", "heartbeats", "embedded_hello", "embedded"):
         run = details.get(name)
         if run:
             evidence[name] = {

@@ -130,6 +130,10 @@ end
 """
 
 
+class WrkFailed(RuntimeError):
+    pass
+
+
 @dataclass
 class Load:
     """One wrk invocation: how many threads and connections, for how long, at what pace."""
@@ -243,10 +247,10 @@ class WrkRun:
         self.process.returncode = os.waitstatus_to_exitcode(status)
         self.process.stdout.close()
         if self.process.returncode != 0:
-            raise RuntimeError(f"wrk exited with {self.process.returncode}:\n{output.strip()}")
+            raise WrkFailed(f"wrk exited with {self.process.returncode}:\n{output.strip()}")
         line = next((x for x in output.splitlines() if x.startswith(RESULT_MARK)), None)
         if line is None:
-            raise RuntimeError(f"wrk printed no result:\n{output.strip()}")
+            raise WrkFailed(f"wrk printed no result:\n{output.strip()}")
         raw = json.loads(line[len(RESULT_MARK) :])
         statuses = {k: raw["statuses"][k] for k in sorted(raw["statuses"])}
         errors = raw["socket_errors"]
