@@ -86,4 +86,6 @@ def git_commit() -> dict:
             check=False,
         ).stdout.strip()
 
-    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    # The results directory is what a run writes, not what it ran.
+    changes = git("status", "--porcelain", "--", ".", ":(exclude)bench/results")
+    return {"commit": git("rev-parse", "HEAD"), "dirty": bool(changes)}
