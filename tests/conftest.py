@@ -141,3 +141,16 @@ def server(settings):
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
     loop.close()
+
+
+@pytest.fixture(scope="session")
+def procfile_server(django_db_setup, tmp_path_factory):
+    """The web tier as the Procfile starts it, serving the test database; one per run."""
+    from tests.procfile_server import ProcfileServer
+
+    web = ProcfileServer(free_port(), tmp_path_factory.mktemp("web") / "web.log")
+    try:
+        web.start()
+        yield web
+    finally:
+        web.stop()
