@@ -170,19 +170,24 @@ def test_it_restarts_the_web_tier_without_dropping_a_heartbeat(procfile_server, 
         check_while(lambda: time.monotonic() - started < 2, 2)
         old_workers = web.worker_pids()
         web.reload()
-        check_while(lambda: web.worker_pids() & old_workers, 90)
+        restarting = check_while(
+            lambda: web.worker_pids() & old_workers or len(web.worker_pids()) < len(old_workers),
+            90,
+        )
         new_workers = web.worker_pids()
+        # A heartbeat the restart held up is overdue interval + skew (3 s) after the last one.
         after = time.monotonic()
-        check_while(lambda: time.monotonic() - after < 2, 2)
+        check_while(lambda: time.monotonic() - after < 3.5, 3.5)
     finally:
         stop.set()
         for agent in agents:
             agent.join(15)
 
-    assert old_workers and not (new_workers & old_workers), web.log_tail()
-    assert len(new_workers) == len(old_workers), web.log_tail()
-    assert record["failed"] == [], web.log_tail()
-    assert min(record["answered"].values()) >= 4
     lost = AgentTransition.objects.filter(to_state__in=[AgentState.DEGRADED, AgentState.FAILED])
     assert list(lost.values_list("agent_id", "to_state", "reason")) == []
     assert set(Agent.objects.values_list("state", flat=True)) == {AgentState.RUNNING}
+    assert record["failed"] == [], web.log_tail()
+    assert old_workers and not (new_workers & old_workers), web.log_tail()
+    assert len(new_workers) == len(old_workers), web.log_tail()
+    assert restarting >= 4  # the overdue check ran all through the restart
+    assert min(record["answered"].values()) >= 5
