@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from http.client import HTTPConnection
 
 import httpx
 import pytest
@@ -68,26 +69,23 @@ def test_it_keeps_memory_flat_under_oversized_bodies(procfile_server):
     assert httpx.get(f"{web.base_url}/healthz", timeout=10).status_code == 200
 
 
-def open_heartbeat(port: int, agent_id: str, token: str, first_part: bytes) -> socket.socket:
-    """Start a chunked heartbeat and send only the first part of its body."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=15)
-    sock.sendall(
-        (
-            f"POST /api/v1/agents/{agent_id}/heartbeat HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
-            "Transfer-Encoding: chunked\r\n\r\n"
-        ).encode()
-        + f"{len(first_part):x}\r\n".encode()
-        + first_part
-        + b"\r\n"
-    )
-    return sock
+def chunk(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n"
 
 
-def finish_heartbeat(sock: socket.socket, last_part: bytes) -> bytes:
-    """Send the rest of the body and the closing chunk; return the status line."""
-    sock.sendall(f"{len(last_part):x}\r\n".encode() + last_part + b"\r\n0\r\n\r\n")
-    return sock.recv(4096).split(b"\r\n", 1)[0]
+def open_heartbeat(port: int, agent_id: str, token: str, first_part: bytes) -> HTTPConnection:
+    """Start a chunked heartbeat on a connection a worker holds; send part of its body."""
+    client = HTTPConnection("127.0.0.1", port, timeout=15)
+    # Answered, this request shows that a worker has taken the connection.
+    client.request("GET", "/healthz")
+    client.getresponse().read()
+    client.putrequest("POST", f"/api/v1/agents/{agent_id}/heartbeat")
+    client.putheader("Authorization", f"Bearer {token}")
+    client.putheader("Content-Type", "application/json")
+    client.putheader("Transfer-Encoding", "chunked")
+    client.endheaders()
+    client.send(chunk(first_part))
+    return client
 
 
 def test_it_answers_requests_in_flight_on_sigterm_and_still_exits_in_time(seeded, tmp_path):
@@ -99,11 +97,12 @@ def test_it_answers_requests_in_flight_on_sigterm_and_still_exits_in_time(seeded
         in_flight = open_heartbeat(web.port, agent.id, token, body[:10])
         # A client that never finishes its body must not keep the server up.
         stalled = open_heartbeat(web.port, agent.id, token, body[:10])
-        time.sleep(0.5)  # both requests reach a worker before the signal does
+        time.sleep(0.5)  # the workers read what was sent before the signal comes
         web.terminate()
         signalled = time.monotonic()
         time.sleep(0.5)  # the rest of the body arrives while the server is stopping
-        status = finish_heartbeat(in_flight, body[10:])
+        in_flight.send(chunk(body[10:]) + b"0\r\n\r\n")
+        status = in_flight.getresponse().status
         exited = web.wait_gone(10)
         took = time.monotonic() - signalled
         in_flight.close()
@@ -111,7 +110,7 @@ def test_it_answers_requests_in_flight_on_sigterm_and_still_exits_in_time(seeded
     finally:
         web.stop()
 
-    assert status == b"HTTP/1.1 200 OK", web.log_tail()
+    assert status == 200, web.log_tail()
     assert Agent.objects.get(pk=agent.id).current_task == "drained"
     assert exited, f"still running {took:.1f} s after SIGTERM:\n{web.log_tail()}"
 
