@@ -21,12 +21,16 @@ from django.db import connection
 PROCFILE = Path(settings.BASE_DIR) / "Procfile"
 
 
-def web_command() -> str:
-    """The command of the Procfile's `web:` line."""
+APPLICATION = "omoi_console.asgi:application"
+
+
+def web_command(app: str = APPLICATION) -> str:
+    """The command of the Procfile's `web:` line, serving `app`."""
     for line in PROCFILE.read_text().splitlines():
         name, _, command = line.partition(":")
         if name.strip() == "web":
-            return command.strip()
+            assert f" {APPLICATION} " in command, "the web line serves another application"
+            return command.strip().replace(APPLICATION, app)
     raise AssertionError("the Procfile has no web: line")
 
 
@@ -44,8 +48,9 @@ def database_environment() -> dict:
 
 
 class ProcfileServer:
-    def __init__(self, port: int, log_path: Path, **environment: str):
+    def __init__(self, port: int, log_path: Path, app: str = APPLICATION, **environment: str):
         self.port = port
+        self.app = app
         self.log_path = log_path
         self.environment = {
             **os.environ,
@@ -63,7 +68,7 @@ class ProcfileServer:
     def start(self, deadline: float = 90) -> None:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: S602  (the Procfile's own line, as honcho runs it)
-                web_command(),
+                web_command(self.app),
                 shell=True,
                 start_new_session=True,
                 cwd=settings.BASE_DIR,

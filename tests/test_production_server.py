@@ -115,6 +115,36 @@ def test_it_answers_requests_in_flight_on_sigterm_and_still_exits_in_time(seeded
     assert exited, f"still running {took:.1f} s after SIGTERM:\n{web.log_tail()}"
 
 
+def test_it_runs_lifespan_shutdown_in_every_worker_on_restart_and_on_stop(tmp_path):
+    events = tmp_path / "lifespan.log"
+    web = ProcfileServer(
+        free_port(),
+        tmp_path / "web.log",
+        app="tests.lifespan_probe:application",
+        LIFESPAN_PROBE_LOG=str(events),
+    )
+    try:
+        web.start()
+        first = web.worker_pids()
+        web.reload()
+        until = time.monotonic() + 60
+        while (web.worker_pids() & first or len(web.worker_pids()) < len(first)) and (
+            time.monotonic() < until
+        ):
+            time.sleep(0.1)
+        second = web.worker_pids()
+        web.terminate()
+        exited = web.wait_gone(10)
+    finally:
+        web.stop()
+
+    noted = [line.split() for line in events.read_text().splitlines()] if events.exists() else []
+    assert first and second and not first & second, web.log_tail()
+    assert exited, web.log_tail()
+    for event in ("startup", "shutdown"):
+        assert {int(pid) for name, pid in noted if name == event} == first | second, noted
+
+
 def heartbeat_until(stop, base_url, agent_id, token, offset, record) -> None:
     """One agent: a heartbeat a second over its own keep-alive connection until stopped."""
     path = f"/api/v1/agents/{agent_id}/heartbeat"
