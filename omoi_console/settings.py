@@ -9,6 +9,8 @@ Two modes, chosen by the environment (docs/configuration.md lists every variable
   Redis for channels, cache and the Celery broker, SMTP, and a real SECRET_KEY.
 """
 
+import contextlib
+import os
 import secrets
 from pathlib import Path
 
@@ -44,8 +46,15 @@ def _embedded_secret_key() -> str:
     # sessions survive a restart without anyone having to set one.
     path = DATA_DIR / "secret_key"
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
-        path.chmod(0o600)
+        # Several server processes may start at once: each writes a candidate
+        # and links it into place, and the first link wins. Writing the file in
+        # place would let a sibling read it while it is still empty.
+        candidate = DATA_DIR / f"secret_key.{os.getpid()}"
+        candidate.touch(mode=0o600)
+        candidate.write_text(secrets.token_urlsafe(50))
+        with contextlib.suppress(FileExistsError):
+            os.link(candidate, path)
+        candidate.unlink()
     return path.read_text().strip()
 
 
@@ -160,7 +169,9 @@ else:
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": DATA_DIR / "omoi.sqlite3",
+            # OMOI_SQLITE_PATH points a server process at another file, such as
+            # the test database when the tests run the Procfile's web line.
+            "NAME": env_str("OMOI_SQLITE_PATH") or DATA_DIR / "omoi.sqlite3",
             # Measured: without IMMEDIATE transactions, concurrent heartbeats and
             # the ticker get "database is locked" (a read-then-write transaction
             # is not covered by the busy timeout).
@@ -360,7 +371,11 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
         # 401 and 429 answers are logged once per window, with a count.
         "django.request": {"filters": ["drop_counted_responses"]},
-        "uvicorn.access": {"level": "WARNING"},
+        # The server's own lines go through the structured handler once Django is
+        # set up in a worker; the access log is off on the Procfile's web line.
+        "uvicorn": {"level": "INFO", "propagate": True},
+        "uvicorn.error": {"level": "INFO", "propagate": True},
+        "uvicorn.access": {"level": "WARNING", "propagate": True},
         "celery": {"level": LOG_LEVEL},
         "celery.beat": {"level": TICK_LOG_LEVEL},
         "celery.worker.strategy": {"level": TICK_LOG_LEVEL},

@@ -261,3 +261,16 @@ class captured_log:
         root = logging.getLogger()
         root.removeHandler(self.handler)
         root.setLevel(self.level)
+
+
+@pytest.fixture(scope="session")
+def procfile_server(django_db_setup, tmp_path_factory):
+    """The web tier as the Procfile starts it, serving the test database; one per run."""
+    from tests.procfile_server import ProcfileServer
+
+    web = ProcfileServer(free_port(), tmp_path_factory.mktemp("web") / "web.log")
+    try:
+        web.start()
+        yield web
+    finally:
+        web.stop()

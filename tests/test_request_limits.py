@@ -13,6 +13,14 @@ pytestmark = pytest.mark.django_db(transaction=True)
 MIB = 1024 * 1024
 
 
+@pytest.fixture(params=["in-process", "procfile"])
+def server(request):
+    """Each check runs on the in-process server and on the one the Procfile starts."""
+    if request.param == "in-process":
+        return request.getfixturevalue("server")
+    return request.getfixturevalue("procfile_server")
+
+
 def chunks(body: bytes, size: int = 64 * 1024):
     for start in range(0, len(body), size):
         yield body[start : start + size]
@@ -60,10 +68,10 @@ def test_it_answers_a_declared_oversize_before_the_body_is_sent(server, register
     request = (
         f"POST /api/v1/agents/{agent.id}/heartbeat HTTP/1.1\r\n"
         f"Host: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
-        f"Content-Type: application/json\r\nContent-Length: {50 * MIB}\r\n\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {100 * MIB}\r\n\r\n"
     )
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(request.encode())  # and not one byte of the 50 MiB
+        sock.sendall(request.encode())  # and not one byte of the 100 MiB
         status_line = sock.recv(4096).split(b"\r\n", 1)[0]
 
     assert status_line == b"HTTP/1.1 413 Request Entity Too Large"
