@@ -135,3 +135,32 @@ def test_it_recovers_an_agent_whose_state_changed_behind_the_cache(server, regis
         "running",
         "heartbeat resumed",
     )
+
+
+def test_it_verifies_a_token_it_has_not_seen_with_one_query_and_answers_itself(
+    server, registered_agent
+):
+    from monitoring.ingest.cache import ingest_cache
+
+    agent, token = registered_agent
+    beat(server, agent.id, token)
+    ingest_cache.clear()  # as in a process that just started
+    before = lean_answers()
+
+    assert beat(server, agent.id, token).status_code == 200
+    assert beat(server, agent.id, token[:-4] + "AAAA").status_code == 401
+
+    assert lean_answers() == before + 1
+
+
+def test_it_leaves_an_unseen_agent_with_a_command_waiting_to_django(server, registered_agent):
+    from monitoring.ingest.cache import ingest_cache
+
+    agent, token = registered_agent
+    beat(server, agent.id, token)
+    command = services.queue_command(agent, "restart", reason="test", issued_by="test")
+    ingest_cache.clear()
+
+    answer = beat(server, agent.id, token).json()
+
+    assert [c["id"] for c in answer["commands"]] == [command.pk]

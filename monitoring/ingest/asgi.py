@@ -11,6 +11,7 @@ the rest go the short one.
 import json
 import re
 from collections import Counter
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
@@ -58,6 +59,14 @@ class HeartbeatFastPath:
         runtime = current_runtime()
         if not runtime.accepting:
             return await self.app(scope, receive, send)
+        if isinstance(admitted, Unverified):
+            # A token this process has not seen (it started, or the agent moved
+            # here): one query verifies it, instead of Django's whole cycle.
+            if not await runtime.verify(admitted.raw, admitted.agent_id):
+                return await self.app(scope, receive, send)
+            admitted = admit(scope)
+            if not isinstance(admitted, tuple):
+                return await self.app(scope, receive, send)
         body = await read_body(receive)
         if body is None:
             return None  # the client left
@@ -98,8 +107,16 @@ class HeartbeatFastPath:
         return None
 
 
-def admit(scope) -> tuple[str, TokenEntry, AgentSnapshot] | None:
-    """The cached token and agent a request may be answered from, else None."""
+@dataclass(frozen=True)
+class Unverified:
+    """A heartbeat the lean path could take once its agent token is verified."""
+
+    raw: str
+    agent_id: str
+
+
+def admit(scope) -> tuple[str, TokenEntry, AgentSnapshot] | Unverified | None:
+    """The cached token and agent a request may be answered from, or what to verify."""
     if scope["type"] != "http" or scope["method"] != "POST" or scope.get("query_string"):
         return None
     match = HEARTBEAT_PATH.fullmatch(scope["path"])
@@ -125,7 +142,9 @@ def admit(scope) -> tuple[str, TokenEntry, AgentSnapshot] | None:
         return None
     digest = token_digest(raw)
     token = ingest_cache.token(digest)
-    if token is None or token.agent_id != match.group(1):
+    if token is None:
+        return Unverified(raw, match.group(1))
+    if token.agent_id != match.group(1):
         return None
     snapshot = ingest_cache.agent(token.agent_id)
     if snapshot is None or snapshot.state not in LEAN_STATES:

@@ -13,10 +13,16 @@ meanwhile, so a fill can never resurrect what an invalidation just dropped.
 
 import contextlib
 import hashlib
+import hmac
 import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
+
+from django.db.models import Exists, OuterRef
+
+from monitoring.models import AgentCommand, AgentToken, CommandStatus
+from omoi_console.foundation.tokens import split_token
 
 MAX_ENTRIES = 500_000  # far above any fleet; a bound, not a working size
 
@@ -186,3 +192,28 @@ def remember_served(raw: str, token, agent, generations: tuple[int, int]) -> boo
     entry = TokenEntry(token.lookup, agent.pk, token.pk, token.last_used_at, expires)
     snapshot = AgentSnapshot(agent.state, agent.interval_seconds, expires)
     return ingest_cache.remember(token_digest(raw), entry, agent.pk, snapshot, generations)
+
+
+def verify_agent_token(raw: str, agent_id: str) -> bool:
+    """Verify an agent token for the lean path with one query, and cache it.
+
+    Only a token of this very agent, not revoked, whose agent has no command
+    waiting (those leave through Django's path), is cached. Anything else is
+    left to Django's path, which words the refusal.
+    """
+    lookup = split_token(raw, AgentToken.KIND)
+    if lookup is None:
+        return False
+    generations = ingest_cache.generations(agent_id)
+    queued = AgentCommand.objects.filter(agent=OuterRef("agent"), status=CommandStatus.QUEUED)
+    token = (
+        AgentToken.objects.select_related("agent")
+        .annotate(commands_waiting=Exists(queued))
+        .filter(lookup=lookup, agent_id=agent_id, revoked_at__isnull=True)
+        .first()
+    )
+    if token is None or token.commands_waiting:
+        return False
+    if not hmac.compare_digest(token.token_hash, token_digest(raw)):
+        return False
+    return remember_served(raw, token, token.agent, generations)

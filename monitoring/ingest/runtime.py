@@ -18,7 +18,7 @@ from django.conf import settings
 from django.db import connections
 
 from monitoring.ingest import invalidation
-from monitoring.ingest.cache import AgentSnapshot, ingest_cache
+from monitoring.ingest.cache import AgentSnapshot, ingest_cache, verify_agent_token
 from monitoring.ingest.flush import Beat, Outcome, flush_heartbeats
 from monitoring.models import AgentToken
 from omoi_console.foundation.events.background import dispatch_in_background
@@ -28,6 +28,7 @@ log = structlog.get_logger(__name__)
 # Beyond this many heartbeats waiting for a write (the database is slow or
 # down), new ones take Django's path, which answers for itself.
 MAX_BUFFERED = 50_000
+VERIFIERS = 4
 RESUBSCRIBE_SECONDS = 1.0
 
 
@@ -38,6 +39,10 @@ class IngestRuntime:
         self.waiters: list[tuple[Beat, asyncio.Future]] = []
         self.wakeup = asyncio.Event()
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="omoi-ingest")
+        # Token checks are one indexed query each; a few at once keep a process
+        # that just started (an empty cache) from queueing its whole fleet.
+        self.verifier = ThreadPoolExecutor(VERIFIERS, thread_name_prefix="omoi-ingest-verify")
+        self.subscribed_before = False
         self.trusted = not settings.REDIS_URL
         self.stopping = False
         self.tasks = [loop.create_task(self._flush_forever())]
@@ -61,6 +66,14 @@ class IngestRuntime:
         self.waiters.append((beat, future))
         self.wakeup.set()  # someone is waiting: do not sit out the interval
         return future
+
+    async def verify(self, raw: str, agent_id: str) -> bool:
+        """Verify an agent token not yet cached; True when it is cached now."""
+        try:
+            return await self.loop.run_in_executor(self.verifier, _verify_in_thread, raw, agent_id)
+        except Exception:
+            log.warning("ingest.verify_failed", agent_id=agent_id, exc_info=True)
+            return False
 
     async def flush(self) -> None:
         beats, self.buffer = self.buffer, []
@@ -112,8 +125,12 @@ class IngestRuntime:
         try:
             pubsub = client.pubsub()
             await pubsub.subscribe(invalidation.channel_name())
-            # Whatever changed while nobody listened is unknown: start empty.
-            ingest_cache.clear()
+            if self.subscribed_before:
+                # Whatever changed while nobody listened is unknown: start empty.
+                # (The first subscription keeps what this process filled while
+                # starting: its own registrations, just written.)
+                ingest_cache.clear()
+            self.subscribed_before = True
             self.trusted = True
             async for message in pubsub.listen():
                 if message["type"] != "message":
@@ -156,6 +173,7 @@ class IngestRuntime:
         await self.flush()
         await self.loop.run_in_executor(self.executor, connections.close_all)
         self.executor.shutdown(wait=True)
+        self.verifier.shutdown(wait=True)
 
 
 def _flush_in_thread(beats: list[Beat]) -> Outcome:
@@ -167,6 +185,15 @@ def _flush_in_thread(beats: list[Beat]) -> Outcome:
         # A broken connection must not poison the next flush.
         connections.close_all()
         raise
+
+
+def _verify_in_thread(raw: str, agent_id: str) -> bool:
+    try:
+        return verify_agent_token(raw, agent_id)
+    finally:
+        # These threads serve rarely once the cache is warm: give the
+        # connection back rather than hold one per thread.
+        connections.close_all()
 
 
 def newest_revocation():
