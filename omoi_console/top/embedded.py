@@ -47,7 +47,12 @@ class EmbeddedApp:
         sock.bind((self.host, self.requested_port))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
-            application, lifespan="on", log_config=None, access_log=False, ws="websockets-sansio"
+            application,
+            lifespan="on",
+            log_config=None,
+            access_log=False,
+            http="httptools",
+            ws="websockets-sansio",
         )
         self._server = _Server(config)
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
