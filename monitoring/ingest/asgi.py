@@ -147,7 +147,10 @@ def admit(scope) -> tuple[str, TokenEntry, AgentSnapshot] | Unverified | None:
     if token.agent_id != match.group(1):
         return None
     snapshot = ingest_cache.agent(token.agent_id)
-    if snapshot is None or snapshot.state not in LEAN_STATES:
+    if snapshot is None:
+        # The agent changed since it was cached (a state change elsewhere): read it again.
+        return Unverified(raw, match.group(1))
+    if snapshot.state not in LEAN_STATES:
         return None
     return digest, token, snapshot
 
