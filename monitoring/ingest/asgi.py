@@ -134,11 +134,8 @@ def admit(scope) -> tuple[str, TokenEntry, AgentSnapshot] | Unverified | None:
             return None
     if authorization is None or content_type not in JSON_TYPES or not host_allowed(host):
         return None
-    if authorization[: len(AGENT_BEARER)].lower() != AGENT_BEARER:
-        return None
-    try:
-        raw = authorization[7:].strip().decode("ascii")
-    except UnicodeDecodeError:
+    raw = agent_token(authorization)
+    if raw is None:
         return None
     digest = token_digest(raw)
     token = ingest_cache.token(digest)
@@ -165,15 +162,20 @@ def host_allowed(host: bytes | None) -> bool:
     return bool(domain) and validate_host(domain, allowed)
 
 
+def agent_token(authorization: bytes) -> str | None:
+    """The agent token in an ``Authorization: Bearer omoi_ag_…`` header, else None."""
+    if authorization[: len(AGENT_BEARER)].lower() != AGENT_BEARER:
+        return None
+    try:
+        return authorization[7:].strip().decode("ascii")
+    except UnicodeDecodeError:
+        return None
+
+
 def is_known_good(authorization: bytes) -> bool:
     """True for an agent token this process has verified and not seen revoked."""
-    if authorization[: len(AGENT_BEARER)].lower() != AGENT_BEARER:
-        return False
-    try:
-        raw = authorization[7:].strip().decode("ascii")
-    except UnicodeDecodeError:
-        return False
-    return ingest_cache.token(token_digest(raw)) is not None
+    raw = agent_token(authorization)
+    return raw is not None and ingest_cache.token(token_digest(raw)) is not None
 
 
 async def read_body(receive) -> bytes | None:
