@@ -23,7 +23,8 @@ from monitoring.transitions import Move, transition_many
 
 log = structlog.get_logger(__name__)
 
-# Postgres takes at most 65,535 parameters per statement; six per row.
+# SQLite binds at most 32,766 parameters per statement, six per row; on Postgres
+# the chunk bounds one statement's work.
 ROWS_PER_STATEMENT = 5000
 
 
@@ -107,41 +108,47 @@ def write_liveness(beats: list[Beat]) -> set[str]:
     return written
 
 
+COLUMNS = "id, at, overdue, task, progress, state"
+
+
 def _write_chunk(beats: list[Beat]) -> set[str]:
     if not beats:
         return set()
     ops = connection.ops
     skew = timedelta(seconds=settings.HEARTBEAT_SKEW_SECONDS)
-    postgres = connection.vendor == "postgresql"
-    row = (
-        "(%s, %s::timestamptz, %s::timestamptz, %s, %s::double precision, %s)"
-        if postgres
-        else "(%s, %s, %s, %s, %s, %s)"
-    )
-    params: list = []
-    for beat in sorted(beats, key=lambda b: b.agent_id):
-        overdue = beat.at + timedelta(seconds=beat.interval) + skew
-        params += [
+    rows = [
+        (
             beat.agent_id,
             ops.adapt_datetimefield_value(beat.at),
-            ops.adapt_datetimefield_value(overdue),
+            ops.adapt_datetimefield_value(beat.at + timedelta(seconds=beat.interval) + skew),
             beat.task_id,
             beat.progress,
             beat.state,
-        ]
-    table = connection.ops.quote_name(Agent._meta.db_table)
-    values = ", ".join([row] * len(beats))
-    # Rows are locked in id order, so two processes flushing overlapping
-    # batches queue behind each other instead of deadlocking.
-    lock = (
-        f"SELECT a.id FROM {table} a JOIN v ON a.id = v.id AND a.state = v.state "  # noqa: S608
-        "ORDER BY a.id FOR UPDATE OF a"
-        if postgres
-        else "SELECT v.id FROM v"
-    )
+        )
+        for beat in sorted(beats, key=lambda b: b.agent_id)
+    ]
+    table = ops.quote_name(Agent._meta.db_table)
+    if connection.vendor == "postgresql":
+        # Six array parameters, whatever the batch size: a VALUES list would make
+        # the driver split and bind a statement of thousands of placeholders.
+        values = (
+            "SELECT * FROM unnest(%s::varchar[], %s::timestamptz[], %s::timestamptz[], "
+            "%s::varchar[], %s::double precision[], %s::varchar[])"
+        )
+        params = [list(column) for column in zip(*rows, strict=True)]
+        # Rows are locked in id order, so two processes flushing overlapping
+        # batches queue behind each other instead of deadlocking.
+        lock = (
+            f"SELECT a.id FROM {table} a JOIN v ON a.id = v.id AND a.state = v.state "  # noqa: S608
+            "ORDER BY a.id FOR UPDATE OF a"
+        )
+    else:
+        values = "VALUES " + ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(rows))
+        params = [value for row in rows for value in row]
+        lock = "SELECT v.id FROM v"
     # Only identifiers and placeholders are formatted in; every value is a parameter.
     sql = (
-        f"WITH v (id, at, overdue, task, progress, state) AS (VALUES {values}), "  # noqa: S608
+        f"WITH v ({COLUMNS}) AS ({values}), "  # noqa: S608
         f"locked AS ({lock}) "
         f"UPDATE {table} SET last_heartbeat_at = v.at, overdue_at = v.overdue, "
         "missed_heartbeats = 0, current_task = v.task, task_progress = v.progress "
