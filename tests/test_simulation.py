@@ -167,6 +167,7 @@ def test_it_holds_off_until_retry_after_when_it_exceeds_the_interval(server, set
 
 def fleet_counts(**counts):
     base = {"transport_errors": 0, "retries": 0, "recovered": 0, "unrecovered": 0}
+    base["transport_error_kinds"] = Counter()
     responses = counts.pop("responses", Counter({200: 40}))
     server_errors = sum(n for status, n in responses.items() if status >= 500)
     return SimpleNamespace(**{**base, **counts}, responses=responses, server_errors=server_errors)

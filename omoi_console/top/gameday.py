@@ -292,6 +292,7 @@ class GameDay:
             report.facts["heartbeats"] = {
                 "responses": {str(k): v for k, v in sorted(fleet.responses.items())},
                 "transport_errors": fleet.transport_errors,
+                "transport_error_kinds": dict(fleet.transport_error_kinds),
                 "retries": fleet.retries,
                 "recovered": fleet.recovered,
                 "unrecovered": fleet.unrecovered,

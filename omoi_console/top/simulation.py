@@ -114,6 +114,8 @@ class SimulatedFleet:
         self.agents = {a.id: a for a in agents}
         self.responses: Counter[int] = Counter()
         self.transport_errors = 0
+        # What the failed attempts met (ConnectError, ReadTimeout ...), for the report.
+        self.transport_error_kinds: Counter[str] = Counter()
         self.retries = 0
         self.recovered = 0
         self.unrecovered = 0
@@ -226,8 +228,9 @@ class SimulatedFleet:
                     json=body,
                     headers={"Authorization": f"Bearer {agent.token}"},
                 )
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
                 self.transport_errors += 1
+                self.transport_error_kinds[type(exc).__name__] += 1
             else:
                 self.responses[response.status_code] += 1
                 if not worth_retrying(response.status_code):
