@@ -16,16 +16,15 @@ is due as usual.
 
 import asyncio
 import random
-import ssl
 from collections import Counter
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
-import httpx
 from django.utils import timezone
 
 from monitoring import services as monitoring
 from monitoring.models import AgentRole
+from omoi_console.top.agent_http import AgentConnection, AgentResponse, TransportError
 
 RESTART_SECONDS = 0.2
 # The first retry waits up to this long; each later one up to twice the one before.
@@ -73,7 +72,7 @@ def retire_fleet(agent_ids: list[str], reason: str) -> None:
     monitoring.terminate_agents(agent_ids, reason=reason, actor="simulation")
 
 
-def retry_after_seconds(response: httpx.Response | None) -> float | None:
+def retry_after_seconds(response: AgentResponse | None) -> float | None:
     """The delay a response's ``Retry-After`` asks for, in seconds, if it gives one."""
     if response is None:
         return None
@@ -123,17 +122,13 @@ class SimulatedFleet:
         # One client (one keep-alive connection) per agent, as real agents have:
         # a shared pool with a thousand requests in flight spends its time
         # matching requests to connections.
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._clients: dict[str, AgentConnection] = {}
         self._tasks: list[asyncio.Task] = []
 
     async def open(self) -> None:
-        """Open the agents' HTTP clients without starting the agents."""
-        # One TLS context for all: building one per client reads the CA bundle
-        # each time (about 50 ms), a minute for a thousand agents.
-        tls = ssl.create_default_context()
+        """Give every agent its HTTP connection (opened on its first heartbeat)."""
         self._clients = {
-            agent_id: httpx.AsyncClient(base_url=self.base_url, timeout=10.0, verify=tls)
-            for agent_id in self.agents
+            agent_id: AgentConnection(self.base_url, timeout=10.0) for agent_id in self.agents
         }
 
     async def start(self) -> None:
@@ -144,7 +139,7 @@ class SimulatedFleet:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(client.aclose() for client in self._clients.values()))
+        await asyncio.gather(*(client.close() for client in self._clients.values()))
 
     @property
     def server_errors(self) -> int:
@@ -217,20 +212,20 @@ class SimulatedFleet:
                 agent.progress = 0.0
         return restart
 
-    async def _send(self, agent: SimAgent, body: dict) -> httpx.Response | None:
+    async def _send(self, agent: SimAgent, body: dict) -> AgentResponse | None:
         """POST one heartbeat, retrying failures within the interval; None when given up."""
         attempt, waited = 0, 0.0
         while True:
             response = None
             try:
-                response = await self._clients[agent.id].post(
+                response = await self._clients[agent.id].post_json(
                     f"/api/v1/agents/{agent.id}/heartbeat",
-                    json=body,
+                    body,
                     headers={"Authorization": f"Bearer {agent.token}"},
                 )
-            except httpx.HTTPError as exc:
+            except TransportError as exc:
                 self.transport_errors += 1
-                self.transport_error_kinds[type(exc).__name__] += 1
+                self.transport_error_kinds[exc.kind] += 1
             else:
                 self.responses[response.status_code] += 1
                 if not worth_retrying(response.status_code):
