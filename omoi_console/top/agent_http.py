@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 HEAD_LIMIT = 64 * 1024
+# How a kept connection that the server closed while idle fails, before any answer.
+STALE_CONNECTION = frozenset({"RemoteProtocolError", "ConnectionResetError", "BrokenPipeError"})
 
 
 class TransportError(Exception):
@@ -63,7 +65,7 @@ class AgentConnection:
         except TransportError as error:
             # A kept-alive connection the server closed while it was idle fails
             # before any answer: any HTTP client sends the request again, once.
-            if not reused or error.kind != "RemoteProtocolError":
+            if not reused or error.kind not in STALE_CONNECTION:
                 raise
         return await self._exchange(request)
 

@@ -52,6 +52,8 @@ class EmbeddedApp:
             log_config=None,
             access_log=False,
             http="httptools",
+            # As the production web line: longer than any agent's idle gap.
+            timeout_keep_alive=65,
             ws="websockets-sansio",
         )
         self._server = _Server(config)
