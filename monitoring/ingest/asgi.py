@@ -102,8 +102,9 @@ class HeartbeatFastPath:
                 # Not written (the database failed, or the agent may no longer
                 # report): Django's path answers, with the same body.
                 return await self.app(scope, replay(body, receive), send)
-        await respond(send, token.agent_id, state, snapshot.interval)
+        # Counted before the answer leaves, so whoever reads the answer reads the count.
         answered["lean"] += 1
+        await respond(send, token.agent_id, state, snapshot.interval)
         return None
 
 
