@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import hmac
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -33,14 +32,12 @@ class TokenEntry:
     agent_id: str
     token_id: int
     last_used_at: datetime | None
-    expires: float  # monotonic; inf where invalidations reach every process
 
 
 @dataclass(frozen=True)
 class AgentSnapshot:
     state: str
     interval: float
-    expires: float
 
 
 def token_digest(raw: str) -> str:
@@ -59,16 +56,10 @@ class IngestCache:
     # --- reads (the hot path: plain dict lookups) ---------------------------------
 
     def token(self, digest: str) -> TokenEntry | None:
-        entry = self._tokens.get(digest)
-        if entry is None or entry.expires < time.monotonic():
-            return None
-        return entry
+        return self._tokens.get(digest)
 
     def agent(self, agent_id: str) -> AgentSnapshot | None:
-        snapshot = self._agents.get(agent_id)
-        if snapshot is None or snapshot.expires < time.monotonic():
-            return None
-        return snapshot
+        return self._agents.get(agent_id)
 
     def generation(self, agent_id: str) -> int:
         return self._generations.get(agent_id, 0)
@@ -117,13 +108,8 @@ class IngestCache:
             entry = self._tokens.get(digest)
             if entry is not None:
                 self._tokens[digest] = TokenEntry(
-                    entry.lookup, entry.agent_id, entry.token_id, used_at, entry.expires
+                    entry.lookup, entry.agent_id, entry.token_id, used_at
                 )
-
-    @staticmethod
-    def expiry() -> float:
-        # Entries live until invalidated; the field leaves room for a bound.
-        return float("inf")
 
     # --- invalidations ------------------------------------------------------------
 
@@ -188,9 +174,8 @@ ingest_cache = IngestCache()
 
 def remember_served(raw: str, token, agent, generations: tuple[int, int]) -> bool:
     """After Django's path served a heartbeat: let the lean path answer the next ones."""
-    expires = ingest_cache.expiry()
-    entry = TokenEntry(token.lookup, agent.pk, token.pk, token.last_used_at, expires)
-    snapshot = AgentSnapshot(agent.state, agent.interval_seconds, expires)
+    entry = TokenEntry(token.lookup, agent.pk, token.pk, token.last_used_at)
+    snapshot = AgentSnapshot(agent.state, agent.interval_seconds)
     return ingest_cache.remember(token_digest(raw), entry, agent.pk, snapshot, generations)
 
 

@@ -94,7 +94,7 @@ class IngestRuntime:
             state = outcome.states.get(beat.agent_id)
             if state is not None and not beat.routine:
                 expected = beat.generation + outcome.own_changes.get(beat.agent_id, 0)
-                snapshot = AgentSnapshot(state, beat.interval, ingest_cache.expiry())
+                snapshot = AgentSnapshot(state, beat.interval)
                 ingest_cache.update_state(beat.agent_id, snapshot, expected)
         for beat, future in waiters:
             if not future.done():
