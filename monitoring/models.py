@@ -145,3 +145,105 @@ class AgentCommand(models.Model):
 
     def __str__(self):
         return f"{self.kind} for {self.agent_id} ({self.status})"
+
+
+class MetricSeries(models.Model):
+    """One metric with one label set: what samples, rollups and detectors hang off.
+
+    ``fingerprint`` is a hash of the label set, so "this metric with these
+    labels" is one indexed lookup; ``agent_id`` repeats the ``agent`` label (if
+    any) so the query API can rank and filter agents without reading JSON.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    metric = models.CharField(max_length=100)
+    labels = models.JSONField(default=dict)
+    fingerprint = models.CharField(max_length=32)
+    agent_id = models.CharField(max_length=64, blank=True, db_index=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        verbose_name_plural = "metric series"
+        constraints = [
+            models.UniqueConstraint(fields=["metric", "fingerprint"], name="series_once")
+        ]
+
+    def __str__(self):
+        labels = ",".join(f"{name}={value}" for name, value in sorted(self.labels.items()))
+        return f"{self.metric}{{{labels}}}"
+
+
+class MetricSample(models.Model):
+    """One sample. The table is created by the migration, not by Django: on
+    PostgreSQL it is partitioned by day on ``ts`` (written with COPY, dropped a
+    partition at a time), on SQLite a plain table. Rows are never addressed one
+    by one; the key below only satisfies the ORM."""
+
+    pk = models.CompositePrimaryKey("series_id", "ts")
+    series = models.ForeignKey(MetricSeries, on_delete=models.DO_NOTHING, db_constraint=False)
+    ts = models.DateTimeField()
+    value = models.FloatField()
+
+    class Meta:
+        managed = False
+        db_table = "monitor_samples"
+
+    def __str__(self):
+        return f"{self.series_id}@{self.ts.isoformat()}={self.value}"
+
+
+class MetricRollup(models.Model):
+    """Per series and minute: count, sum, min, max, the usual percentiles and the
+    mergeable sketch they came from, so any coarser step merges sketches instead
+    of rereading samples. Partitioned by day like the samples, on PostgreSQL."""
+
+    pk = models.CompositePrimaryKey("series_id", "minute")
+    series = models.ForeignKey(MetricSeries, on_delete=models.DO_NOTHING, db_constraint=False)
+    minute = models.DateTimeField()
+    count = models.BigIntegerField()
+    sum = models.FloatField()
+    min = models.FloatField()
+    max = models.FloatField()
+    p50 = models.FloatField()
+    p95 = models.FloatField()
+    p99 = models.FloatField()
+    sketch = models.BinaryField()
+
+    class Meta:
+        managed = False
+        db_table = "monitor_rollups"
+
+    def __str__(self):
+        return f"{self.series_id}@{self.minute.isoformat()} n={self.count}"
+
+
+class IngestBatch(models.Model):
+    """A batch stored under the client's idempotency key: a resent batch is not stored twice."""
+
+    key = models.CharField(primary_key=True, max_length=200)
+    samples = models.PositiveIntegerField()
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    def __str__(self):
+        return self.key
+
+
+class RollupCursor(models.Model):
+    """How far the rollup job has come: every minute before ``rolled_until`` is rolled up.
+
+    A sample that arrives for an earlier minute marks that minute in
+    ``RollupBacklog``, and the job rolls it up again.
+    """
+
+    name = models.CharField(primary_key=True, max_length=32, default="samples")
+    rolled_until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"{self.name}: {self.rolled_until}"
+
+
+class RollupBacklog(models.Model):
+    minute = models.DateTimeField(primary_key=True)
+
+    def __str__(self):
+        return self.minute.isoformat()

@@ -1,8 +1,18 @@
 from celery import shared_task
 
-from monitoring import services
+from monitoring import metric_jobs, services
 
 
 @shared_task(ignore_result=True, expires=1)
 def check_heartbeats() -> None:
     services.check_heartbeats()
+
+
+@shared_task(ignore_result=True, expires=15)
+def roll_up_metrics() -> None:
+    metric_jobs.roll_up()
+
+
+@shared_task(ignore_result=True, expires=600)
+def maintain_metric_storage() -> None:
+    metric_jobs.maintain_storage()

@@ -279,6 +279,8 @@ TRUSTED_PROXIES = env_list("OMOI_TRUSTED_PROXIES")
 # Request bodies above this are refused with 413 before they are parsed.
 MAX_REQUEST_BYTES = env_int("OMOI_MAX_REQUEST_BYTES", 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BYTES
+# Paths that take batches have their own, larger bound (set with the metrics below).
+REQUEST_BODY_LIMITS: dict[str, int] = {}
 
 _API = "omoi_console.foundation.api"
 REST_FRAMEWORK = {
@@ -406,6 +408,25 @@ if PRODUCTION and ALERT_EMAIL_RECIPIENTS and not MAIL_DELIVERED:
         "or EMAIL_BACKEND, or leave OMOI_ALERT_EMAIL_TO empty to turn alert mail off."
     )
 NOTIFICATION_MAX_ATTEMPTS = env_int("OMOI_NOTIFICATION_MAX_ATTEMPTS", 5)
+
+# Metrics: how long raw samples and per-minute rollups are kept (whole days of
+# partitions on PostgreSQL), the most series a metric may have, and the bounds of
+# one ingest batch.
+METRIC_SAMPLE_RETENTION_DAYS = env_int("OMOI_METRIC_SAMPLE_RETENTION_DAYS", 8)
+METRIC_ROLLUP_RETENTION_DAYS = env_int("OMOI_METRIC_ROLLUP_RETENTION_DAYS", 90)
+METRIC_MAX_SERIES_PER_METRIC = env_int("OMOI_METRIC_MAX_SERIES_PER_METRIC", 20000)
+METRIC_MAX_BATCH_BYTES = env_int("OMOI_METRIC_MAX_BATCH_BYTES", 10 * 1024 * 1024)
+METRIC_MAX_SAMPLES_PER_BATCH = env_int("OMOI_METRIC_MAX_SAMPLES_PER_BATCH", 100_000)
+# A sample may be at most this far ahead of the console's clock.
+METRIC_FUTURE_TOLERANCE_SECONDS = env_float("OMOI_METRIC_FUTURE_TOLERANCE", 300.0)
+# A gzip batch may expand to at most this many bytes.
+METRIC_MAX_DECOMPRESSED_BYTES = env_int("OMOI_METRIC_MAX_DECOMPRESSED_BYTES", 64 * 1024 * 1024)
+REQUEST_BODY_LIMITS["/api/v1/metrics/ingest"] = METRIC_MAX_BATCH_BYTES
+REQUEST_BODY_LIMITS["/v1/metrics"] = METRIC_MAX_BATCH_BYTES
+# Daily partitions are created this many days ahead.
+METRIC_PARTITIONS_AHEAD_DAYS = env_int("OMOI_METRIC_PARTITIONS_AHEAD_DAYS", 2)
+# Idempotency keys of ingested batches are remembered this long.
+METRIC_BATCH_KEY_RETENTION_HOURS = env_int("OMOI_METRIC_BATCH_KEY_RETENTION_HOURS", 24)
 
 # The lean heartbeat path writes buffered heartbeats every this many seconds.
 INGEST_FLUSH_SECONDS = env_float("OMOI_INGEST_FLUSH_SECONDS", 0.1)

@@ -86,11 +86,16 @@ def eager_celery():
 @pytest.fixture(autouse=True)
 def empty_ingest_cache():
     """Each test starts with a lean heartbeat path that knows no token or agent."""
+    from monitoring import partitions, samples
     from monitoring.ingest.cache import ingest_cache
 
     ingest_cache.clear()
+    samples.forget_series()
+    partitions.forget_known()
     yield
     ingest_cache.clear()
+    samples.forget_series()
+    partitions.forget_known()
 
 
 @pytest.fixture

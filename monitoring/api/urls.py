@@ -2,7 +2,7 @@ from django.urls import path, register_converter
 from django.urls.converters import StringConverter
 from rest_framework.routers import SimpleRouter
 
-from monitoring.api import views
+from monitoring.api import metrics, views
 from monitoring.models import AGENT_ID_PATTERN
 from omoi_console.foundation.tokens import LOOKUP_PATTERN
 
@@ -32,6 +32,8 @@ urlpatterns = [
         views.HeartbeatView.as_view(),
         name="agent-heartbeat",
     ),
+    path("metrics/ingest", metrics.MetricIngestView.as_view(), name="metric-ingest"),
+    path("metrics/catalog", metrics.MetricCatalogView.as_view(), name="metric-catalog"),
     path("agents/<agent_id:agent_id>/tokens", token_list, name="agent-tokens"),
     path(
         "agents/<agent_id:agent_id>/tokens/<token_lookup:lookup>",

@@ -37,7 +37,7 @@ log = structlog.get_logger(__name__)
 
 # Ingest paths, as URL templates: ``{...}`` stands for one path segment. The
 # metrics endpoints join by being listed here.
-INGEST_PATHS = ("/api/v1/agents/{id}/heartbeat",)
+INGEST_PATHS = ("/api/v1/agents/{id}/heartbeat", "/api/v1/metrics/ingest", "/v1/metrics")
 # Where failed authentication is counted and a flooding source is refused.
 WATCHED_PREFIXES = ("/api/", "/v1/")
 

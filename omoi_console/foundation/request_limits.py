@@ -21,7 +21,7 @@ class BoundedRequestBody:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = settings.MAX_REQUEST_BYTES
+        limit = body_limit(scope["path"])
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
@@ -44,6 +44,11 @@ class BoundedRequestBody:
             length = (b"content-length", str(len(body)).encode())
             scope = {**scope, "headers": [*scope["headers"], length]}
         return await self.app(scope, replay(bytes(body), receive), send)
+
+
+def body_limit(path: str) -> int:
+    """The bound for ``path``: MAX_REQUEST_BYTES, or its own in REQUEST_BODY_LIMITS (batches)."""
+    return settings.REQUEST_BODY_LIMITS.get(path, settings.MAX_REQUEST_BYTES)
 
 
 def replay(body: bytes, receive):

@@ -14,6 +14,8 @@ PERIODIC_JOBS = (
     PeriodicJob("check heartbeats", "monitoring.tasks.check_heartbeats", 1.0),
     PeriodicJob("check remediations", "watchdog.tasks.check_remediations", 2.0),
     PeriodicJob("deliver notifications", "alerting.tasks.deliver_due_notifications", 5.0),
+    PeriodicJob("roll up metrics", "monitoring.tasks.roll_up_metrics", 15.0),
+    PeriodicJob("maintain metric storage", "monitoring.tasks.maintain_metric_storage", 600.0),
     PeriodicJob("sweep events", "omoi_console.foundation.events.tasks.sweep_events", 5.0),
 )
 

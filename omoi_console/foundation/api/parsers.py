@@ -1,4 +1,5 @@
 import json
+import zlib
 
 from django.conf import settings
 from rest_framework.exceptions import ParseError, UnsupportedMediaType
@@ -40,15 +41,17 @@ class BoundedJSONParser(JSONParser):
             raise ParseError(f"Malformed JSON: {exc}") from None
 
 
-def load_strict_json(body: bytes):
+def load_strict_json(body: bytes, *, constants: bool = False):
     """Parse a UTF-8 JSON body under the rules above; ValueError says what is wrong.
 
     Shared by the DRF parser and the lean ingest path, so both refuse the same bodies.
+    With ``constants``, NaN and Infinity (which many JSON encoders write) parse as
+    floats, for batches that refuse them sample by sample with a reason.
     """
     try:
         data = json.loads(
             body.decode("utf-8"),
-            parse_constant=_refuse_constant,
+            parse_constant=float if constants else _refuse_constant,
             object_pairs_hook=_refuse_duplicate_keys,
         )
     except RecursionError:
@@ -102,3 +105,47 @@ def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
         duplicate = next(key for key, _ in pairs if key in seen or seen.add(key))
         raise ValueError(f"duplicate key {duplicate!r}")
     return result
+
+
+class BatchJSONParser(JSONParser):
+    """JSON batches: up to ``REQUEST_BODY_LIMITS`` for the path, optionally gzip-compressed.
+
+    The compressed body is bounded by the path's limit and the expanded one by
+    ``METRIC_MAX_DECOMPRESSED_BYTES`` (a small body may not expand without
+    bound); both answer 413. Otherwise the rules of ``BoundedJSONParser`` hold.
+    """
+
+    def parse(self, stream, media_type=None, parser_context=None):
+        request = (parser_context or {}).get("request")
+        meta = request.META if request is not None else {}
+        path = request.path if request is not None else ""
+        limit = settings.REQUEST_BODY_LIMITS.get(path, settings.MAX_REQUEST_BYTES)
+        encoding = meta.get("HTTP_CONTENT_ENCODING", "identity").strip().lower()
+        if encoding not in ("", "identity", "gzip"):
+            raise UnsupportedMediaType(
+                media_type, f"Content-Encoding {encoding!r} is not supported."
+            )
+        refuse_unsupported_encoding({}, media_type or "")
+        body = stream.read(limit + 1)
+        if len(body) > limit:
+            raise RequestTooLarge(f"Request body exceeds {limit} bytes.")
+        if encoding == "gzip":
+            body = gunzip_bounded(body, settings.METRIC_MAX_DECOMPRESSED_BYTES)
+        try:
+            return load_strict_json(body, constants=True)
+        except ValueError as exc:
+            raise ParseError(f"Malformed JSON: {exc}") from None
+
+
+def gunzip_bounded(body: bytes, limit: int) -> bytes:
+    """Expand a gzip body to at most ``limit`` bytes; 413 beyond, 400 when it is not gzip."""
+    inflater = zlib.decompressobj(wbits=31)
+    try:
+        expanded = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        raise ParseError("Content-Encoding is gzip but the body is not valid gzip.") from None
+    if len(expanded) > limit or inflater.unconsumed_tail:
+        raise RequestTooLarge(f"The body expands to more than {limit} bytes.")
+    if not inflater.eof:
+        raise ParseError("The gzip body is truncated.")
+    return expanded

@@ -5,6 +5,7 @@ from http import HTTPStatus
 import structlog
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, JsonResponse
 from django.views import defaults
 from rest_framework import exceptions
@@ -56,7 +57,22 @@ def flatten_errors(detail, prefix: str = "") -> list[dict]:
     return [{"field": prefix or None, "detail": str(detail)}]
 
 
+# How long a client should wait before retrying while the database is away.
+UNAVAILABLE_RETRY_AFTER_SECONDS = 5
+
+
 def problem_exception_handler(exc, context):
+    if isinstance(exc, OperationalError | InterfaceError):
+        # The database is away or refused the work (a lost connection, a lock
+        # timeout): the client's request was fine, and may be sent again later.
+        log.warning("api.database_unavailable", error=type(exc).__name__)
+        response = Response(
+            problem(503, "The database is unavailable; try again later."),
+            status=503,
+            content_type=PROBLEM_CONTENT_TYPE,
+        )
+        response["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER_SECONDS)
+        return response
     if isinstance(exc, RequestDataTooBig):
         exc = RequestTooLarge()
     elif isinstance(exc, Http404):

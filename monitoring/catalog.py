@@ -1,0 +1,151 @@
+"""The metrics catalogue: every metric the console stores, declared once, in code.
+
+A metric has a name, a type, a unit, the label names its series may carry, a
+description and its producer (who sends or computes it). Ingest refuses a sample
+of a metric that is not here, or with a label the metric does not declare.
+Apps above monitoring add the metrics they publish with ``declare`` from their
+``AppConfig.ready()``, so the catalogue is complete once Django is set up.
+
+``/api/v1/metrics/catalog`` serves it and docs/monitoring/metrics.md is generated
+from it (``manage.py metrics_doc``); a test fails when the page is stale.
+"""
+
+import re
+from dataclasses import dataclass, field
+
+from django.db import models
+
+METRIC_NAME = re.compile(r"[a-z_][a-z0-9_]{0,99}")
+# Every series names the agent it is about when there is one: ingest fills it in
+# from an agent's token, and the query API filters and ranks agents by it.
+AGENT_LABEL = "agent"
+
+
+class MetricType(models.TextChoices):
+    GAUGE = "gauge", "Gauge (a level, sampled)"
+    COUNTER = "counter", "Counter (a running total that only grows, except on reset)"
+
+
+class Producer(models.TextChoices):
+    AGENT = "agent", "Agents (sent to the ingest API)"
+    CONSOLE = "console", "The console itself"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    type: str
+    unit: str
+    labels: tuple[str, ...]
+    description: str
+    producer: str = Producer.AGENT
+    # The most series (distinct label sets) the metric may have; ingest refuses
+    # a batch that would create more. None uses the site default.
+    max_series: int | None = None
+    # The owning app, for the generated documentation.
+    app: str = "monitoring"
+    allowed_labels: frozenset = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if not METRIC_NAME.fullmatch(self.name):
+            raise ValueError(f"metric name {self.name!r} is not lower_snake_case")
+        object.__setattr__(self, "allowed_labels", frozenset(self.labels))
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "type": self.type,
+            "unit": self.unit,
+            "labels": list(self.labels),
+            "description": self.description,
+            "producer": self.producer,
+            "app": self.app,
+            "max_series": self.series_cap(),
+        }
+
+    def series_cap(self) -> int:
+        from django.conf import settings
+
+        return self.max_series or settings.METRIC_MAX_SERIES_PER_METRIC
+
+
+CATALOG: dict[str, MetricSpec] = {}
+
+
+def declare(*specs: MetricSpec) -> None:
+    """Add metrics to the catalogue; declaring the same spec twice is harmless."""
+    for spec in specs:
+        known = CATALOG.get(spec.name)
+        if known is not None and known != spec:
+            raise ValueError(f"metric {spec.name!r} is declared twice, differently")
+        CATALOG[spec.name] = spec
+
+
+def get(name: str) -> MetricSpec | None:
+    return CATALOG.get(name)
+
+
+def ordered() -> list[MetricSpec]:
+    return sorted(CATALOG.values(), key=lambda spec: (spec.app, spec.name))
+
+
+declare(
+    MetricSpec(
+        "task_latency_seconds",
+        MetricType.GAUGE,
+        "seconds",
+        (AGENT_LABEL, "task_kind"),
+        "How long the agent took for one task, from pickup to result.",
+    ),
+    MetricSpec(
+        "queue_depth",
+        MetricType.GAUGE,
+        "tasks",
+        (AGENT_LABEL, "queue"),
+        "Tasks waiting in a queue the agent reads from.",
+    ),
+    MetricSpec(
+        "lock_wait_seconds",
+        MetricType.GAUGE,
+        "seconds",
+        (AGENT_LABEL, "lock"),
+        "Time the agent waited for a shared lock (a repository, a file, a ticket).",
+    ),
+    MetricSpec(
+        "task_failures_total",
+        MetricType.COUNTER,
+        "tasks",
+        (AGENT_LABEL, "task_kind", "reason"),
+        "Tasks the agent gave up on or that ended in an error, since the agent started.",
+    ),
+    MetricSpec(
+        "error_rate",
+        MetricType.GAUGE,
+        "ratio",
+        (AGENT_LABEL,),
+        "Share of the agent's recent operations that failed (0 to 1).",
+    ),
+    MetricSpec(
+        "clock_skew_seconds",
+        MetricType.GAUGE,
+        "seconds",
+        (AGENT_LABEL,),
+        "Agent clock minus console clock, as measured at heartbeat time.",
+    ),
+    MetricSpec(
+        "heartbeat_age_seconds",
+        MetricType.GAUGE,
+        "seconds",
+        (AGENT_LABEL, "role"),
+        "Seconds since the agent's last heartbeat, when the console looked.",
+        producer=Producer.CONSOLE,
+    ),
+    MetricSpec(
+        "agent_availability",
+        MetricType.GAUGE,
+        "ratio",
+        ("role",),
+        "Share of the role's live agents that are healthy (idle or running).",
+        producer=Producer.CONSOLE,
+    ),
+)
