@@ -138,17 +138,26 @@ def parse(samples, *, agent_id: str | None, now: datetime) -> tuple[list[tuple],
     return rows, problems
 
 
+FIELDS = frozenset({"name", "labels", "ts", "value"})
+NO_LABELS: dict = {}
+
+
 def _parse_one(index, sample, agent_id, oldest_s, newest_s):
-    unknown = sample.keys() - {"name", "labels", "ts", "value"}
-    if unknown:
-        return Problem(index, sorted(unknown)[0], "Unknown field.")
+    """(series key, seconds, value), or the sample's first problem.
+
+    Written for the common case, a sample of a series this process has stored
+    before: its labels were checked when the series was created, so they are
+    not checked again.
+    """
+    if not sample.keys() <= FIELDS:
+        return Problem(index, sorted(sample.keys() - FIELDS)[0], "Unknown field.")
     name = sample.get("name")
-    spec = catalog.get(name) if isinstance(name, str) else None
+    spec = catalog.CATALOG.get(name) if type(name) is str else None
     if spec is None:
         shown = repr(name[:100]) if isinstance(name, str) and storable(name) else "this metric"
         return Problem(index, "name", f"Unknown metric {shown}; see /api/v1/metrics/catalog.")
-    labels = sample.get("labels", {})
-    if not isinstance(labels, dict):
+    labels = sample.get("labels", NO_LABELS)
+    if type(labels) is not dict:
         return Problem(index, "labels", "Labels are an object of names to texts.")
     if agent_id is not None:
         if spec.producer != Producer.AGENT:
@@ -159,23 +168,35 @@ def _parse_one(index, sample, agent_id, oldest_s, newest_s):
                 return Problem(index, "labels.agent", "An agent may only report about itself.")
             if AGENT_LABEL not in labels:
                 labels = {**labels, AGENT_LABEL: agent_id}
-    problem = _check_labels(index, labels, spec)
-    if problem:
-        return problem
-    seconds = _seconds(sample.get("ts"))
-    if seconds is None:
-        return Problem(index, "ts", "A timestamp is Unix seconds or an ISO 8601 time with zone.")
-    if seconds < oldest_s:
-        return Problem(index, "ts", "Older than the sample retention.")
-    if seconds > newest_s:
+    try:
+        key = (name, tuple(sorted(labels.items())))
+        known = key in _series_ids
+    except TypeError:  # a label value that cannot be hashed (a list, an object)
+        known = False
+    if not known:
+        problem = _check_labels(index, labels, spec)
+        if problem:
+            return problem
+        key = (name, tuple(sorted(labels.items())))
+    seconds = sample.get("ts")
+    if type(seconds) is not float and type(seconds) is not int:
+        seconds = _seconds(seconds)
+        if seconds is None:
+            return Problem(
+                index, "ts", "A timestamp is Unix seconds or an ISO 8601 time with zone."
+            )
+    if not oldest_s <= seconds <= newest_s:
+        if seconds != seconds or seconds < oldest_s:
+            return Problem(index, "ts", "Older than the sample retention.")
         return Problem(index, "ts", "More than the allowed tolerance in the future.")
     value = sample.get("value")
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return Problem(index, "value", "A value is a number.")
-    value = float(value)
-    if not math.isfinite(value):
+    if type(value) is not float:
+        if type(value) is not int:
+            return Problem(index, "value", "A value is a number.")
+        value = float(value)
+    if value - value != 0.0:  # NaN or infinite
         return Problem(index, "value", "A value must be finite (no NaN or infinity).")
-    return (name, tuple(sorted(labels.items()))), seconds, value
+    return key, seconds, value
 
 
 def _check_labels(index: int, labels: dict, spec) -> Problem | None:

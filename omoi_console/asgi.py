@@ -1,7 +1,8 @@
 """ASGI entry point for the production server and the in-process server (embedded).
 
-HTTP passes the request-body bound first, then the lean heartbeat path, which
-answers routine heartbeats itself and hands every other request to Django.
+HTTP passes the request-body bound first, then the rate limits, then the lean
+ingest paths, which answer routine heartbeats and agents' metric batches
+themselves and hand every other request to Django.
 """
 
 import os
@@ -15,6 +16,7 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from monitoring.ingest.asgi import HeartbeatFastPath, is_known_good, lifespan  # noqa: E402
+from monitoring.ingest.batches import MetricBatchFastPath  # noqa: E402
 from omoi_console.foundation.rate_limits import IngestRateLimits  # noqa: E402
 from omoi_console.foundation.rate_windows import RecentlyVerified  # noqa: E402
 from omoi_console.foundation.request_limits import BoundedRequestBody  # noqa: E402
@@ -29,7 +31,7 @@ from omoi_console.top.routing import websocket_urlpatterns  # noqa: E402
 # verified agent tokens, and any other credentials answered with a 2xx lately.
 verified_credentials = RecentlyVerified()
 ingest_limits = IngestRateLimits(
-    HeartbeatFastPath(django_asgi_app),
+    HeartbeatFastPath(MetricBatchFastPath(django_asgi_app)),
     is_known_good=lambda header: is_known_good(header) or verified_credentials(header),
     on_verified=verified_credentials.add,
     on_refused=verified_credentials.discard,

@@ -98,6 +98,25 @@ def empty_ingest_cache():
     partitions.forget_known()
 
 
+@pytest.fixture(autouse=True)
+def empty_metric_tables(request):
+    """Samples and rollups live in tables Django does not manage, so a transactional
+    test's flush leaves them: empty them after such a test."""
+    yield
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None or not (marker.kwargs.get("transaction") or (marker.args[:1] == (True,))):
+        return
+    from django.db import connection
+
+    request.getfixturevalue("django_db_blocker").unblock()
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("DELETE FROM monitor_samples")
+            cursor.execute("DELETE FROM monitor_rollups")
+    finally:
+        request.getfixturevalue("django_db_blocker").restore()
+
+
 @pytest.fixture
 def seeded(db):
     """What migrate seeds (roles, built-in rule, default policy); transactional tests

@@ -29,6 +29,9 @@ log = structlog.get_logger(__name__)
 # down), new ones take Django's path, which answers for itself.
 MAX_BUFFERED = 50_000
 VERIFIERS = 4
+# Metric batches are stored on threads of their own, a few at once: a batch
+# spends most of its time waiting on COPY and the commit.
+BATCH_WRITERS = 3
 RESUBSCRIBE_SECONDS = 1.0
 
 
@@ -42,6 +45,7 @@ class IngestRuntime:
         # Token checks are one indexed query each; a few at once keep a process
         # that just started (an empty cache) from queueing its whole fleet.
         self.verifier = ThreadPoolExecutor(VERIFIERS, thread_name_prefix="omoi-ingest-verify")
+        self.batches = ThreadPoolExecutor(BATCH_WRITERS, thread_name_prefix="omoi-ingest-batch")
         self.subscribed_before = False
         self.trusted = not settings.REDIS_URL
         self.stopping = False
@@ -74,6 +78,10 @@ class IngestRuntime:
         except Exception:
             log.warning("ingest.verify_failed", agent_id=agent_id, exc_info=True)
             return False
+
+    async def run_batch(self, work, *args):
+        """Run ``work(*args)`` (a metric batch) on a batch thread; its result."""
+        return await self.loop.run_in_executor(self.batches, work, *args)
 
     async def flush(self) -> None:
         beats, self.buffer = self.buffer, []
@@ -174,6 +182,7 @@ class IngestRuntime:
         await self.loop.run_in_executor(self.executor, connections.close_all)
         self.executor.shutdown(wait=True)
         self.verifier.shutdown(wait=True)
+        self.batches.shutdown(wait=True)
 
 
 def _flush_in_thread(beats: list[Beat]) -> Outcome:

@@ -1,6 +1,7 @@
 import json
 import zlib
 
+import orjson
 from django.conf import settings
 from rest_framework.exceptions import ParseError, UnsupportedMediaType
 from rest_framework.parsers import JSONParser
@@ -112,7 +113,8 @@ class BatchJSONParser(JSONParser):
 
     The compressed body is bounded by the path's limit and the expanded one by
     ``METRIC_MAX_DECOMPRESSED_BYTES`` (a small body may not expand without
-    bound); both answer 413. Otherwise the rules of ``BoundedJSONParser`` hold.
+    bound); both answer 413. Texts are not checked here for what no column
+    takes (NUL): the batch's consumer checks every text it stores.
     """
 
     def parse(self, stream, media_type=None, parser_context=None):
@@ -131,6 +133,15 @@ class BatchJSONParser(JSONParser):
             raise RequestTooLarge(f"Request body exceeds {limit} bytes.")
         if encoding == "gzip":
             body = gunzip_bounded(body, settings.METRIC_MAX_DECOMPRESSED_BYTES)
+        try:
+            # Batches are large: a C parser first. It refuses what JSON does not
+            # allow; the strict parser then says what was wrong, and parses the
+            # NaN and Infinity that many encoders write, for the batch's own
+            # sample-by-sample refusal. Where a key repeats within an object, the
+            # last one counts.
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass
         try:
             return load_strict_json(body, constants=True)
         except ValueError as exc:
