@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import resource
 import secrets
 import sys
@@ -113,7 +112,8 @@ def prepare_partitions(connection, now: datetime) -> None:
         day = (now + timedelta(days=offset)).date()
         start = datetime(day.year, day.month, day.day, tzinfo=UTC)
         statement = sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} PARTITION OF monitor_samples FOR VALUES FROM ({}) TO ({})"
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF monitor_samples "
+            "FOR VALUES FROM ({}) TO ({})"
         ).format(
             sql.Identifier(f"monitor_samples_p{day:%Y%m%d}"),
             sql.Literal(start),
@@ -141,9 +141,9 @@ async def send_for(agent: str, token: str, url: str, plan: Plan, stop_at: float,
                         "name": "queue_depth",
                         "labels": {"queue": q},
                         "ts": tick,
-                        "value": random.random(),
+                        "value": float((tick * 7 + n) % 101),
                     }
-                    for q in queues
+                    for n, q in enumerate(queues)
                 ]
             response = await client.post(
                 "/api/v1/metrics/ingest", content=json.dumps({"samples": batch}), headers=headers

@@ -52,10 +52,12 @@ def ensure_days(table: PartitionedTable, days) -> None:
     missing = [day for day in days if day not in _known[table.table]]
     if not missing:
         return
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        # IF NOT EXISTS alone does not survive a race ("already exists"): creators
+        # of partitions take turns, and a later one finds the table there.
+        cursor.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ["omoi.partitions"])
         for day in missing:
             start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-            # CREATE ... IF NOT EXISTS: several processes may race to create the same day.
             cursor.execute(
                 f"CREATE TABLE IF NOT EXISTS {table.partition_name(day)} "
                 f"PARTITION OF {table.table} FOR VALUES FROM (%s) TO (%s)",

@@ -85,6 +85,8 @@ def roll_up(now: datetime | None = None, *, budget_seconds: float = 5.0, max_min
     closed = floor_minute(now - GRACE)
     deadline = time.monotonic() + budget_seconds
     done = 0
+    # Workers may race to create the cursor: the first one wins, the rest find it.
+    RollupCursor.objects.bulk_create([RollupCursor(name="samples")], ignore_conflicts=True)
     while done < max_minutes and time.monotonic() < deadline:
         with transaction.atomic():
             cursor = (
@@ -93,9 +95,7 @@ def roll_up(now: datetime | None = None, *, budget_seconds: float = 5.0, max_min
                 .first()
             )
             if cursor is None:
-                if RollupCursor.objects.filter(name="samples").exists():
-                    return done  # another worker holds it
-                cursor = RollupCursor.objects.create(name="samples", rolled_until=None)
+                return done  # another worker holds it
             minute = _next_minute(cursor, closed)
             if minute is None:
                 return done
