@@ -13,6 +13,9 @@ class AlertingConfig(AppConfig):
     verbose_name = "Alerting"
 
     def ready(self):
-        from alerting import handlers  # noqa: F401  (registers event handlers)
+        from alerting import (
+            handlers,  # noqa: F401  (registers event handlers)
+            metrics,  # noqa: F401  (declares its metrics)
+        )
 
         post_migrate.connect(_seed, sender=self, dispatch_uid="alerting.seed")

@@ -149,3 +149,37 @@ declare(
         producer=Producer.CONSOLE,
     ),
 )
+
+
+DOC_HEADER = """# Metrics catalogue
+
+Every metric Omoi Console stores, generated from the code's catalogue
+(`monitoring/catalog.py` and the `metrics.py` of each app) by
+`uv run manage.py metrics_doc`; a test fails when this page is stale. The same
+list is served at `GET /api/v1/metrics/catalog`.
+
+Agents send the metrics produced by *agents* to `POST /api/v1/metrics/ingest`
+(or as OTLP); the console computes the others. A sample names its metric, a
+value for some of the metric's labels and nothing else; the `agent` label is
+filled in from an agent's own token. A metric may have at most `max series`
+distinct label sets (`default` is `OMOI_METRIC_MAX_SERIES_PER_METRIC`, 20,000);
+a batch that would create more is refused (422).
+"""
+
+
+def render_markdown() -> str:
+    lines = [DOC_HEADER]
+    for app in sorted({spec.app for spec in CATALOG.values()}):
+        lines.append(f"## {app}\n")
+        lines.append("| name | type | unit | labels | producer | max series | description |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for spec in ordered():
+            if spec.app != app:
+                continue
+            labels = ", ".join(f"`{label}`" for label in spec.labels)
+            lines.append(
+                f"| `{spec.name}` | {spec.type} | {spec.unit} | {labels} | {spec.producer} "
+                f"| {spec.max_series or 'default'} | {spec.description} |"
+            )
+        lines.append("")
+    return "\n".join(lines)

@@ -13,6 +13,9 @@ class WatchdogConfig(AppConfig):
     verbose_name = "Watchdog"
 
     def ready(self):
-        from watchdog import handlers  # noqa: F401  (registers event handlers)
+        from watchdog import (
+            handlers,  # noqa: F401  (registers event handlers)
+            metrics,  # noqa: F401  (declares its metrics)
+        )
 
         post_migrate.connect(_seed, sender=self, dispatch_uid="watchdog.seed")
