@@ -18,6 +18,7 @@ from monitoring import samples
 from monitoring.ingest.asgi import answered
 from monitoring.ingest.cache import ingest_cache
 from monitoring.models import IngestBatch, MetricSample, MetricSeries
+from omoi_console import asgi
 from tests.conftest import ServedClient, bearer
 
 URL = "/api/v1/metrics/ingest"
@@ -27,9 +28,18 @@ URL = "/api/v1/metrics/ingest"
 def api(request, registered_agent):
     if request.param == "in-process":
         return APIClient()
+    # These tests send many refused batches in a row: not what the rate limit is about.
+    settings = request.getfixturevalue("settings")
+    settings.RATE_LIMIT_PER_TOKEN = "1000/second"
     if request.param == "served-django":
+        # The lean path takes any agent token it can verify: with none cached
+        # and the verifier refusing, every batch goes Django's way.
+        request.getfixturevalue("monkeypatch").setattr(
+            "monitoring.ingest.runtime.verify_agent_token", lambda raw, agent_id: False
+        )
         ingest_cache.clear()  # registration cached the token; forget it
     client = ServedClient(request.getfixturevalue("server").base_url)
+    asgi.ingest_limits.configure()
     client.lean = request.param == "served-lean"
     return client
 
@@ -302,3 +312,18 @@ def api_client_for_catalogue(db, make_operator):
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {viewer}")
     return client
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_verifies_a_token_it_has_not_seen_and_refuses_a_revoked_one(server, registered_agent):
+    agent, token = registered_agent
+    client = ServedClient(server.base_url)
+    ingest_cache.clear()  # as after a restart of the serving process
+    lean_before = answered["lean_batches"]
+
+    assert send(client, {"samples": [sample()]}, token).status_code == 200
+    assert answered["lean_batches"] == lean_before + 1
+
+    agent.tokens.get().revoke()
+    assert_problem(send(client, {"samples": [sample(2.0)]}, token), 401)
+    assert stored_values() == [1.0]

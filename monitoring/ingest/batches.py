@@ -8,6 +8,8 @@ a body that is not plain JSON) goes to Django untouched or with its body
 replayed, and Django answers it.
 """
 
+from dataclasses import dataclass
+
 import orjson
 import structlog
 from django.db import InterfaceError, OperationalError, connections
@@ -39,10 +41,18 @@ class MetricBatchFastPath:
         admitted = admit(scope)
         if admitted is None:
             return await self.app(scope, receive, send)
-        agent_id, key, gzipped = admitted
         runtime = current_runtime()
         if not runtime.accepting:
             return await self.app(scope, receive, send)
+        if isinstance(admitted, Unverified):
+            # A token this process has not seen: one query verifies and caches it.
+            if not await runtime.verify(admitted.raw, None):
+                return await self.app(scope, receive, send)
+            token = ingest_cache.token(token_digest(admitted.raw))
+            if token is None:
+                return await self.app(scope, receive, send)
+            admitted = (token.agent_id, admitted.key, admitted.gzipped)
+        agent_id, key, gzipped = admitted
         body = await read_body(receive)
         if body is None:
             return None  # the client left
@@ -55,7 +65,7 @@ class MetricBatchFastPath:
         return None
 
 
-def admit(scope) -> tuple[str, str | None, bool] | None:
+def admit(scope) -> "tuple[str, str | None, bool] | Unverified | None":
     """(agent id, idempotency key, gzipped) of a batch this path may take, else None."""
     if scope["type"] != "http" or scope["path"] != INGEST_PATH or scope["method"] != "POST":
         return None
@@ -83,15 +93,24 @@ def admit(scope) -> tuple[str, str | None, bool] | None:
     raw = agent_token(authorization)
     if raw is None:
         return None
-    token = ingest_cache.token(token_digest(raw))
-    if token is None:
-        return None
     if key is not None:
         try:
             key = key.decode("ascii")
         except UnicodeDecodeError:
             return None
+    token = ingest_cache.token(token_digest(raw))
+    if token is None:
+        return Unverified(raw, key, gzipped)
     return token.agent_id, key, gzipped
+
+
+@dataclass(frozen=True)
+class Unverified:
+    """A batch this path could take once its agent token is verified."""
+
+    raw: str
+    key: str | None
+    gzipped: bool
 
 
 def store_batch(body: bytes, gzipped: bool, agent_id: str, key: str | None):

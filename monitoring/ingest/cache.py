@@ -179,26 +179,31 @@ def remember_served(raw: str, token, agent, generations: tuple[int, int]) -> boo
     return ingest_cache.remember(token_digest(raw), entry, agent.pk, snapshot, generations)
 
 
-def verify_agent_token(raw: str, agent_id: str) -> bool:
+def verify_agent_token(raw: str, agent_id: str | None) -> bool:
     """Verify an agent token for the lean path with one query, and cache it.
 
-    Only a token of this very agent, not revoked, whose agent has no command
-    waiting (those leave through Django's path), is cached. Anything else is
-    left to Django's path, which words the refusal.
+    Only a token of this very agent (of any agent, for ``agent_id`` None: a
+    metric batch names no agent in its path), not revoked, whose agent has no
+    command waiting (those leave through Django's path), is cached. Anything
+    else is left to Django's path, which words the refusal.
     """
     lookup = split_token(raw, AgentToken.KIND)
     if lookup is None:
         return False
-    generations = ingest_cache.generations(agent_id)
+    generations = ingest_cache.generations(agent_id or "")
     queued = AgentCommand.objects.filter(agent=OuterRef("agent"), status=CommandStatus.QUEUED)
-    token = (
+    tokens = (
         AgentToken.objects.select_related("agent")
         .annotate(commands_waiting=Exists(queued))
-        .filter(lookup=lookup, agent_id=agent_id, revoked_at__isnull=True)
-        .first()
+        .filter(lookup=lookup, revoked_at__isnull=True)
     )
+    token = tokens.filter(agent_id=agent_id).first() if agent_id else tokens.first()
     if token is None or token.commands_waiting:
         return False
+    if agent_id is None:
+        # Now that the agent is known, verify again the usual way: its generation
+        # must be read before its row is.
+        return verify_agent_token(raw, token.agent_id)
     if not hmac.compare_digest(token.token_hash, token_digest(raw)):
         return False
     return remember_served(raw, token, token.agent, generations)

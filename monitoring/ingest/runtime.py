@@ -71,7 +71,7 @@ class IngestRuntime:
         self.wakeup.set()  # someone is waiting: do not sit out the interval
         return future
 
-    async def verify(self, raw: str, agent_id: str) -> bool:
+    async def verify(self, raw: str, agent_id: str | None) -> bool:
         """Verify an agent token not yet cached; True when it is cached now."""
         try:
             return await self.loop.run_in_executor(self.verifier, _verify_in_thread, raw, agent_id)
@@ -196,7 +196,7 @@ def _flush_in_thread(beats: list[Beat]) -> Outcome:
         raise
 
 
-def _verify_in_thread(raw: str, agent_id: str) -> bool:
+def _verify_in_thread(raw: str, agent_id: str | None) -> bool:
     try:
         return verify_agent_token(raw, agent_id)
     finally:
