@@ -149,7 +149,7 @@ def _parse_one(index, sample, agent_id, oldest_s, newest_s):
     before: its labels were checked when the series was created, so they are
     not checked again.
     """
-    if not sample.keys() <= FIELDS:
+    if not FIELDS.issuperset(sample):
         return Problem(index, sorted(sample.keys() - FIELDS)[0], "Unknown field.")
     name = sample.get("name")
     spec = catalog.CATALOG.get(name) if type(name) is str else None

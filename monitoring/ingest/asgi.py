@@ -8,6 +8,7 @@ agent's first heartbeat after a restart of this process goes the long way and
 the rest go the short one.
 """
 
+import gc
 import json
 import re
 from collections import Counter
@@ -216,6 +217,10 @@ async def lifespan(scope, receive, send):
         message = await receive()
         if message["type"] == "lifespan.startup":
             current_runtime()
+            # What is loaded by now (Django, the apps, their modules) lives as long
+            # as the process: out of the collector's sight, a full collection
+            # costs a batch of samples microseconds instead of tens of milliseconds.
+            gc.freeze()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await stop_runtime()
