@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from monitoring.models import Agent, AgentCommand, AgentToken, AgentTransition
+from monitoring.models import Agent, AgentCommand, AgentToken, AgentTransition, MetricSeries
 from omoi_console.foundation.token_admin import HashedTokenAdmin
 
 
@@ -54,3 +54,20 @@ class AgentCommandAdmin(admin.ModelAdmin):
     list_display = ["id", "agent", "kind", "status", "created_at", "delivered_at", "acked_at"]
     list_filter = ["kind", "status"]
     search_fields = ["agent__id"]
+
+
+@admin.register(MetricSeries)
+class MetricSeriesAdmin(admin.ModelAdmin):
+    """Series are created by ingest: here to look them up, not to edit."""
+
+    list_display = ["id", "metric", "agent_id", "labels", "created_at"]
+    list_filter = ["metric"]
+    search_fields = ["agent_id", "metric"]
+    readonly_fields = ["metric", "labels", "fingerprint", "agent_id", "created_at"]
+    show_full_result_count = False  # a count over many series is not worth a page load
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
