@@ -57,7 +57,8 @@ class Plan:
         self.series_per_agent = 50
         self.batch = 5000
         self.concurrency = 8
-        self.seconds = 3.0 if quick else 15.0
+        self.seconds = 3.0 if quick else 20.0
+        self.warm_up_seconds = 2.0 if quick else 5.0
         self.copy_rows = 300_000 if quick else 2_000_000
         self.query_runs = 10 if quick else 50
 
@@ -155,9 +156,9 @@ async def send_for(agent: str, token: str, url: str, plan: Plan, stop_at: float,
             totals["sent"] += response.json()["stored"]
 
 
-async def drive(agents, url: str, plan: Plan) -> dict:
+async def drive(agents, url: str, plan: Plan, seconds: float | None = None) -> dict:
     totals = {"sent": 0, "dropped": 0}
-    stop_at = time.monotonic() + plan.seconds
+    stop_at = time.monotonic() + (seconds or plan.seconds)
     await asyncio.gather(
         *(send_for(agent, token, url, plan, stop_at, totals) for agent, token in agents)
     )
@@ -177,6 +178,12 @@ def http_run(bench_dir: Path, databases: scratch.ScratchDatabases, template: str
         server.start()
         server.wait_until_answering("/healthz", timeout=120)
         url = f"http://127.0.0.1:{port}"
+        # Warm-up, not counted: every process verifies its agents' tokens, creates
+        # their series and reaches its working-set size.
+        warm = asyncio.run(drive(agents, url, plan, seconds=plan.warm_up_seconds))
+        stored_before = count_samples(databases.url(database))
+        if stored_before != warm["sent"]:
+            raise steps.BenchFailed(f"warm-up sent {warm['sent']}, stored {stored_before}")
         rss_before = rss_mb(server)
         cpu_before, machine_before = server.cpu_seconds(), webserver.machine_cpu()
         own_before = resource.getrusage(resource.RUSAGE_SELF)
@@ -188,7 +195,7 @@ def http_run(bench_dir: Path, databases: scratch.ScratchDatabases, template: str
         rss_after = rss_mb(server)
     finally:
         server.stop()
-    stored = count_samples(databases.url(database))
+    stored = count_samples(databases.url(database)) - stored_before
     if totals["dropped"] or stored != totals["sent"]:
         raise steps.BenchFailed(
             f"sent {totals['sent']}, stored {stored}, dropped or refused {totals['dropped']}"
