@@ -14,5 +14,6 @@ class AlertingConfig(AppConfig):
 
     def ready(self):
         from alerting import handlers  # noqa: F401  (registers event handlers)
+        from alerting import retention  # noqa: F401  (registers retention policies)
 
         post_migrate.connect(_seed, sender=self, dispatch_uid="alerting.seed")

@@ -14,5 +14,6 @@ class WatchdogConfig(AppConfig):
 
     def ready(self):
         from watchdog import handlers  # noqa: F401  (registers event handlers)
+        from watchdog import retention  # noqa: F401  (registers retention policies)
 
         post_migrate.connect(_seed, sender=self, dispatch_uid="watchdog.seed")
