@@ -13,7 +13,7 @@ class AlertingConfig(AppConfig):
     verbose_name = "Alerting"
 
     def ready(self):
-        from alerting import handlers  # noqa: F401  (registers event handlers)
-        from alerting import retention  # noqa: F401  (registers retention policies)
+        # Imported for what they register: event handlers, retention policies.
+        from alerting import handlers, retention  # noqa: F401
 
         post_migrate.connect(_seed, sender=self, dispatch_uid="alerting.seed")

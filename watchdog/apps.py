@@ -13,7 +13,7 @@ class WatchdogConfig(AppConfig):
     verbose_name = "Watchdog"
 
     def ready(self):
-        from watchdog import handlers  # noqa: F401  (registers event handlers)
-        from watchdog import retention  # noqa: F401  (registers retention policies)
+        # Imported for what they register: event handlers, retention policies.
+        from watchdog import handlers, retention  # noqa: F401
 
         post_migrate.connect(_seed, sender=self, dispatch_uid="watchdog.seed")

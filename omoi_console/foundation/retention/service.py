@@ -32,7 +32,7 @@ class KindReport:
 
 
 def chosen(kinds: Iterable[str] | None) -> list[RetentionPolicy]:
-    """The registered policies named in ``kinds`` (all when None); ValueError for an unknown name."""
+    """The registered policies named in ``kinds`` (all when None); ValueError names unknown ones."""
     registered = policies()
     if kinds is None:
         return registered
