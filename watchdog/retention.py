@@ -1,10 +1,14 @@
 """How long remediation actions are kept. Imported by ``WatchdogConfig.ready()``.
 
-An action goes only once finished (a started one still awaits its verification),
-and never while the watchdog may still read it: cooldowns and the hourly cap
-count past actions, and the idempotency key (policy and triggering event) must
-stay taken as long as that event could be handled again, which is the bus's
-dedup window.
+Age counts from ``finished_at``, which every way an action ends sets (succeeded,
+failed, skipped, dry run) and a started action, still awaiting verification,
+lacks: ``finished_at < cutoff`` never matches unfinished work, and the status
+check below holds even for a row written by hand.
+
+An action also stays while the watchdog may still read it: cooldowns and the
+hourly cap count past actions, and its idempotency key (policy and triggering
+event) must stay taken as long as that event could be handled again, which is
+the bus's dedup window.
 """
 
 from datetime import timedelta
@@ -16,8 +20,6 @@ from omoi_console.foundation.retention import RowRetention, days_kept, register
 from watchdog.models import ActionStatus, RemediationAction
 from watchdog.services import history_window
 
-FINISHED = tuple(status for status in ActionStatus if status != ActionStatus.STARTED)
-
 
 def still_read() -> timedelta:
     return max(history_window(), dedup_window())
@@ -27,9 +29,12 @@ REMEDIATIONS = register(
     RowRetention(
         name="watchdog.actions",
         model=RemediationAction,
-        age_field="started_at",
+        age_field="finished_at",
         keep=days_kept("RETAIN_REMEDIATIONS_DAYS"),
-        where=Q(status__in=FINISHED),
+        # Negated on purpose: "status IN (finished ones)" would tempt a planner
+        # without statistics (SQLite) into the (status, verify_by) index and a
+        # sort of every finished action, where the age index reads just a batch.
+        where=~Q(status=ActionStatus.STARTED),
         floor=still_read,
     )
 )

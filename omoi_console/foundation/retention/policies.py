@@ -100,13 +100,19 @@ class RowRetention:
         where = self.where(now) if callable(self.where) else self.where
         return self.model._base_manager.filter(where, **{f"{self.age_field}__lt": cutoff})
 
-    def prune_batch(self, now: datetime, batch_size: int) -> Pruned:
+    def oldest(self, now: datetime, batch_size: int) -> models.QuerySet | None:
+        """The ids of the next batch: the oldest prunable rows, read through the age index."""
         rows = self.prunable(now)
         if rows is None:
+            return None
+        # Ordered by the age field alone, as the index is: the model's default
+        # ordering (or a tie-breaker) would make the database sort instead.
+        return rows.order_by(self.age_field).values("pk")[:batch_size]
+
+    def prune_batch(self, now: datetime, batch_size: int) -> Pruned:
+        oldest = self.oldest(now, batch_size)
+        if oldest is None:
             return Pruned()
-        # An explicit order: the model's default ordering would be replaced anyway,
-        # but a batch must walk the age index from its oldest end.
-        oldest = rows.order_by(self.age_field).values("pk")[:batch_size]
         # only("pk"): when Django must collect the rows (to cascade), it reads their ids alone.
         _, per_model = self.model._base_manager.filter(pk__in=oldest).only("pk").delete()
         removed = {label_of(model): n for model, n in _by_model(per_model).items() if n}
