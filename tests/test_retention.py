@@ -214,6 +214,32 @@ def test_it_prunes_oldest_first_and_stops_after_its_batches_until_the_next_run(r
     assert not report.more
 
 
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_the_batches_it_finished_when_stopped_midway(seeded, monkeypatch):
+    from monitoring.services import register_agent
+
+    agent, _ = register_agent("worker-01", "worker")
+    transitions(agent, [40 * DAY] * 5)
+    real = RowRetention.prune_batch
+    calls = []
+
+    def stopped_at_third(self, now, batch_size):
+        calls.append(self.name)
+        if len(calls) == 3:
+            raise SystemExit("worker shut down")  # escapes the run, as a killed worker does
+        return real(self, now, batch_size)
+
+    monkeypatch.setattr(RowRetention, "prune_batch", stopped_at_third)
+    with pytest.raises(SystemExit):
+        prune(kinds=["agent.transitions"], batch_size=2)
+
+    # Each batch committed on its own: nothing waited on one long transaction.
+    assert AgentTransition.objects.count() == 2
+    monkeypatch.setattr(RowRetention, "prune_batch", real)
+    report = prune(kinds=["agent.transitions"])["agent.transitions"]
+    assert report.removed == {"agent transitions": 1}
+
+
 @pytest.mark.django_db
 def test_it_shares_a_run_between_kinds_a_batch_at_a_time(registered_agent):
     agent, _ = registered_agent
