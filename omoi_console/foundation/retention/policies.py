@@ -72,10 +72,12 @@ class RowRetention:
     age below which no row goes whatever the setting, for rows that something
     else still reads for a while (deduplication keys, cooldowns).
 
-    Each batch is one DELETE of at most ``batch_size`` rows chosen by an indexed
-    subquery. Rows that reference a deleted row with CASCADE (an event's
-    receipts) are deleted first by Django, in statements bounded by the batch;
-    a PROTECT reference is refused when the policy is registered.
+    Each batch deletes at most ``batch_size`` rows, chosen by an indexed
+    subquery, in one short transaction: a single DELETE when nothing references
+    the rows. Rows that reference them with CASCADE (an event's receipts) make
+    Django read the batch's ids once and delete those rows first, in statements
+    bounded by the batch. A PROTECT reference is refused when the policy is
+    registered, since every prune would fail on it.
     """
 
     name: str
@@ -115,7 +117,7 @@ class RowRetention:
             return Pruned()
         # only("pk"): when Django must collect the rows (to cascade), it reads their ids alone.
         _, per_model = self.model._base_manager.filter(pk__in=oldest).only("pk").delete()
-        removed = {label_of(model): n for model, n in _by_model(per_model).items() if n}
+        removed = {label_of(apps.get_model(label)): n for label, n in per_model.items() if n}
         gone = removed.get(label_of(self.model), 0)
         return Pruned(removed, more=gone >= batch_size)
 
@@ -147,10 +149,6 @@ def cascading_relations(model: type[models.Model]) -> list:
 
 def label_of(model: type[models.Model]) -> str:
     return str(model._meta.verbose_name_plural)
-
-
-def _by_model(per_label: Mapping[str, int]) -> dict[type[models.Model], int]:
-    return {apps.get_model(label): n for label, n in per_label.items()}
 
 
 _policies: dict[str, RetentionPolicy] = {}
