@@ -13,9 +13,7 @@ class AlertingConfig(AppConfig):
     verbose_name = "Alerting"
 
     def ready(self):
-        from alerting import (
-            handlers,  # noqa: F401  (registers event handlers)
-            metrics,  # noqa: F401  (declares its metrics)
-        )
+        # Imported for what they register: event handlers, metrics, retention policies.
+        from alerting import handlers, metrics, retention  # noqa: F401
 
         post_migrate.connect(_seed, sender=self, dispatch_uid="alerting.seed")

@@ -135,7 +135,9 @@ class Notification(models.Model):
                 fields=["next_attempt_at"],
                 condition=Q(status="pending"),
                 name="notification_due_idx",
-            )
+            ),
+            # Retention walks notifications oldest first.
+            models.Index(fields=["created_at"], name="notification_created_idx"),
         ]
 
     def __str__(self):

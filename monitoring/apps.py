@@ -6,6 +6,7 @@ class MonitoringConfig(AppConfig):
     verbose_name = "Monitoring"
 
     def ready(self):
+        from monitoring import retention  # noqa: F401  (registers retention policies)
         from monitoring.ingest import signals
 
         signals.connect()

@@ -1,16 +1,15 @@
-"""The periodic work of metric storage: rollups, partitions ahead, retention."""
+"""The periodic work of metric storage: rollups and partitions ahead.
 
-from datetime import timedelta
+What is past retention (old partitions, batch keys) goes with the retention
+policies of ``monitoring.retention``.
+"""
 
 import structlog
-from django.conf import settings
 from django.utils import timezone
 
 from monitoring import partitions, rollups
-from monitoring.models import IngestBatch
 
 log = structlog.get_logger(__name__)
-KEY_DELETE_BATCH = 5000
 
 
 def roll_up(now=None) -> int:
@@ -20,26 +19,5 @@ def roll_up(now=None) -> int:
     return done
 
 
-def maintain_storage(now=None) -> dict:
-    """Create partitions ahead, drop what is past retention, forget old batch keys."""
-    now = now or timezone.now()
-    partitions.ensure_ahead(now)
-    dropped = partitions.drop_expired(now)
-    cutoff = now - timedelta(hours=settings.METRIC_BATCH_KEY_RETENTION_HOURS)
-    keys = forget_batch_keys(cutoff)
-    log.info("metrics.storage_maintained", dropped=dropped, batch_keys_forgotten=keys)
-    return {**dropped, "batch_keys": keys}
-
-
-def forget_batch_keys(cutoff, max_batches: int = 20) -> int:
-    forgotten = 0
-    for _ in range(max_batches):
-        keys = list(
-            IngestBatch.objects.filter(received_at__lt=cutoff)
-            .order_by("received_at")
-            .values_list("key", flat=True)[:KEY_DELETE_BATCH]
-        )
-        if not keys:
-            break
-        forgotten += IngestBatch.objects.filter(key__in=keys).delete()[0]
-    return forgotten
+def create_partitions_ahead(now=None) -> None:
+    partitions.ensure_ahead(now or timezone.now())

@@ -95,7 +95,11 @@ class AgentTransition(models.Model):
 
     class Meta:
         ordering = ["at", "id"]
-        indexes = [models.Index(fields=["agent", "at"], name="transition_agent_idx")]
+        indexes = [
+            models.Index(fields=["agent", "at"], name="transition_agent_idx"),
+            # Retention walks the whole fleet's transitions oldest first.
+            models.Index(fields=["at"], name="transition_at_idx"),
+        ]
 
     def __str__(self):
         return f"{self.agent_id}: {self.from_state or '-'} -> {self.to_state}"

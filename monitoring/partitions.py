@@ -1,9 +1,10 @@
 """Daily partitions of the sample and rollup tables on PostgreSQL.
 
 Partitions are created ahead (by a periodic job, and on demand by ingest when a
-batch reaches a day that has none yet) and retention drops whole partitions
-older than the table's retention: never a large DELETE. On SQLite the tables
-are plain, and retention deletes old rows in bounded batches instead.
+batch reaches a day that has none yet) and retention (the policies in
+``monitoring.retention``) drops whole partitions older than the table's
+retention: never a large DELETE. On SQLite the tables are plain, and retention
+deletes the oldest rows in bounded batches instead.
 """
 
 from dataclasses import dataclass
@@ -11,9 +12,9 @@ from datetime import UTC, date, datetime, timedelta
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import DateTimeField
 
 DAY = timedelta(days=1)
-SQLITE_DELETE_BATCH = 5000
 
 
 @dataclass(frozen=True)
@@ -97,47 +98,58 @@ def existing_partitions(table: PartitionedTable) -> dict[str, date]:
     return found
 
 
-def drop_expired(now: datetime) -> dict[str, int]:
-    """Drop (PostgreSQL) or delete in batches (SQLite) what is past retention.
+def prune_table(table: PartitionedTable, now: datetime, batch_size: int) -> tuple[int, bool]:
+    """Remove one bounded step of what is past ``table``'s retention: (removed, more due).
 
-    Returns how many partitions (PostgreSQL) or rows (SQLite) went, per table.
-    A day's partition goes only once all of it is past retention.
+    PostgreSQL: drop the oldest partition whose whole day is past retention (one
+    partition per step, however many rows it holds). SQLite: delete up to
+    ``batch_size`` of the oldest rows.
     """
-    dropped = {}
-    for table in TABLES:
-        cutoff = now - table.retention()
-        if partitioned():
-            expired = {
-                name: day
-                for name, day in existing_partitions(table).items()
-                if datetime(day.year, day.month, day.day, tzinfo=UTC) + DAY <= cutoff
-            }
-            for name in expired:
-                with transaction.atomic(), connection.cursor() as cursor:
-                    cursor.execute(f"DROP TABLE IF EXISTS {name}")
-            _known[table.table] -= set(expired.values())
-            dropped[table.table] = len(expired)
-        else:
-            dropped[table.table] = _delete_sqlite_rows(table, cutoff)
-    return dropped
+    cutoff = now - table.retention()
+    if not partitioned():
+        removed = _delete_sqlite_rows(table, cutoff, batch_size)
+        return removed, removed == batch_size
+    expired = sorted(
+        (day, name)
+        for name, day in existing_partitions(table).items()
+        if datetime(day.year, day.month, day.day, tzinfo=UTC) + DAY <= cutoff
+    )
+    if not expired:
+        return 0, False
+    day, name = expired[0]
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {name}")
+    _known[table.table].discard(day)
+    return 1, len(expired) > 1
 
 
-def _delete_sqlite_rows(table: PartitionedTable, cutoff: datetime, max_batches: int = 20) -> int:
-    from django.db.models import DateTimeField
-
+def expired_count(table: PartitionedTable, now: datetime) -> int:
+    """Partitions (PostgreSQL) or rows (SQLite) past retention, for a dry run."""
+    cutoff = now - table.retention()
+    if partitioned():
+        return sum(
+            datetime(day.year, day.month, day.day, tzinfo=UTC) + DAY <= cutoff
+            for day in existing_partitions(table).values()
+        )
     stamp = DateTimeField().get_db_prep_value(cutoff, connection)
-    deleted = 0
     with connection.cursor() as cursor:
-        for _ in range(max_batches):
-            cursor.execute(
-                f"DELETE FROM {table.table} WHERE rowid IN ("  # noqa: S608
-                f"SELECT rowid FROM {table.table} WHERE {table.column} < %s LIMIT %s)",
-                [stamp, SQLITE_DELETE_BATCH],
-            )
-            deleted += cursor.rowcount
-            if cursor.rowcount < SQLITE_DELETE_BATCH:
-                break
-    return deleted
+        cursor.execute(
+            f"SELECT count(*) FROM {table.table} WHERE {table.column} < %s",  # noqa: S608
+            [stamp],
+        )
+        return cursor.fetchone()[0]
+
+
+def _delete_sqlite_rows(table: PartitionedTable, cutoff: datetime, limit: int) -> int:
+    stamp = DateTimeField().get_db_prep_value(cutoff, connection)
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f'DELETE FROM "{table.table}" WHERE rowid IN ('  # noqa: S608
+            f'SELECT rowid FROM "{table.table}" WHERE {table.column} < %s '
+            f"ORDER BY {table.column} LIMIT %s)",
+            [stamp, limit],
+        )
+        return cursor.rowcount
 
 
 def forget_known() -> None:

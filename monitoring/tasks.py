@@ -14,5 +14,5 @@ def roll_up_metrics() -> None:
 
 
 @shared_task(ignore_result=True, expires=600)
-def maintain_metric_storage() -> None:
-    metric_jobs.maintain_storage()
+def create_metric_partitions() -> None:
+    metric_jobs.create_partitions_ahead()

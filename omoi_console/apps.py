@@ -19,6 +19,7 @@ class OmoiConsoleConfig(AppConfig):
 
     def ready(self):
         import omoi_console.foundation.api.schema  # noqa: F401  (registers the OpenAPI auth schemes)
+        from omoi_console.foundation.events import retention  # noqa: F401  (registers policies)
         from omoi_console.foundation.events.broadcast import broadcast_events
         from omoi_console.foundation.events.registry import ALL, subscribe
 

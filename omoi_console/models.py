@@ -42,6 +42,8 @@ class Event(models.Model):
         ordering = ["occurred_at"]
         indexes = [
             models.Index(fields=["name", "occurred_at"], name="event_name_idx"),
+            # Retention walks the finished events of one status oldest first.
+            models.Index(fields=["status", "occurred_at"], name="event_status_age_idx"),
             models.Index(
                 fields=["dispatch_after"],
                 condition=Q(status="pending"),

@@ -435,3 +435,31 @@ INGEST_FLUSH_SECONDS = env_float("OMOI_INGEST_FLUSH_SECONDS", 0.1)
 INGEST_REVOCATION_POLL_SECONDS = env_float("OMOI_INGEST_REVOCATION_POLL_SECONDS", 1.0)
 
 WATCHDOG_MODE = env_choice("OMOI_WATCHDOG_MODE", ("on", "off", "dry-run"), "on")
+
+
+# --- retention ----------------------------------------------------------------
+
+
+def _retention_days(name: str, default: int) -> int:
+    days = env_int(name, default)
+    if days < 0:
+        raise ImproperlyConfigured(f"{name} must be 0 (keep forever) or more days, got {days}")
+    return days
+
+
+# Days each kind of record is kept once it is finished; 0 keeps it forever.
+RETAIN_PROCESSED_EVENTS_DAYS = _retention_days("OMOI_RETAIN_PROCESSED_EVENTS_DAYS", 7)
+RETAIN_DEAD_EVENTS_DAYS = _retention_days("OMOI_RETAIN_DEAD_EVENTS_DAYS", 30)
+RETAIN_TRANSITIONS_DAYS = _retention_days("OMOI_RETAIN_TRANSITIONS_DAYS", 30)
+RETAIN_NOTIFICATIONS_DAYS = _retention_days("OMOI_RETAIN_NOTIFICATIONS_DAYS", 30)
+RETAIN_REMEDIATIONS_DAYS = _retention_days("OMOI_RETAIN_REMEDIATIONS_DAYS", 90)
+# One prune run: rows per DELETE, batches per kind, and seconds before it stops
+# starting new batches (the embedded ticker runs it beside the heartbeat check).
+RETENTION_BATCH_SIZE = env_int("OMOI_RETENTION_BATCH_SIZE", 1000)
+RETENTION_MAX_BATCHES = env_int("OMOI_RETENTION_MAX_BATCHES", 20)
+RETENTION_RUN_SECONDS = env_float("OMOI_RETENTION_RUN_SECONDS", 1.0)
+if RETENTION_BATCH_SIZE < 1 or RETENTION_MAX_BATCHES < 1 or RETENTION_RUN_SECONDS <= 0:
+    raise ImproperlyConfigured(
+        "OMOI_RETENTION_BATCH_SIZE and OMOI_RETENTION_MAX_BATCHES must be at least 1, "
+        "OMOI_RETENTION_RUN_SECONDS more than 0"
+    )

@@ -8,7 +8,7 @@ import pytest
 import time_machine
 from django.db import connection, connections
 
-from monitoring import metric_jobs, partitions, rollups, samples
+from monitoring import metric_jobs, partitions, retention, rollups, samples
 from monitoring.models import (
     IngestBatch,
     MetricRollup,
@@ -136,9 +136,11 @@ def test_it_keeps_partitions_ahead_and_drops_whole_days_past_retention(settings)
 
     later = now + timedelta(days=1)  # Nov 21 06:00: Nov 18 is wholly past two days
     with time_machine.travel(later, tick=False):
-        dropped = metric_jobs.maintain_storage(later)
+        metric_jobs.create_partitions_ahead(later)
+        assert retention.SAMPLES.count(later) == {"monitor_samples partitions": 1}
+        dropped = retention.SAMPLES.prune_batch(later, 1000)
 
-    assert dropped["monitor_samples"] == 1
+    assert dropped.removed == {"monitor_samples partitions": 1} and not dropped.more
     remaining = sorted(partitions.existing_partitions(partitions.SAMPLES).values())
     assert remaining[0] == datetime(2026, 11, 19).date()
     assert remaining[-1] == datetime(2026, 11, 22).date()
@@ -157,10 +159,9 @@ def test_it_creates_the_partition_a_batch_needs_on_the_spot():
     )
 
 
-def test_it_deletes_old_rows_in_bounded_batches_on_sqlite(db, settings, monkeypatch):
+def test_it_deletes_old_rows_in_bounded_batches_on_sqlite(db, settings):
     if connection.vendor != "sqlite":
         pytest.skip("PostgreSQL drops partitions instead")
-    monkeypatch.setattr(partitions, "SQLITE_DELETE_BATCH", 2)
     settings.METRIC_SAMPLE_RETENTION_DAYS = 1
     now = datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
     with time_machine.travel(now, tick=False):
@@ -168,9 +169,13 @@ def test_it_deletes_old_rows_in_bounded_batches_on_sqlite(db, settings, monkeypa
             [_at(now - timedelta(hours=20, minutes=n), float(n)) for n in range(5)]
             + [_at(now, 9.0)]
         )
-    with time_machine.travel(now + timedelta(hours=5), tick=False):
-        dropped = partitions.drop_expired(now + timedelta(hours=5))
-    assert dropped["monitor_samples"] == 5
+    later = now + timedelta(hours=5)
+    steps = [retention.SAMPLES.prune_batch(later, 2) for _ in range(3)]
+    assert [step.removed for step in steps] == [{"monitor_samples": 2}] * 2 + [
+        {"monitor_samples": 1}
+    ]
+    assert [step.more for step in steps] == [True, True, False]
+    # Oldest first: the youngest old sample (n=0) went last.
     assert list(MetricSample.objects.values_list("value", flat=True)) == [9.0]
 
 
@@ -182,7 +187,7 @@ def test_it_forgets_batch_keys_after_their_retention(settings):
         samples.ingest([_at(now, 1.0)], key="old")
     with time_machine.travel(now + timedelta(minutes=90), tick=False):
         samples.ingest([_at(now + timedelta(minutes=90), 1.0)], key="new")
-        metric_jobs.maintain_storage()
+        retention.BATCH_KEYS.prune_batch(now + timedelta(minutes=90), 100)
     assert list(IngestBatch.objects.values_list("key", flat=True)) == ["new"]
 
 

@@ -113,3 +113,21 @@ def test_it_pools_postgres_connections_in_production(tmp_path):
     )
     assert persistent.returncode == 0, persistent.stderr
     assert persistent.stdout.strip() == "None"
+
+
+def test_it_reads_retention_from_the_environment_and_refuses_a_negative_one(tmp_path):
+    result = load_settings(
+        tmp_path,
+        show="settings.RETAIN_PROCESSED_EVENTS_DAYS, settings.RETAIN_TRANSITIONS_DAYS",
+        OMOI_RETAIN_PROCESSED_EVENTS_DAYS="14",
+        OMOI_RETAIN_TRANSITIONS_DAYS="0",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["14", "0"]
+
+    result = load_settings(tmp_path, OMOI_RETAIN_DEAD_EVENTS_DAYS="-1")
+    assert result.returncode != 0
+    assert "OMOI_RETAIN_DEAD_EVENTS_DAYS must be 0 (keep forever) or more days" in result.stderr
+    result = load_settings(tmp_path, OMOI_RETENTION_BATCH_SIZE="0")
+    assert result.returncode != 0
+    assert "OMOI_RETENTION_BATCH_SIZE" in result.stderr

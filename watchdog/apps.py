@@ -13,9 +13,7 @@ class WatchdogConfig(AppConfig):
     verbose_name = "Watchdog"
 
     def ready(self):
-        from watchdog import (
-            handlers,  # noqa: F401  (registers event handlers)
-            metrics,  # noqa: F401  (declares its metrics)
-        )
+        # Imported for what they register: event handlers, metrics, retention policies.
+        from watchdog import handlers, metrics, retention  # noqa: F401
 
         post_migrate.connect(_seed, sender=self, dispatch_uid="watchdog.seed")

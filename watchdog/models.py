@@ -73,6 +73,8 @@ class RemediationAction(models.Model):
         indexes = [
             models.Index(fields=["status", "verify_by"], name="action_verify_idx"),
             models.Index(fields=["agent", "policy", "started_at"], name="action_agent_idx"),
+            # Retention walks finished actions, the longest finished first.
+            models.Index(fields=["finished_at"], name="action_finished_idx"),
         ]
 
     def __str__(self):

@@ -5,6 +5,7 @@ from datetime import timedelta
 import structlog
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from monitoring.models import Agent, AgentState
@@ -16,6 +17,7 @@ from watchdog.models import ActionStatus, RemediationAction, RemediationPolicy
 log = structlog.get_logger(__name__)
 
 ACTOR = "watchdog"
+HOURLY_CAP_WINDOW = timedelta(hours=1)
 
 
 def matching_policy(trigger: str, agent: Agent) -> RemediationPolicy | None:
@@ -103,9 +105,15 @@ def _skip_reason(policy: RemediationPolicy, agent: Agent, now) -> str:
     )
     if recent.filter(started_at__gt=now - timedelta(seconds=policy.cooldown_seconds)).exists():
         return f"cooldown of {policy.cooldown_seconds}s"
-    if recent.filter(started_at__gt=now - timedelta(hours=1)).count() >= policy.max_per_hour:
+    if recent.filter(started_at__gt=now - HOURLY_CAP_WINDOW).count() >= policy.max_per_hour:
         return f"hourly cap of {policy.max_per_hour} reached"
     return ""
+
+
+def history_window() -> timedelta:
+    """How far back ``open_remediation`` reads past actions: cooldowns and the hourly cap."""
+    longest = RemediationPolicy.objects.aggregate(longest=Max("cooldown_seconds"))["longest"]
+    return max(HOURLY_CAP_WINDOW, timedelta(seconds=longest or 0))
 
 
 def verify_recovery(agent_id: str) -> list[RemediationAction]:

@@ -15,8 +15,12 @@ PERIODIC_JOBS = (
     PeriodicJob("check remediations", "watchdog.tasks.check_remediations", 2.0),
     PeriodicJob("deliver notifications", "alerting.tasks.deliver_due_notifications", 5.0),
     PeriodicJob("roll up metrics", "monitoring.tasks.roll_up_metrics", 15.0),
-    PeriodicJob("maintain metric storage", "monitoring.tasks.maintain_metric_storage", 600.0),
+    PeriodicJob("create metric partitions", "monitoring.tasks.create_metric_partitions", 600.0),
     PeriodicJob("sweep events", "omoi_console.foundation.events.tasks.sweep_events", 5.0),
+    # Each run is bounded (rows per batch, batches per kind, seconds): see retention.
+    PeriodicJob(
+        "prune expired records", "omoi_console.foundation.retention.tasks.prune_expired", 60.0
+    ),
 )
 
 

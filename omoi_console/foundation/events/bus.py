@@ -126,6 +126,20 @@ def redispatch_delay() -> timedelta:
     return timedelta(seconds=settings.EVENT_REDISPATCH_AFTER_SECONDS)
 
 
+def dedup_window() -> timedelta:
+    """How long an event's ``key`` must stay taken for deduplication to hold.
+
+    A key is published again only when work is repeated, and work is repeated
+    only while the event that caused it is pending: at most EVENT_MAX_ATTEMPTS
+    attempts, each after a backoff of at most MAX_BACKOFF_SECONDS and a
+    redispatch delay. Twice that leaves room for the sweeper's period and slow
+    handlers. An event pruned sooner would let a repeated publish through as
+    new, so retention never goes below this.
+    """
+    per_attempt = MAX_BACKOFF_SECONDS + settings.EVENT_REDISPATCH_AFTER_SECONDS
+    return 2 * settings.EVENT_MAX_ATTEMPTS * timedelta(seconds=per_attempt)
+
+
 def enqueue_dispatch_many(event_ids: Sequence[UUID | str]) -> None:
     """Hand events to Celery: one ``dispatch_events`` task per ``DISPATCH_BATCH`` ids."""
     from omoi_console.foundation.events.tasks import dispatch_events
