@@ -27,6 +27,9 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 RETRIED_STATUSES = frozenset({429, 503})
+# Failures of the connection, not of the request: a refused or reset connection, a
+# timeout, a kept connection the server closed. A malformed URL is not among them.
+RETRIED_ERRORS = (httpx.NetworkError, httpx.TimeoutException, httpx.RemoteProtocolError)
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -108,7 +111,7 @@ def retrying(
 ) -> AsyncRetrying:
     """A fresh retry loop for one request (``async for attempt in retrying(...)``)."""
     return AsyncRetrying(
-        retry=retry_if_exception_type((httpx.TransportError, RetryableStatus)),
+        retry=retry_if_exception_type((*RETRIED_ERRORS, RetryableStatus)),
         wait=_RetryAfterOrJitter(policy),
         stop=stop_after_attempt(policy.attempts) | _WithinBudget(policy.budget, clock),
         sleep=sleep,

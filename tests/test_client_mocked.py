@@ -173,6 +173,16 @@ def test_it_does_not_retry_other_client_errors(status):
     assert len(console.requests) == 1 and fake.slept == []
 
 
+def test_it_does_not_retry_a_request_that_could_not_be_made():
+    console = Console(httpx.LocalProtocolError("illegal header value"))
+    fake = FakeTime()
+
+    with pytest.raises(ConnectionFailed):
+        run(client_with(console, fake).heartbeat("worker-01", "running"))
+
+    assert len(console.requests) == 1 and fake.slept == []
+
+
 def test_it_raises_the_problems_of_a_refused_heartbeat():
     body = {
         "status": 422,
