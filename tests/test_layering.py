@@ -8,6 +8,8 @@ asgi, celery, commands) wires the two together.
 """
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,6 +20,10 @@ FOUNDATION = [
     "omoi_console/admin.py",
 ]
 TOP = "omoi_console/top"
+# The client agents and operator tools install: it speaks HTTP to the console and
+# imports none of its code, nor Django.
+CLIENT = "omoi_client"
+CONSOLE_PACKAGES = {*APPS, "omoi_console", "django", "rest_framework", "channels"}
 
 
 def python_files(relative: str, root: Path = ROOT):
@@ -71,6 +77,20 @@ def test_it_keeps_the_foundation_free_of_apps():
     assert problems == []
 
 
+def client_violations(root: Path = ROOT) -> list[str]:
+    return [
+        f"{path.relative_to(root)} imports {module}"
+        for path in python_files(CLIENT, root)
+        for module in sorted(imported_modules(path))
+        if top_package(module) in CONSOLE_PACKAGES
+    ]
+
+
+def test_it_keeps_the_client_free_of_the_console():
+    assert python_files(CLIENT)
+    assert client_violations() == []
+
+
 def test_it_keeps_every_module_of_the_project_package_on_a_floor():
     package = ROOT / "omoi_console"
     plumbing = {
@@ -103,3 +123,30 @@ def test_the_checker_catches_upward_and_top_layer_imports(tmp_path):
         "monitoring/probe.py imports omoi_console.top.gameday (not foundation)",
         "monitoring/probe.py imports watchdog.models",
     ]
+
+
+def test_the_checker_catches_the_client_importing_the_console(tmp_path):
+    (tmp_path / "omoi_client").mkdir()
+    (tmp_path / "omoi_client" / "probe.py").write_text(
+        "import httpx\nfrom monitoring import samples\nimport django.conf\n"
+    )
+    assert client_violations(tmp_path) == [
+        "omoi_client/probe.py imports django.conf",
+        "omoi_client/probe.py imports monitoring",
+    ]
+
+
+def test_it_imports_the_client_without_loading_the_console():
+    loaded = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, omoi_client; print(' '.join({m.split('.')[0] for m in sys.modules}))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "httpx" in loaded
+    assert CONSOLE_PACKAGES.isdisjoint(loaded)
