@@ -37,7 +37,9 @@ import verdict
 import webserver
 from psycopg import sql
 
-RESULTS = Path(__file__).resolve().parent / "results" / "ingest.json"
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the client package lives at the top of the repository
+RESULTS = ROOT / "bench" / "results" / "ingest.json"
 TARGETS = {
     "http_samples_per_s": (">=", 100_000),
     "ratio": (">=", 0.25),
@@ -127,42 +129,38 @@ def prepare_partitions(connection, now: datetime) -> None:
 
 
 async def send_for(agent: str, token: str, url: str, plan: Plan, stop_at: float, totals):
-    import httpx
+    """One agent: samples of its series, one second apart, through the console's client."""
+    from omoi_client import AsyncOmoiClient
 
-    queues = [f"q{n}" for n in range(plan.series_per_agent)]
-    tick = time.time() - 3600
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+    queues = [{"queue": f"q{n}"} for n in range(plan.series_per_agent)]
+    tick = time.time() - 3600 + totals["offset"]
+    client = AsyncOmoiClient(url, token, batch_size=plan.batch, timeout=60)
+    try:
         while time.monotonic() < stop_at:
-            batch = []
-            while len(batch) < plan.batch:
-                tick += 1
-                batch += [
-                    {
-                        "name": "queue_depth",
-                        "labels": {"queue": q},
-                        "ts": tick,
-                        "value": float((tick * 7 + n) % 101),
-                    }
-                    for n, q in enumerate(queues)
-                ]
-            response = await client.post(
-                "/api/v1/metrics/ingest", content=json.dumps({"samples": batch}), headers=headers
-            )
-            if response.status_code != 200:
-                totals["dropped"] += len(batch)
-                print(response.status_code, response.text[:300], file=sys.stderr)
-                continue
-            totals["sent"] += response.json()["stored"]
+            tick += 1
+            for n, labels in enumerate(queues):
+                client.record("queue_depth", float((int(tick) * 7 + n) % 101), labels, ts=tick)
+            # The client sends in the background: keep a couple of batches ahead of it.
+            while client.buffered > 2 * plan.batch:
+                await asyncio.sleep(0.002)
+    finally:
+        await client.aclose()
+    totals["sent"] += client.counters.sent
+    totals["dropped"] += client.counters.dropped + client.counters.rejected
 
 
 async def drive(agents, url: str, plan: Plan, seconds: float | None = None) -> dict:
-    totals = {"sent": 0, "dropped": 0}
+    # Each run's samples start where the last one's ended, so none repeats a time.
+    totals = {"sent": 0, "dropped": 0, "offset": drive.runs * 600}
+    drive.runs += 1
     stop_at = time.monotonic() + (seconds or plan.seconds)
     await asyncio.gather(
         *(send_for(agent, token, url, plan, stop_at, totals) for agent, token in agents)
     )
     return totals
+
+
+drive.runs = 0
 
 
 def http_run(bench_dir: Path, databases: scratch.ScratchDatabases, template: str, plan: Plan):
