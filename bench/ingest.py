@@ -233,9 +233,18 @@ def production_env(bench_dir: Path, databases, database: str) -> dict[str, str]:
 
 
 def query_run(bench_dir, databases, template: str, plan: Plan) -> dict:
+    """bench/query_latency.py on a database of its own: a day of 1 s samples, rolled up."""
     database = databases.create("query", template=template)
     env = production_env(bench_dir, databases, database)
-    return steps.fleet_step(env, "metric-query", "--runs", str(plan.query_runs), timeout=900)
+    script = str(Path(__file__).resolve().parent / "query_latency.py")
+    found = steps.run_step(
+        [sys.executable, script, "--runs", str(plan.query_runs), "--keep"], env, timeout=1800
+    )
+    return {
+        **found["series_query"],
+        "ceiling": found["ceiling_bare_rollup_read"],
+        **{key: found[key] for key in ("samples", "source", "points", "load_and_roll_up_s")},
+    }
 
 
 def main() -> int:
