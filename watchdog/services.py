@@ -16,6 +16,8 @@ from watchdog.models import ActionStatus, RemediationAction, RemediationPolicy
 log = structlog.get_logger(__name__)
 
 ACTOR = "watchdog"
+# A stuck agent (heartbeating, no progress) is treated like a failed one.
+ACTIONABLE_STATES = frozenset({AgentState.FAILED, AgentState.STUCK})
 
 
 def matching_policy(trigger: str, agent: Agent) -> RemediationPolicy | None:
@@ -94,7 +96,7 @@ def open_remediation(trigger: str, agent_id: str, *, event_id=None) -> Remediati
 
 
 def _skip_reason(policy: RemediationPolicy, agent: Agent, now) -> str:
-    if agent.state != AgentState.FAILED:
+    if agent.state not in ACTIONABLE_STATES:
         return f"agent is {agent.state}, not failed"
     recent = RemediationAction.objects.filter(
         policy=policy,
