@@ -852,3 +852,59 @@ def test_sync_spends_as_many_statements_on_three_hundred_records_as_on_three():
         return len(queries)
 
     assert statements(3, "small") == statements(300, "large")
+
+
+@pytest.mark.django_db
+def test_the_batched_write_leaves_an_agent_that_stuck_meanwhile_to_the_transactional_rule(
+    thresholds,
+):
+    thresholds.WATCHDOG_MODE = "off"
+    agent, _ = register_agent("worker-raced", "worker")
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        record_heartbeat(agent, state="running", task_id="t-1", progress=0.5)
+        answered_from = stored(agent.id)  # what the lean path's cache still says: running
+        beat_every(agent, clock, 60, task_id="t-1", progress=0.5)
+        clock.shift(1)
+        assert check_stuck() == 1  # the tick moved it after the heartbeat was answered
+
+        report = {"state": "running", "task_id": "t-1", "progress": 0.5}
+        outcome = flush_heartbeats([lean_beat(answered_from, timezone.now(), report)])
+
+    assert outcome.states == {agent.id: S.STUCK}
+    after = stored(agent.id)
+    assert (after.state, after.stuck_at) == (S.STUCK, None)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_stuck_tick_leaves_an_agent_whose_heartbeat_is_in_flight_to_the_next_tick():
+    import threading
+
+    from django.db import connections, transaction
+
+    fleet_with_deadlines(3, timezone.now() - timedelta(seconds=1), "stalled")
+    holds, checked = threading.Event(), threading.Event()
+    outcome = {}
+
+    def heartbeat_in_flight():
+        try:
+            with transaction.atomic():
+                Agent.objects.select_for_update().get(pk="stalled-00001")
+                holds.set()
+                outcome["checked_meanwhile"] = checked.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=heartbeat_in_flight)
+    thread.start()
+    try:
+        assert holds.wait(10)
+        outcome["moved"] = check_stuck()
+        checked.set()
+    finally:
+        thread.join(30)
+
+    assert outcome["checked_meanwhile"], "the tick waited for the heartbeat's lock"
+    assert outcome["moved"] == 2
+    assert stored("stalled-00001").state == S.RUNNING
+    assert check_stuck() == 1
