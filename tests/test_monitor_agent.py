@@ -908,3 +908,23 @@ def test_the_stuck_tick_leaves_an_agent_whose_heartbeat_is_in_flight_to_the_next
     assert outcome["moved"] == 2
     assert stored("stalled-00001").state == S.RUNNING
     assert check_stuck() == 1
+
+
+@pytest.mark.django_db
+def test_only_a_running_agent_can_become_stuck():
+    from monitoring.services import InvalidTransition, transition
+
+    idle, _ = register_agent("sm-idle", "worker")
+    transition(idle, S.IDLE, reason="setup", actor="test")
+    with pytest.raises(InvalidTransition):
+        transition(idle, S.STUCK, reason="no progress", actor="test")
+
+    running, _ = register_agent("sm-running", "worker")
+    transition(running, S.RUNNING, reason="setup", actor="test")
+    transition(running, S.STUCK, reason="no progress", actor="test")
+    for to_state in (S.RESTARTING, S.QUARANTINED):  # the watchdog's and an operator's moves
+        agent, _ = register_agent(f"sm-{to_state}", "worker")
+        for step in (S.RUNNING, S.STUCK, to_state):
+            transition(agent, step, reason="setup", actor="test")
+        assert stored(agent.id).state == to_state
+    assert stored(running.id).unhealthy_since is not None  # stuck counts as unhealthy
