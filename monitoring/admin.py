@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from monitoring import registry
 from monitoring.models import Agent, AgentCommand, AgentToken, AgentTransition, MetricSeries
 from omoi_console.foundation.token_admin import HashedTokenAdmin
 
@@ -17,9 +18,9 @@ class TransitionInline(admin.TabularInline):
 
 @admin.register(Agent)
 class AgentAdmin(admin.ModelAdmin):
-    list_display = ["id", "role", "state", "last_heartbeat_at", "missed_heartbeats"]
+    list_display = ["id", "name", "role", "state", "owner", "version", "last_heartbeat_at"]
     list_filter = ["state", "role"]
-    search_fields = ["id"]
+    search_fields = ["id", "name", "owner"]
     readonly_fields = [
         "state",
         "last_heartbeat_at",
@@ -28,10 +29,21 @@ class AgentAdmin(admin.ModelAdmin):
         "unhealthy_since",
         "current_task",
         "task_progress",
+        "progress_changed_at",
+        "task_stuck_after",
+        "stuck_at",
         "state_changed_at",
         "created_at",
     ]
     inlines = [TransitionInline]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            return super().save_model(request, obj, form, change)
+        # Through the registry's one way in, so a new role or interval moves the
+        # agent's deadlines; the form has validated every value already.
+        edited = {name: form.cleaned_data[name] for name in form.changed_data}
+        registry.update_agent(obj, edited, actor=f"user:{request.user.get_username()}")
 
     def get_readonly_fields(self, request, obj=None):
         # Editing a primary key in the admin would save a copy under the new id.

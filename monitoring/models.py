@@ -1,10 +1,18 @@
+import re
+
 from django.conf import settings
-from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.core.exceptions import ValidationError
+from django.core.validators import (
+    MaxValueValidator,
+    MinValueValidator,
+    ProhibitNullCharactersValidator,
+    RegexValidator,
+)
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from omoi_console.foundation.labels import validate_labels
+from omoi_console.foundation.labels import storable, validate_labels
 from omoi_console.foundation.tokens import HashedToken
 
 AGENT_ID_PATTERN = r"[a-z0-9][a-z0-9._-]{0,63}"
@@ -12,6 +20,34 @@ agent_id_validator = RegexValidator(
     rf"^{AGENT_ID_PATTERN}\Z",
     "Use 1-64 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit.",
 )
+version_validator = RegexValidator(
+    r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}\Z",
+    "Use 1-64 letters, digits, '.', '_', '+' or '-', starting with a letter or digit "
+    "(e.g. 1.4.2 or 2026.11-rc1).",
+)
+CAPABILITY = re.compile(r"[a-z0-9][a-z0-9._:-]{0,47}")
+CAPABILITY_RULE = (
+    "1-48 lowercase letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+)
+MAX_CAPABILITIES = 32
+
+
+def validate_capabilities(value) -> None:
+    """A list of at most 32 distinct short names, e.g. ``["python", "gpu", "lang:go"]``."""
+    if not isinstance(value, list):
+        raise ValidationError("Must be a list of capability names.")
+    problems = []
+    if len(value) > MAX_CAPABILITIES:
+        problems.append(f"At most {MAX_CAPABILITIES} capabilities.")
+    for item in value[: MAX_CAPABILITIES + 1]:
+        if not isinstance(item, str) or not CAPABILITY.fullmatch(item):
+            shown = repr(item[:48]) if isinstance(item, str) and storable(item) else "an item"
+            problems.append(f"{shown}: capabilities are {CAPABILITY_RULE}.")
+    names = [item for item in value if isinstance(item, str)]
+    if len(set(names)) != len(names):
+        problems.append("Each capability may appear once.")
+    if problems:
+        raise ValidationError(problems)
 
 
 class AgentRole(models.TextChoices):
@@ -27,6 +63,7 @@ class AgentState(models.TextChoices):
     DEGRADED = "degraded", "Degraded"
     FAILED = "failed", "Failed"
     RESTARTING = "restarting", "Restarting"
+    STUCK = "stuck", "Stuck (heartbeating, no progress)"
     QUARANTINED = "quarantined", "Quarantined"
     TERMINATED = "terminated", "Terminated"
 
@@ -36,7 +73,13 @@ HEALTHY_STATES = frozenset({AgentState.IDLE, AgentState.RUNNING})
 REPORTABLE_STATES = (AgentState.IDLE, AgentState.RUNNING, AgentState.FAILED)
 TASK_ID_MAX_LENGTH = 200
 MAX_ACKS_PER_HEARTBEAT = 100
-UNHEALTHY_STATES = frozenset({AgentState.DEGRADED, AgentState.FAILED, AgentState.RESTARTING})
+# A stuck agent is alive but not working: treated like a failure.
+UNHEALTHY_STATES = frozenset(
+    {AgentState.DEGRADED, AgentState.FAILED, AgentState.RESTARTING, AgentState.STUCK}
+)
+# Bounds of a stuck threshold, whether from a heartbeat or from settings.
+STUCK_AFTER_MIN_SECONDS = 10.0
+STUCK_AFTER_MAX_SECONDS = 86400.0
 
 
 class Agent(models.Model):
@@ -45,10 +88,36 @@ class Agent(models.Model):
     ``overdue_at`` is the next moment a missing heartbeat changes the agent's
     state, precomputed on every heartbeat, so "who is overdue?" is one indexed
     query. It is empty when no heartbeat is expected (failed, quarantined, terminated).
+
+    ``stuck_at`` is the same for progress: the moment a running agent whose task
+    has not moved since ``progress_changed_at`` becomes STUCK. It is set only
+    while the agent runs a task, and moves whenever the task or its progress does.
+
+    The registry fields (name, capabilities, owner, version, role, labels) mirror
+    what the fleet's registry knows; ``registry.sync_registry`` keeps them in step.
     """
 
     id = models.CharField(primary_key=True, max_length=64, validators=[agent_id_validator])
+    name = models.CharField(
+        max_length=100,
+        blank=True,
+        validators=[ProhibitNullCharactersValidator()],
+        help_text="Display name; empty shows the id.",
+    )
     role = models.CharField(max_length=16, choices=AgentRole.choices)
+    capabilities = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_capabilities],
+        help_text=f"What the agent can do: a list of {CAPABILITY_RULE}.",
+    )
+    owner = models.CharField(
+        max_length=100,
+        blank=True,
+        validators=[ProhibitNullCharactersValidator()],
+        help_text="Team or person responsible for the agent.",
+    )
+    version = models.CharField(max_length=64, blank=True, validators=[version_validator])
     state = models.CharField(max_length=16, choices=AgentState.choices, default=AgentState.SPAWNING)
     labels = models.JSONField(default=dict, blank=True, validators=[validate_labels])
     heartbeat_interval = models.FloatField(
@@ -63,6 +132,14 @@ class Agent(models.Model):
     unhealthy_since = models.DateTimeField(null=True, blank=True)
     current_task = models.CharField(max_length=TASK_ID_MAX_LENGTH, blank=True)
     task_progress = models.FloatField(null=True, blank=True)
+    progress_changed_at = models.DateTimeField(null=True, blank=True)
+    task_stuck_after = models.FloatField(
+        null=True,
+        blank=True,
+        help_text="Seconds without progress after which the current task counts as stuck, "
+        "as its heartbeats set it; empty uses the role's default.",
+    )
+    stuck_at = models.DateTimeField(null=True, blank=True)
     state_changed_at = models.DateTimeField(default=timezone.now)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -74,6 +151,11 @@ class Agent(models.Model):
                 condition=Q(overdue_at__isnull=False),
                 name="agent_overdue_idx",
             ),
+            models.Index(
+                fields=["stuck_at"],
+                condition=Q(stuck_at__isnull=False),
+                name="agent_stuck_idx",
+            ),
             models.Index(fields=["state"], name="agent_state_idx"),
         ]
 
@@ -82,7 +164,21 @@ class Agent(models.Model):
 
     @property
     def interval_seconds(self) -> float:
-        return self.heartbeat_interval or settings.HEARTBEAT_INTERVAL_SECONDS
+        """The agent's own interval, else its role's."""
+        return self.heartbeat_interval or role_interval(self.role)
+
+    @property
+    def stuck_after_seconds(self) -> float:
+        """The current task's threshold, else the role's default."""
+        return self.task_stuck_after or role_stuck_after(self.role)
+
+
+def role_interval(role: str) -> float:
+    return settings.HEARTBEAT_INTERVAL_BY_ROLE.get(role, settings.HEARTBEAT_INTERVAL_SECONDS)
+
+
+def role_stuck_after(role: str) -> float:
+    return settings.STUCK_AFTER_BY_ROLE.get(role, settings.STUCK_AFTER_SECONDS)
 
 
 class AgentTransition(models.Model):

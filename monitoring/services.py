@@ -3,7 +3,7 @@
 import functools
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 import structlog
@@ -26,6 +26,7 @@ from monitoring.models import (
     CommandKind,
     CommandStatus,
 )
+from monitoring.stuck import HEARTBEAT_FIELDS, note_progress, progress_moved
 from monitoring.transitions import (
     ALLOWED_TRANSITIONS,
     WATCHED_STATES,
@@ -59,12 +60,14 @@ def register_agent(
     labels: dict | None = None,
     heartbeat_interval: float | None = None,
     actor: str = "system",
+    **metadata,
 ) -> tuple[Agent, str]:
     """Create an agent and its first ingest token; return the token's plaintext once.
 
-    Raises ValidationError for a malformed id or role, IntegrityError for a taken id.
+    ``metadata`` are registry fields (name, capabilities, owner, version).
+    Raises ValidationError for a malformed id, role or field, IntegrityError for a taken id.
     """
-    spec = NewAgent(agent_id, role, labels or {}, heartbeat_interval)
+    spec = NewAgent(agent_id, role, labels or {}, heartbeat_interval, **metadata)
     return register_agents([spec], actor=actor)[0]
 
 
@@ -74,6 +77,10 @@ class NewAgent:
     role: str
     labels: dict
     heartbeat_interval: float | None = None
+    name: str = ""
+    capabilities: list = field(default_factory=list)
+    owner: str = ""
+    version: str = ""
 
 
 def register_agents(specs: list[NewAgent], *, actor: str = "system") -> list[tuple[Agent, str]]:
@@ -91,6 +98,10 @@ def register_agents(specs: list[NewAgent], *, actor: str = "system") -> list[tup
             role=spec.role,
             labels=spec.labels,
             heartbeat_interval=spec.heartbeat_interval,
+            name=spec.name,
+            capabilities=list(spec.capabilities),
+            owner=spec.owner,
+            version=spec.version,
             created_at=now,
             state_changed_at=now,
         )
@@ -159,9 +170,13 @@ def transition(agent: Agent, to_state: str, *, reason: str, actor: str) -> Agent
         agent.unhealthy_since = agent.last_heartbeat_at or now
     if to_state not in WATCHED_STATES:
         agent.overdue_at = None
+    if to_state != S.RUNNING:
+        agent.stuck_at = None
     agent.state = to_state
     agent.state_changed_at = now
-    agent.save(update_fields=["state", "state_changed_at", "unhealthy_since", "overdue_at"])
+    agent.save(
+        update_fields=["state", "state_changed_at", "unhealthy_since", "overdue_at", "stuck_at"]
+    )
     row = AgentTransition.objects.create(
         agent=agent, from_state=from_state, to_state=to_state, reason=reason, actor=actor, at=now
     )
@@ -188,13 +203,16 @@ def record_heartbeat(
     state: str,
     task_id: str = "",
     progress: float | None = None,
+    stuck_after: float | None = None,
     acks: list[int] | None = None,
     deliver: bool = True,
 ) -> HeartbeatResult:
     """Take a heartbeat: refresh deadlines, apply acknowledgements, hand out commands.
 
     ``state`` is what the agent reports (idle, running or failed). An agent
-    with a delivered restart stays RESTARTING until it acknowledges it.
+    with a delivered restart stays RESTARTING until it acknowledges it. A STUCK
+    agent stays stuck until its task or progress changes. ``stuck_after`` is the
+    current task's own stuck threshold, kept for the task once given.
     ``deliver=False`` leaves queued commands queued: for a heartbeat whose
     answer has already gone out (the batched ingest path).
     """
@@ -205,28 +223,27 @@ def record_heartbeat(
         now = timezone.now()
         restarted = _acknowledge(agent, acks or [], now)
         commands = _deliver_commands(agent, now) if deliver else []
+        moved = progress_moved(agent, task_id, progress)
+        target, reason = _reported_target(agent, state, commands, restarted, moved)
         agent.last_heartbeat_at = now
         agent.missed_heartbeats = 0
-        agent.current_task = task_id
-        agent.task_progress = progress
+        note_progress(
+            agent,
+            task_id=task_id,
+            progress=progress,
+            stuck_after=stuck_after,
+            now=now,
+            running=target == S.RUNNING,
+        )
         if agent.state != S.QUARANTINED:
             agent.overdue_at = miss_deadline(agent, now, 1)
-        agent.save(
-            update_fields=[
-                "last_heartbeat_at",
-                "missed_heartbeats",
-                "current_task",
-                "task_progress",
-                "overdue_at",
-            ]
-        )
-        target, reason = _reported_target(agent, state, commands, restarted)
+        agent.save(update_fields=[*HEARTBEAT_FIELDS])
         if target != agent.state:
             transition(agent, target, reason=reason, actor=f"agent:{agent.id}")
     return HeartbeatResult(agent=agent, commands=commands)
 
 
-def _reported_target(agent, reported, commands, restarted) -> tuple[str, str]:
+def _reported_target(agent, reported, commands, restarted, moved) -> tuple[str, str]:
     if agent.state == S.QUARANTINED:
         return agent.state, ""
     # A delivered restart wins over a failed report: the agent is about to restart.
@@ -238,6 +255,10 @@ def _reported_target(agent, reported, commands, restarted) -> tuple[str, str]:
         return S.RESTARTING, ""
     if agent.state == S.RESTARTING:
         return reported, "restarted"
+    if agent.state == S.STUCK:
+        if reported == S.RUNNING and not moved:
+            return S.STUCK, ""
+        return reported, "progress resumed" if reported == S.RUNNING else "task left"
     if agent.state in UNHEALTHY_STATES:
         return reported, "heartbeat resumed"
     return reported, "reported by the agent"
@@ -323,7 +344,7 @@ def mark_missed(agent: Agent, now: datetime) -> Move | None:
     if missed >= settings.HEARTBEAT_FAILED_AFTER_MISSES:
         target = S.FAILED
     elif (
-        agent.state in HEALTHY_STATES | {S.SPAWNING}
+        agent.state in HEALTHY_STATES | {S.SPAWNING, S.STUCK}
         and missed >= settings.HEARTBEAT_DEGRADED_AFTER_MISSES
     ):
         target = S.DEGRADED

@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from monitoring import metric_jobs, services
+from monitoring import metric_jobs, services, stuck
 
 
 @shared_task(ignore_result=True, expires=1)
@@ -16,3 +16,8 @@ def roll_up_metrics() -> None:
 @shared_task(ignore_result=True, expires=600)
 def create_metric_partitions() -> None:
     metric_jobs.create_partitions_ahead()
+
+
+@shared_task(ignore_result=True, expires=1)
+def check_stuck() -> None:
+    stuck.check_stuck()

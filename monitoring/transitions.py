@@ -26,22 +26,26 @@ from omoi_console.foundation.events import NewEvent, publish_many
 log = structlog.get_logger(__name__)
 
 S = AgentState
+# Where an agent may leave a live state for when something is wrong with it.
+_TROUBLE = {S.DEGRADED, S.FAILED, S.RESTARTING, S.QUARANTINED, S.TERMINATED}
 ALLOWED_TRANSITIONS: dict[str, frozenset[str]] = {
     # A delivered restart command moves any live agent to RESTARTING: a heartbeat
     # that hands one out must never fail on the agent's current state.
-    S.SPAWNING: frozenset(
-        {S.IDLE, S.RUNNING, S.DEGRADED, S.FAILED, S.RESTARTING, S.QUARANTINED, S.TERMINATED}
-    ),
-    S.IDLE: frozenset({S.RUNNING, S.DEGRADED, S.FAILED, S.RESTARTING, S.QUARANTINED, S.TERMINATED}),
-    S.RUNNING: frozenset({S.IDLE, S.DEGRADED, S.FAILED, S.RESTARTING, S.QUARANTINED, S.TERMINATED}),
-    S.DEGRADED: frozenset({S.IDLE, S.RUNNING, S.FAILED, S.RESTARTING, S.QUARANTINED, S.TERMINATED}),
+    S.SPAWNING: frozenset({S.IDLE, S.RUNNING, *_TROUBLE}),
+    S.IDLE: frozenset({S.RUNNING, *_TROUBLE}),
+    # Only a running agent has a task whose progress can stall.
+    S.RUNNING: frozenset({S.IDLE, S.STUCK, *_TROUBLE}),
+    # Progress (or a new task) brings a stuck agent back; silence takes it on
+    # to DEGRADED and FAILED; the watchdog or an operator may act as on a failure.
+    S.STUCK: frozenset({S.IDLE, S.RUNNING, *_TROUBLE}),
+    S.DEGRADED: frozenset({S.IDLE, S.RUNNING, *(_TROUBLE - {S.DEGRADED})}),
     S.FAILED: frozenset({S.RESTARTING, S.IDLE, S.RUNNING, S.QUARANTINED, S.TERMINATED}),
     S.RESTARTING: frozenset({S.IDLE, S.RUNNING, S.FAILED, S.QUARANTINED, S.TERMINATED}),
     S.QUARANTINED: frozenset({S.IDLE, S.TERMINATED}),
     S.TERMINATED: frozenset(),
 }
 # States in which the agent is expected to keep heartbeating.
-WATCHED_STATES = frozenset({S.SPAWNING, S.IDLE, S.RUNNING, S.DEGRADED, S.RESTARTING})
+WATCHED_STATES = frozenset({S.SPAWNING, S.IDLE, S.RUNNING, S.DEGRADED, S.RESTARTING, S.STUCK})
 # Ids in one UPDATE: each id is bound up to four times, and SQLite caps bound parameters.
 MOVES_PER_STATEMENT = 5000
 
@@ -167,6 +171,7 @@ def _update_states(reads: list[tuple[Move, _Read]], now: datetime) -> set[str]:
     to_healthy = [i for to, ids in by_to.items() if to in HEALTHY_STATES for i in ids]
     to_unhealthy = [i for to, ids in by_to.items() if to in UNHEALTHY_STATES for i in ids]
     unwatched = [i for to, ids in by_to.items() if to not in WATCHED_STATES for i in ids]
+    not_running = [i for to, ids in by_to.items() if to != S.RUNNING for i in ids]
     updated = Agent.objects.filter(still).update(
         state=Case(
             *[When(pk__in=ids, then=Value(to)) for to, ids in by_to.items()],
@@ -181,6 +186,9 @@ def _update_states(reads: list[tuple[Move, _Read]], now: datetime) -> set[str]:
             default=F("unhealthy_since"),
         ),
         overdue_at=_when_in([(unwatched, Value(None))], default=F("overdue_at")),
+        # Only a running agent can become stuck; a heartbeat that makes it run
+        # again sets the deadline anew from its task's progress.
+        stuck_at=_when_in([(not_running, Value(None))], default=F("stuck_at")),
     )
     ids = [read.id for _, read in reads]
     if updated == len(reads):
@@ -235,5 +243,7 @@ def _refresh_instances(done, now) -> None:
             agent.unhealthy_since = agent.last_heartbeat_at or now
         if to_state not in WATCHED_STATES:
             agent.overdue_at = None
+        if to_state != S.RUNNING:
+            agent.stuck_at = None
         agent.state = to_state
         agent.state_changed_at = now

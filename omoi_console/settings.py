@@ -390,12 +390,35 @@ PROMETHEUS_EXPORT_MIGRATIONS = False
 
 # --- the product --------------------------------------------------------------
 
+
+def _seconds(name: str, default: float, low: float, high: float) -> float:
+    value = env_float(name, default)
+    if not low <= value <= high:
+        raise ImproperlyConfigured(f"{name} must be between {low:g} and {high:g} seconds")
+    return value
+
+
 # Agents heartbeat every interval; a heartbeat is missed at
 # last + n * interval + skew. DEGRADED after 1 miss, FAILED after 3.
-HEARTBEAT_INTERVAL_SECONDS = env_float("OMOI_HEARTBEAT_INTERVAL", 5.0)
+HEARTBEAT_INTERVAL_SECONDS = _seconds("OMOI_HEARTBEAT_INTERVAL", 5.0, 0.5, 3600)
 HEARTBEAT_SKEW_SECONDS = env_float("OMOI_HEARTBEAT_SKEW", 2.0)
 HEARTBEAT_DEGRADED_AFTER_MISSES = 1
 HEARTBEAT_FAILED_AFTER_MISSES = 3
+# The agent roles (monitoring.models.AgentRole, which settings may not import; a
+# test keeps the two in step). Each role's interval defaults to the one above;
+# an agent's own interval, when it has one, wins over its role's.
+AGENT_ROLES = ("worker", "monitor", "scheduler")
+HEARTBEAT_INTERVAL_BY_ROLE = {
+    role: _seconds(f"OMOI_HEARTBEAT_INTERVAL_{role.upper()}", HEARTBEAT_INTERVAL_SECONDS, 0.5, 3600)
+    for role in AGENT_ROLES
+}
+# An agent running a task whose progress has not moved for this long is STUCK,
+# unless its heartbeats name a threshold of their own for the task.
+STUCK_AFTER_SECONDS = _seconds("OMOI_STUCK_AFTER", 600.0, 10, 86400)
+STUCK_AFTER_BY_ROLE = {
+    role: _seconds(f"OMOI_STUCK_AFTER_{role.upper()}", STUCK_AFTER_SECONDS, 10, 86400)
+    for role in AGENT_ROLES
+}
 
 # Undispatched events are re-dispatched by the sweeper after this long.
 EVENT_REDISPATCH_AFTER_SECONDS = env_float("OMOI_EVENT_REDISPATCH_AFTER", 10.0)

@@ -139,6 +139,15 @@ def registered_agent(seeded):
 
 
 @pytest.fixture
+def thresholds(settings):
+    """Short, distinct defaults per role, so a test can tell
+    whose it got (interval, stuck threshold)."""
+    settings.HEARTBEAT_INTERVAL_BY_ROLE = {"worker": 5.0, "monitor": 10.0, "scheduler": 30.0}
+    settings.STUCK_AFTER_BY_ROLE = {"worker": 60.0, "monitor": 120.0, "scheduler": 300.0}
+    return settings
+
+
+@pytest.fixture
 def make_operator(seeded):
     """make_operator(role) -> (user, plaintext API token)."""
     from django.contrib.auth import get_user_model

@@ -173,6 +173,10 @@ def test_it_answers_422_naming_each_bad_field(api, registered_agent):
         ({"state": "running", "acks": ["1"]}, "acks[0]"),
         ({"state": "running", "acks": [1.0]}, "acks[0]"),
         ({"state": "running", "acks": [2**63]}, "acks[0]"),
+        ({"state": "running", "stuck_after": "60"}, "stuck_after"),
+        ({"state": "running", "stuck_after": True}, "stuck_after"),
+        ({"state": "running", "stuck_after": 9.5}, "stuck_after"),
+        ({"state": "running", "stuck_after": 86401}, "stuck_after"),
     ],
 )
 def test_it_answers_422_for_the_wrong_json_type(api, registered_agent, body, field):

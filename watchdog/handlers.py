@@ -1,4 +1,4 @@
-"""What the watchdog does with events from below: agents failed and recovered.
+"""What the watchdog does with events from below: agents failed, stuck and recovered.
 
 Batch handlers: a mass outage is one task; each event is acted on in its own trace.
 """
@@ -32,6 +32,16 @@ def on_state_changed(events):
                 services.open_remediation(
                     Trigger.AGENT_FAILED, payload["agent_id"], event_id=event.id
                 )
+
+
+@subscribe("monitor.agent.stuck", handler_id="watchdog.agent_stuck", batch=True)
+def on_agent_stuck(events):
+    # Alive but not working is treated like a failure: the same policies act on it.
+    for event in events:
+        with event_trace(event):
+            services.open_remediation(
+                Trigger.AGENT_FAILED, event.payload["agent_id"], event_id=event.id
+            )
 
 
 @subscribe("monitor.agent.recovered", handler_id="watchdog.agent_recovered", batch=True)

@@ -18,6 +18,8 @@ log = structlog.get_logger(__name__)
 
 ACTOR = "watchdog"
 HOURLY_CAP_WINDOW = timedelta(hours=1)
+# A stuck agent (heartbeating, no progress) is treated like a failed one.
+ACTIONABLE_STATES = frozenset({AgentState.FAILED, AgentState.STUCK})
 
 
 def matching_policy(trigger: str, agent: Agent) -> RemediationPolicy | None:
@@ -96,7 +98,7 @@ def open_remediation(trigger: str, agent_id: str, *, event_id=None) -> Remediati
 
 
 def _skip_reason(policy: RemediationPolicy, agent: Agent, now) -> str:
-    if agent.state != AgentState.FAILED:
+    if agent.state not in ACTIONABLE_STATES:
         return f"agent is {agent.state}, not failed"
     recent = RemediationAction.objects.filter(
         policy=policy,

@@ -1,8 +1,12 @@
+from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from monitoring.models import (
     MAX_ACKS_PER_HEARTBEAT,
+    MAX_CAPABILITIES,
     REPORTABLE_STATES,
+    STUCK_AFTER_MAX_SECONDS,
+    STUCK_AFTER_MIN_SECONDS,
     TASK_ID_MAX_LENGTH,
     Agent,
     AgentCommand,
@@ -11,6 +15,8 @@ from monitoring.models import (
     AgentToken,
     AgentTransition,
     agent_id_validator,
+    validate_capabilities,
+    version_validator,
 )
 from omoi_console.foundation.api.fields import (
     LabelsField,
@@ -29,6 +35,14 @@ class HeartbeatSerializer(serializers.Serializer):
         max_length=TASK_ID_MAX_LENGTH, required=False, allow_blank=True, default=""
     )
     progress = StrictFloatField(min_value=0.0, max_value=1.0, required=False, allow_null=True)
+    stuck_after = StrictFloatField(
+        min_value=STUCK_AFTER_MIN_SECONDS,
+        max_value=STUCK_AFTER_MAX_SECONDS,
+        required=False,
+        allow_null=True,
+        help_text="Seconds without progress after which the current task counts as stuck; "
+        "kept for the task until it changes. Absent or null: the role's default.",
+    )
     acks = serializers.ListField(
         child=StrictIntegerField(min_value=1),
         required=False,
@@ -54,15 +68,74 @@ class HeartbeatResponseSerializer(serializers.Serializer):
     commands = CommandSerializer(many=True)
 
 
+class KnownFieldsOnly:
+    """Refuses a key the serializer does not take, instead of silently dropping it:
+    an edit of ``state`` that does nothing would read as if it had worked."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(str(key) for key in set(data) - set(self.fields))
+            if unknown:
+                taken = ", ".join(self.fields)
+                raise serializers.ValidationError(
+                    {key: [f"Not a field this request takes; it takes {taken}."] for key in unknown}
+                )
+        return super().to_internal_value(data)
+
+
+class CapabilitiesField(serializers.ListField):
+    """``["python", "gpu"]``, under the same rule as the admin and the registry sync."""
+
+    def __init__(self, **kwargs):
+        super().__init__(
+            child=StrictCharField(max_length=48), max_length=MAX_CAPABILITIES, **kwargs
+        )
+
+    def to_internal_value(self, data):
+        capabilities = super().to_internal_value(data)
+        try:
+            validate_capabilities(capabilities)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from None
+        return capabilities
+
+
+class RegistryFields(serializers.Serializer):
+    """The metadata an operator or the fleet's registry owns, all optional."""
+
+    name = StrictCharField(max_length=100, required=False, allow_blank=True)
+    role = serializers.ChoiceField(choices=AgentRole.choices, required=False)
+    capabilities = CapabilitiesField(required=False)
+    owner = StrictCharField(max_length=100, required=False, allow_blank=True)
+    version = StrictCharField(
+        max_length=64, required=False, allow_blank=True, validators=[version_validator]
+    )
+    labels = LabelsField(required=False)
+    heartbeat_interval = StrictFloatField(
+        min_value=0.5, max_value=3600, required=False, allow_null=True
+    )
+
+
+class AgentUpdateSerializer(KnownFieldsOnly, RegistryFields):
+    """``PATCH /agents/{id}``: any of the registry fields; never the state."""
+
+
 class AgentSerializer(serializers.ModelSerializer):
     heartbeat_interval_seconds = serializers.FloatField(source="interval_seconds", read_only=True)
+    stuck_after_seconds = serializers.FloatField(
+        read_only=True, help_text="The current task's stuck threshold, else the role's default."
+    )
 
     class Meta:
         model = Agent
         fields = [
             "id",
+            "name",
             "role",
             "state",
+            "capabilities",
+            "owner",
+            "version",
             "labels",
             "heartbeat_interval",
             "heartbeat_interval_seconds",
@@ -71,10 +144,13 @@ class AgentSerializer(serializers.ModelSerializer):
             "missed_heartbeats",
             "current_task",
             "task_progress",
+            "progress_changed_at",
+            "stuck_after_seconds",
+            "stuck_at",
             "state_changed_at",
             "created_at",
         ]
-        read_only_fields = [f for f in fields if f not in ("id", "role", "labels")]
+        read_only_fields = fields
 
 
 class RegisteredAgentSerializer(AgentSerializer):
@@ -84,14 +160,10 @@ class RegisteredAgentSerializer(AgentSerializer):
         fields = [*AgentSerializer.Meta.fields, "token"]
 
 
-class AgentRegistrationSerializer(serializers.Serializer):
+class AgentRegistrationSerializer(KnownFieldsOnly, RegistryFields):
     # Not trimmed: " w1 " is not the id "w1", and saying so beats a silent rename.
     id = StrictCharField(max_length=64, validators=[agent_id_validator], trim_whitespace=False)
     role = serializers.ChoiceField(choices=AgentRole.choices)
-    labels = LabelsField(required=False)
-    heartbeat_interval = StrictFloatField(
-        min_value=0.5, max_value=3600, required=False, allow_null=True
-    )
 
     def validate_id(self, value):
         if Agent.objects.filter(pk=value).exists():

@@ -1,18 +1,20 @@
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied
+from rest_framework.exceptions import PermissionDenied, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from monitoring import services
+from monitoring import registry, services
 from monitoring.api.permissions import IsAgent
 from monitoring.api.serializers import (
     AgentRegistrationSerializer,
     AgentSerializer,
     AgentTokenSerializer,
+    AgentUpdateSerializer,
     HeartbeatResponseSerializer,
     HeartbeatSerializer,
     IssuedAgentTokenSerializer,
@@ -54,7 +56,8 @@ class HeartbeatView(APIView):
 
 
 class AgentViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
-    """The fleet as we see it. Registering an agent returns its ingest token once."""
+    """The fleet as we see it. Registering an agent returns its ingest token once;
+    its registry metadata can be edited afterwards, its state never."""
 
     queryset = Agent.objects.all()
     serializer_class = AgentSerializer
@@ -69,6 +72,7 @@ class AgentViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         serializer = AgentRegistrationSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
+        metadata = {k: data[k] for k in ("name", "capabilities", "owner", "version") if k in data}
         try:
             agent, raw = services.register_agent(
                 data["id"],
@@ -76,11 +80,27 @@ class AgentViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
                 labels=data.get("labels"),
                 heartbeat_interval=data.get("heartbeat_interval"),
                 actor=f"user:{request.user.get_username()}",
+                **metadata,
             )
         except IntegrityError:
             return problem_response(409, "An agent with this id already exists.")
+        except DjangoValidationError as exc:
+            raise ValidationError(exc.message_dict) from None
         agent.token = raw
         return Response(RegisteredAgentSerializer(agent).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=AgentUpdateSerializer, responses={200: AgentSerializer})
+    def partial_update(self, request, *args, **kwargs):
+        agent = self.get_object()
+        serializer = AgentUpdateSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        try:
+            agent = registry.update_agent(
+                agent, serializer.validated_data, actor=f"user:{request.user.get_username()}"
+            )
+        except DjangoValidationError as exc:
+            raise ValidationError(exc.message_dict) from None
+        return Response(AgentSerializer(agent).data)
 
     @extend_schema(responses=TransitionSerializer(many=True))
     @action(detail=True, methods=["get"], filter_backends=[])

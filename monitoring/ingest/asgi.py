@@ -21,15 +21,22 @@ from django.utils import timezone
 from monitoring.ingest.cache import AgentSnapshot, TokenEntry, ingest_cache, token_digest
 from monitoring.ingest.flush import Beat
 from monitoring.ingest.runtime import current_runtime, stop_runtime
-from monitoring.ingest.validation import routine_report
+from monitoring.ingest.validation import Report, routine_report
 from monitoring.models import AGENT_ID_PATTERN, AgentState
 from omoi_console.foundation.request_limits import replay
 from omoi_console.foundation.tokens import LAST_USED_RESOLUTION
 
 HEARTBEAT_PATH = re.compile(rf"/api/v1/agents/({AGENT_ID_PATTERN})/heartbeat")
 # States a heartbeat can leave by a plain transition or no transition at all.
+# A STUCK agent's heartbeat is lean only while it repeats its stalled progress.
 LEAN_STATES = frozenset(
-    {AgentState.SPAWNING, AgentState.IDLE, AgentState.RUNNING, AgentState.DEGRADED}
+    {
+        AgentState.SPAWNING,
+        AgentState.IDLE,
+        AgentState.RUNNING,
+        AgentState.DEGRADED,
+        AgentState.STUCK,
+    }
 )
 JSON_TYPES = frozenset({b"application/json", b"application/json; charset=utf-8"})
 AGENT_BEARER = b"bearer omoi_ag_"
@@ -73,7 +80,8 @@ class HeartbeatFastPath:
             return None  # the client left
         digest, token, snapshot = admitted
         report = routine_report(body)
-        if report is None:
+        target = None if report is None else lean_target(snapshot, report)
+        if target is None:
             return await self.app(scope, replay(body, receive), send)
         now = timezone.now()
         touch = token.last_used_at is None or now - token.last_used_at > LAST_USED_RESOLUTION
@@ -82,10 +90,12 @@ class HeartbeatFastPath:
         beat = Beat(
             agent_id=token.agent_id,
             at=now,
-            state=report.state,
+            state=target,
             served_from=snapshot.state,
             task_id=report.task_id,
             progress=report.progress,
+            stuck_after=report.stuck_after,
+            default_stuck_after=snapshot.stuck_after,
             interval=snapshot.interval,
             token_id=token.token_id,
             touch_token=touch,
@@ -107,6 +117,22 @@ class HeartbeatFastPath:
         answered["lean"] += 1
         await respond(send, token.agent_id, state, snapshot.interval)
         return None
+
+
+def lean_target(snapshot: AgentSnapshot, report: Report) -> str | None:
+    """The state ``report`` leaves the agent in, or None when Django's path must decide.
+
+    A STUCK agent that repeats the task and progress it is stuck on stays stuck
+    (a liveness write); one whose task or progress moved leaves STUCK, which is
+    rare and takes the transactional path.
+    """
+    if snapshot.state != AgentState.STUCK:
+        return report.state
+    if report.state == AgentState.RUNNING and (report.task_id, report.progress) == (
+        snapshot.stuck_on
+    ):
+        return AgentState.STUCK
+    return None
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """What one web process knows about the agents it serves.
 
 Two maps: verified ingest tokens (by the SHA-256 of the whole token, never the
-token itself) and per-agent snapshots (state, interval, whether commands wait).
+token itself) and per-agent snapshots (state, interval, stuck threshold, and for
+a stuck agent the task and progress it is stuck on).
 Entries are filled by Django's heartbeat view after a request it served in full,
 and dropped by invalidations (``invalidation.py``) when anything changes an
 agent or revokes a token, in this process or another.
@@ -20,7 +21,13 @@ from datetime import datetime
 
 from django.db.models import Exists, OuterRef
 
-from monitoring.models import AgentCommand, AgentToken, CommandStatus
+from monitoring.models import (
+    AgentCommand,
+    AgentState,
+    AgentToken,
+    CommandStatus,
+    role_stuck_after,
+)
 from omoi_console.foundation.tokens import split_token
 
 MAX_ENTRIES = 500_000  # far above any fleet; a bound, not a working size
@@ -38,6 +45,10 @@ class TokenEntry:
 class AgentSnapshot:
     state: str
     interval: float
+    stuck_after: float  # the role's default threshold, for tasks that name none
+    # (task, progress) of a STUCK agent: a heartbeat that repeats them keeps it
+    # stuck and changes only liveness; any other leaves STUCK, through Django.
+    stuck_on: tuple[str, float | None] | None = None
 
 
 def token_digest(raw: str) -> str:
@@ -175,8 +186,16 @@ ingest_cache = IngestCache()
 def remember_served(raw: str, token, agent, generations: tuple[int, int]) -> bool:
     """After Django's path served a heartbeat: let the lean path answer the next ones."""
     entry = TokenEntry(token.lookup, agent.pk, token.pk, token.last_used_at)
-    snapshot = AgentSnapshot(agent.state, agent.interval_seconds)
+    snapshot = snapshot_of(agent)
     return ingest_cache.remember(token_digest(raw), entry, agent.pk, snapshot, generations)
+
+
+def snapshot_of(agent) -> AgentSnapshot:
+    stuck = agent.state == AgentState.STUCK
+    stuck_on = (agent.current_task, agent.task_progress) if stuck else None
+    return AgentSnapshot(
+        agent.state, agent.interval_seconds, role_stuck_after(agent.role), stuck_on
+    )
 
 
 def verify_agent_token(raw: str, agent_id: str | None) -> bool:

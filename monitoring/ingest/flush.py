@@ -6,6 +6,11 @@ rows it moved, and every other heartbeat of the batch (a state change, or an
 agent whose state changed under us) goes through ``record_heartbeat`` with
 ``deliver=False``: its answer has gone out, so no queued command may be marked
 delivered by it.
+
+The statement also follows each task's progress as ``stuck.note_progress``
+does: whether the task or progress changed is known only to the row, so the
+progress clock and the precomputed ``stuck_at`` are computed in SQL from the
+row's old values and the heartbeat's new ones.
 """
 
 from dataclasses import dataclass
@@ -18,24 +23,26 @@ from django.utils import timezone
 
 from monitoring import services
 from monitoring.ingest.cache import ingest_cache
-from monitoring.models import UNHEALTHY_STATES, Agent, AgentToken
+from monitoring.models import UNHEALTHY_STATES, Agent, AgentState, AgentToken
 from monitoring.transitions import Move, transition_many
 
 log = structlog.get_logger(__name__)
 
-# SQLite binds at most 32,766 parameters per statement, six per row; on Postgres
+# SQLite binds at most 32,766 parameters per statement, eight per row; on Postgres
 # the chunk bounds one statement's work.
-ROWS_PER_STATEMENT = 5000
+ROWS_PER_STATEMENT = 4000
 
 
 @dataclass
 class Beat:
     agent_id: str
     at: datetime
-    state: str  # what the agent reported
+    state: str  # what the agent is in once this is written (what it reported, or STUCK)
     served_from: str  # the cached state it was answered from
     task_id: str
     progress: float | None
+    stuck_after: float | None  # the task's own stuck threshold, if the heartbeat named one
+    default_stuck_after: float  # the role's, for a task that has none
     interval: float
     token_id: int
     touch_token: bool  # its last_used_at is a minute old: write it with this batch
@@ -108,7 +115,7 @@ def write_liveness(beats: list[Beat]) -> set[str]:
     return written
 
 
-COLUMNS = "id, at, overdue, task, progress, state"
+COLUMNS = "id, at, overdue, task, progress, state, stuck_after, fallback"
 
 
 def _write_chunk(beats: list[Beat]) -> set[str]:
@@ -124,16 +131,19 @@ def _write_chunk(beats: list[Beat]) -> set[str]:
             beat.task_id,
             beat.progress,
             beat.state,
+            beat.stuck_after,
+            beat.default_stuck_after,
         )
         for beat in sorted(beats, key=lambda b: b.agent_id)
     ]
     table = ops.quote_name(Agent._meta.db_table)
     if connection.vendor == "postgresql":
-        # Six array parameters, whatever the batch size: a VALUES list would make
+        # Eight array parameters, whatever the batch size: a VALUES list would make
         # the driver split and bind a statement of thousands of placeholders.
         values = (
             "SELECT * FROM unnest(%s::varchar[], %s::timestamptz[], %s::timestamptz[], "
-            "%s::varchar[], %s::double precision[], %s::varchar[])"
+            "%s::varchar[], %s::double precision[], %s::varchar[], "
+            "%s::double precision[], %s::double precision[])"
         )
         params = [list(column) for column in zip(*rows, strict=True)]
         # Rows are locked in id order, so two processes flushing overlapping
@@ -143,7 +153,7 @@ def _write_chunk(beats: list[Beat]) -> set[str]:
             "ORDER BY a.id FOR UPDATE OF a"
         )
     else:
-        values = "VALUES " + ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(rows))
+        values = "VALUES " + ", ".join(["(%s, %s, %s, %s, %s, %s, %s, %s)"] * len(rows))
         params = [value for row in rows for value in row]
         lock = "SELECT v.id FROM v"
     # Only identifiers and placeholders are formatted in; every value is a parameter.
@@ -151,7 +161,8 @@ def _write_chunk(beats: list[Beat]) -> set[str]:
         f"WITH v ({COLUMNS}) AS ({values}), "  # noqa: S608
         f"locked AS ({lock}) "
         f"UPDATE {table} SET last_heartbeat_at = v.at, overdue_at = v.overdue, "
-        "missed_heartbeats = 0, current_task = v.task, task_progress = v.progress "
+        "missed_heartbeats = 0, current_task = v.task, task_progress = v.progress, "
+        f"{progress_columns(table)} "
         f"FROM v WHERE {table}.id = v.id AND {table}.state = v.state "
         f"AND {table}.id IN (SELECT id FROM locked) "
         f"RETURNING {table}.id"
@@ -159,6 +170,45 @@ def _write_chunk(beats: list[Beat]) -> set[str]:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return {row[0] for row in cursor.fetchall()}
+
+
+def progress_columns(table: str) -> str:
+    """SET clauses for the progress clock, the task's threshold and ``stuck_at``.
+
+    The rule of ``stuck.note_progress``, on the row's old values (every column
+    on the right of a SET is read before the row changes, in both databases).
+    """
+    if connection.vendor == "postgresql":
+        differs = "IS DISTINCT FROM"
+
+        def plus_seconds(moment: str, seconds: str) -> str:
+            return f"({moment}) + ({seconds}) * interval '1 second'"
+    else:
+        differs = "IS NOT"
+
+        def plus_seconds(moment: str, seconds: str) -> str:
+            # SQLite keeps datetimes as text; strftime's %f has milliseconds,
+            # plenty for a threshold of ten seconds or more. (%% for the driver.)
+            return (
+                f"strftime('%%Y-%%m-%%d %%H:%%M:%%f', {moment}, "
+                f"printf('%%+.3f seconds', {seconds}))"
+            )
+
+    moved = (
+        f"({table}.progress_changed_at IS NULL OR {table}.current_task <> v.task "
+        f"OR {table}.task_progress {differs} v.progress)"
+    )
+    changed_at = f"CASE WHEN {moved} THEN v.at ELSE {table}.progress_changed_at END"
+    threshold = (
+        "CASE WHEN v.stuck_after IS NOT NULL THEN v.stuck_after "
+        f"WHEN {table}.current_task = v.task THEN {table}.task_stuck_after END"
+    )
+    stuck_at = plus_seconds(changed_at, f"COALESCE({threshold}, v.fallback)")
+    return (
+        f"progress_changed_at = {changed_at}, task_stuck_after = {threshold}, "
+        f"stuck_at = CASE WHEN v.state = '{AgentState.RUNNING.value}' AND v.task <> '' "
+        f"THEN {stuck_at} END"
+    )
 
 
 def apply_in_full(beat: Beat) -> str | None:
@@ -169,6 +219,7 @@ def apply_in_full(beat: Beat) -> str | None:
             state=beat.state,
             task_id=beat.task_id,
             progress=beat.progress,
+            stuck_after=beat.stuck_after,
             deliver=False,
         )
     except (Agent.DoesNotExist, services.AgentUnavailable):

@@ -20,7 +20,7 @@ from django.db import connections
 from monitoring.ingest import invalidation
 from monitoring.ingest.cache import AgentSnapshot, ingest_cache, verify_agent_token
 from monitoring.ingest.flush import Beat, Outcome, flush_heartbeats
-from monitoring.models import AgentToken
+from monitoring.models import AgentState, AgentToken
 from omoi_console.foundation.events.background import dispatch_in_background
 
 log = structlog.get_logger(__name__)
@@ -102,7 +102,8 @@ class IngestRuntime:
             state = outcome.states.get(beat.agent_id)
             if state is not None and not beat.routine:
                 expected = beat.generation + outcome.own_changes.get(beat.agent_id, 0)
-                snapshot = AgentSnapshot(state, beat.interval)
+                stuck_on = (beat.task_id, beat.progress) if state == AgentState.STUCK else None
+                snapshot = AgentSnapshot(state, beat.interval, beat.default_stuck_after, stuck_on)
                 ingest_cache.update_state(beat.agent_id, snapshot, expected)
         for beat, future in waiters:
             if not future.done():

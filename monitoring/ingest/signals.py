@@ -8,11 +8,12 @@ from django.db.models.signals import post_delete, post_save
 
 from monitoring.ingest.invalidation import invalidate_on_commit
 from monitoring.models import Agent, AgentCommand, AgentToken
+from monitoring.stuck import HEARTBEAT_FIELDS
 
-# A heartbeat's own write changes only these; no cached entry depends on them.
-LIVENESS_FIELDS = frozenset(
-    {"last_heartbeat_at", "missed_heartbeats", "current_task", "task_progress", "overdue_at"}
-)
+# A heartbeat's own write changes only these; no cached entry depends on them
+# (a stuck agent's snapshot names its task and progress, but while it stays
+# stuck its heartbeats repeat them).
+LIVENESS_FIELDS = frozenset(HEARTBEAT_FIELDS)
 
 
 def agent_changed(sender, instance, created=False, update_fields=None, **kwargs):

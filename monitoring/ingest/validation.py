@@ -11,10 +11,15 @@ bounds through the constants in ``monitoring.models``.
 import math
 from dataclasses import dataclass
 
-from monitoring.models import TASK_ID_MAX_LENGTH, AgentState
+from monitoring.models import (
+    STUCK_AFTER_MAX_SECONDS,
+    STUCK_AFTER_MIN_SECONDS,
+    TASK_ID_MAX_LENGTH,
+    AgentState,
+)
 from omoi_console.foundation.api.parsers import load_strict_json
 
-FIELDS = frozenset({"state", "task_id", "progress", "acks"})
+FIELDS = frozenset({"state", "task_id", "progress", "stuck_after", "acks"})
 # A report of ``failed`` starts remediation: it takes the full path.
 LEAN_REPORTS = frozenset({AgentState.IDLE.value, AgentState.RUNNING.value})
 
@@ -24,6 +29,7 @@ class Report:
     state: str
     task_id: str
     progress: float | None
+    stuck_after: float | None = None
 
 
 def routine_report(body: bytes) -> Report | None:
@@ -45,11 +51,24 @@ def routine_report(body: bytes) -> Report | None:
     task_id = task_id.strip()
     if len(task_id) > TASK_ID_MAX_LENGTH:
         return None
-    progress = data.get("progress")
-    if progress is not None:
-        if type(progress) not in (int, float) or not math.isfinite(progress):
-            return None
-        if not 0.0 <= progress <= 1.0:
-            return None
-        progress = float(progress)
-    return Report(state, task_id, progress)
+    progress = bounded_number(data.get("progress"), 0.0, 1.0)
+    stuck_after = bounded_number(
+        data.get("stuck_after"), STUCK_AFTER_MIN_SECONDS, STUCK_AFTER_MAX_SECONDS
+    )
+    if progress is INVALID or stuck_after is INVALID:
+        return None
+    return Report(state, task_id, progress, stuck_after)
+
+
+INVALID = object()
+
+
+def bounded_number(value, low: float, high: float):
+    """``value`` as a float if it is null or a JSON number within bounds, else INVALID."""
+    if value is None:
+        return None
+    if type(value) not in (int, float) or not math.isfinite(value):
+        return INVALID
+    if not low <= value <= high:
+        return INVALID
+    return float(value)

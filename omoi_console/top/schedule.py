@@ -12,6 +12,7 @@ class PeriodicJob:
 
 PERIODIC_JOBS = (
     PeriodicJob("check heartbeats", "monitoring.tasks.check_heartbeats", 1.0),
+    PeriodicJob("check stuck agents", "monitoring.tasks.check_stuck", 2.0),
     PeriodicJob("check remediations", "watchdog.tasks.check_remediations", 2.0),
     PeriodicJob("deliver notifications", "alerting.tasks.deliver_due_notifications", 5.0),
     PeriodicJob("roll up metrics", "monitoring.tasks.roll_up_metrics", 15.0),
