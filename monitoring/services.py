@@ -50,6 +50,8 @@ class AgentUnavailable(Exception):
 class HeartbeatResult:
     agent: Agent
     commands: list[AgentCommand]
+    # The heartbeat was no newer than the last one recorded and changed nothing.
+    stale: bool = False
 
 
 def register_agent(
@@ -190,6 +192,7 @@ def record_heartbeat(
     progress: float | None = None,
     acks: list[int] | None = None,
     deliver: bool = True,
+    at: datetime | None = None,
 ) -> HeartbeatResult:
     """Take a heartbeat: refresh deadlines, apply acknowledgements, hand out commands.
 
@@ -197,20 +200,27 @@ def record_heartbeat(
     with a delivered restart stays RESTARTING until it acknowledges it.
     ``deliver=False`` leaves queued commands queued: for a heartbeat whose
     answer has already gone out (the batched ingest path).
+    ``at`` is when the heartbeat was sent, for heartbeats that arrive late (from
+    an event bus): deadlines count from it (never from the future), and one no
+    newer than the last heartbeat recorded changes nothing (``stale``), so a
+    redelivered or reordered message cannot move the agent's state backwards.
     """
     with transaction.atomic():
         agent = Agent.objects.select_for_update().get(pk=agent.pk)
         if agent.state == S.TERMINATED:
             raise AgentUnavailable(f"agent {agent.id} is terminated")
         now = timezone.now()
+        sent_at = now if at is None else min(at, now)
+        if at is not None and agent.last_heartbeat_at and sent_at <= agent.last_heartbeat_at:
+            return HeartbeatResult(agent=agent, commands=[], stale=True)
         restarted = _acknowledge(agent, acks or [], now)
         commands = _deliver_commands(agent, now) if deliver else []
-        agent.last_heartbeat_at = now
+        agent.last_heartbeat_at = sent_at
         agent.missed_heartbeats = 0
         agent.current_task = task_id
         agent.task_progress = progress
         if agent.state != S.QUARANTINED:
-            agent.overdue_at = miss_deadline(agent, now, 1)
+            agent.overdue_at = miss_deadline(agent, sent_at, 1)
         agent.save(
             update_fields=[
                 "last_heartbeat_at",
