@@ -21,6 +21,7 @@ The mapping (docs/monitoring/otlp.md says it for senders):
   label, unless a data point names its agent itself.
 """
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -248,7 +249,8 @@ def _sample(point, spec, factor: float, agent: str | None) -> dict | tuple[str, 
     }
 
 
-def catalogue_names(name: str, unit: str, *, monotonic: bool) -> list[str]:
+@functools.lru_cache(maxsize=4096)
+def catalogue_names(name: str, unit: str, *, monotonic: bool) -> tuple[str, ...]:
     """The catalogue names an OTLP metric may have, the preferred one first."""
     base = NOT_NAME.sub("_", name.lower()).strip("_")
     unit = UNIT_ANNOTATION.sub("", unit).strip()
@@ -258,7 +260,7 @@ def catalogue_names(name: str, unit: str, *, monotonic: bool) -> list[str]:
     stems = [f"{stem}_{suffix}", stem] if suffix and not stem.endswith(f"_{suffix}") else [stem]
     # A monotonic sum sent for a gauge still finds it, to be told what it should be.
     endings = [total, ""] if total else [""]
-    return list(dict.fromkeys(f"{stem}{ending}" for ending in endings for stem in stems))
+    return tuple(dict.fromkeys(f"{stem}{ending}" for ending in endings for stem in stems))
 
 
 def catalogue_spec(name: str, unit: str, *, monotonic: bool):
@@ -271,6 +273,7 @@ def catalogue_spec(name: str, unit: str, *, monotonic: bool):
     return None, 1.0
 
 
+@functools.lru_cache(maxsize=4096)
 def label_name(key: str) -> str:
     return NOT_NAME.sub("_", key.lower()).strip("_") or "_"
 
