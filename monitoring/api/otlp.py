@@ -7,7 +7,7 @@ none we know). The status codes and ``Retry-After`` are the API's own.
 """
 
 from django.http import HttpResponse
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.utils import extend_schema
 from google.protobuf import json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from rest_framework.views import APIView
@@ -73,7 +73,6 @@ class OtlpMetricsView(APIView):
     permission_classes = [CanIngest]
     for_agents = True
 
-    @extend_schema(responses={200: OpenApiResponse(description="ExportMetricsServiceResponse")})
     def post(self, request):
         encoding = encoding_of(request)
         body = request.data if isinstance(request.data, bytes) else b""
