@@ -59,6 +59,16 @@ def consumer(stream, subject, **overrides) -> JetStreamConsumer:
     return JetStreamConsumer(config)
 
 
+async def consume(member, subscription, expected: int) -> int:
+    """Fetch until ``expected`` messages were handled (a fetch may return part of them)."""
+    handled = 0
+    for _ in range(20):
+        handled += await member.run_once(subscription)
+        if handled >= expected:
+            break
+    return handled
+
+
 def batch(agent_id: str) -> dict:
     return {
         "samples": [
@@ -76,7 +86,7 @@ def test_it_applies_messages_and_acknowledges_them(registered_agent):
         await send(js, subject, "metrics", agent.id, batch(agent.id))
         member = consumer(stream, subject)
         subscription = await member.subscribe(js._nc)
-        handled = await member.run_once(subscription)
+        handled = await consume(member, subscription, 2)
         info = await js.consumer_info(stream, "console")
         return handled, member.counts, info.num_ack_pending, info.num_pending
 
@@ -112,7 +122,7 @@ def test_it_redelivers_what_a_dead_consumer_left_unacknowledged_and_stores_it_on
         # JetStream's own timer decides when an unacknowledged message is redelivered.
         await asyncio.sleep(ACK_WAIT + 0.5)
         survivor = consumer(stream, subject)
-        await survivor.run_once(await survivor.subscribe(js._nc))
+        await consume(survivor, await survivor.subscribe(js._nc), 1)
         info = await js.consumer_info(stream, "console")
         return survivor.counts, info.num_ack_pending
 
@@ -132,7 +142,7 @@ def test_it_terminates_malformed_messages_instead_of_retrying_them(registered_ag
         await js.publish(subject, b"\xff", headers={"type": "heartbeat", "agent_id": agent.id})
         member = consumer(stream, subject)
         subscription = await member.subscribe(js._nc)
-        await member.run_once(subscription)
+        await consume(member, subscription, 3)
         await asyncio.sleep(ACK_WAIT + 0.5)
         again = await member.run_once(subscription)
         info = await js.consumer_info(stream, "console")
