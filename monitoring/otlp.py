@@ -57,6 +57,8 @@ NOT_NAME = re.compile(r"[^a-z0-9_]+")
 # A data point with this flag marks a series that stopped: there is no value.
 NO_RECORDED_VALUE = 1
 CUMULATIVE = AggregationTemporality.AGGREGATION_TEMPORALITY_CUMULATIVE
+# Names quoted in an answer are cut to this length: a client chooses them.
+SHOWN_NAME_LENGTH = 100
 # The most problems named in one answer; the rest are counted.
 MAX_NAMED_PROBLEMS = 100
 # Where a sample's field came from in the data point.
@@ -182,15 +184,16 @@ def _translate_metric(batch: Batch, metric, where: str, agent: str | None) -> No
     if kind is None:
         return
     points = getattr(metric, kind).data_points
+    shown = repr(metric.name[:SHOWN_NAME_LENGTH])
     if kind in NOT_STORED_KINDS:
-        reason = f"{metric.name!r}: {NOT_STORED_KINDS[kind]} are not stored"
+        reason = f"{shown}: {NOT_STORED_KINDS[kind]} are not stored"
         batch.rejected.extend((f"{where}.{kind}.dataPoints", reason) for _ in points)
         return
     monotonic = kind == "sum" and metric.sum.is_monotonic
     spec, factor = catalogue_spec(metric.name, metric.unit, monotonic=monotonic)
     if spec is None:
-        shown = catalogue_names(metric.name, metric.unit, monotonic=monotonic)[0]
-        reason = f"{metric.name!r} (as {shown!r}) is not in the metrics catalogue"
+        mapped = catalogue_names(metric.name, metric.unit, monotonic=monotonic)[0]
+        reason = f"{shown} (as {mapped[:SHOWN_NAME_LENGTH]!r}) is not in the metrics catalogue"
         batch.rejected.extend((f"{where}.{kind}.dataPoints", reason) for _ in points)
         return
     problem = _kind_problem(metric, kind, spec)
@@ -233,10 +236,12 @@ def _sample(point, spec, factor: float, agent: str | None) -> dict | tuple[str, 
     for attribute in point.attributes:
         label = label_name(attribute.key)
         if label in labels:
-            return "attributes", f"Two attributes map to the label {label!r}."
+            shown = label[:SHOWN_NAME_LENGTH]
+            return "attributes", f"Two attributes map to the label {shown!r}."
         text = attribute_text(attribute.value)
         if text is None:
-            return f"attributes.{label}", "An attribute value is a string, number or bool."
+            shown = label[:SHOWN_NAME_LENGTH]
+            return f"attributes.{shown}", "An attribute value is a string, number or bool."
         labels[label] = text
     if agent is not None and AGENT_LABEL in spec.allowed_labels:
         labels.setdefault(AGENT_LABEL, agent)

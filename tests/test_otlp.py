@@ -389,6 +389,26 @@ def test_it_bounds_the_problems_it_names(api, registered_agent):
     assert status.message.startswith("500 problem(s)")
 
 
+def test_it_keeps_its_answer_short_whatever_names_the_client_chose(api, registered_agent):
+    _, token = registered_agent
+    long_name = "x" * 1_000_000
+    request = export_request(
+        gauge("queue.depth", 1, queue="q"), gauge(long_name, 1), histogram(long_name + "y")
+    )
+    bad = gauge("queue.depth", 1)
+    bad.gauge.data_points[0].attributes.append(
+        KeyValue(key=long_name, value=AnyValue(array_value=ArrayValue()))
+    )
+
+    accepted = send(api, request, token)
+    refused = send(api, export_request(bad), token)
+
+    assert accepted.status_code == 200
+    assert refused.status_code == 400
+    assert len(accepted.content) < 1000
+    assert len(refused.content) < 1000
+
+
 def test_it_stores_a_resent_export_once(api, registered_agent):
     _, token = registered_agent
     body = export_request(gauge("queue.depth", 3, queue="q")).SerializeToString()
