@@ -51,6 +51,8 @@ class AgentUnavailable(Exception):
 class HeartbeatResult:
     agent: Agent
     commands: list[AgentCommand]
+    # The heartbeat was no newer than the last one recorded and changed nothing.
+    stale: bool = False
 
 
 def register_agent(
@@ -206,6 +208,7 @@ def record_heartbeat(
     stuck_after: float | None = None,
     acks: list[int] | None = None,
     deliver: bool = True,
+    at: datetime | None = None,
 ) -> HeartbeatResult:
     """Take a heartbeat: refresh deadlines, apply acknowledgements, hand out commands.
 
@@ -215,17 +218,24 @@ def record_heartbeat(
     current task's own stuck threshold, kept for the task once given.
     ``deliver=False`` leaves queued commands queued: for a heartbeat whose
     answer has already gone out (the batched ingest path).
+    ``at`` is when the heartbeat was sent, for heartbeats that arrive late (from
+    an event bus): deadlines count from it (never from the future), and one no
+    newer than the last heartbeat recorded changes nothing (``stale``), so a
+    redelivered or reordered message cannot move the agent's state backwards.
     """
     with transaction.atomic():
         agent = Agent.objects.select_for_update().get(pk=agent.pk)
         if agent.state == S.TERMINATED:
             raise AgentUnavailable(f"agent {agent.id} is terminated")
         now = timezone.now()
+        sent_at = now if at is None else min(at, now)
+        if at is not None and agent.last_heartbeat_at and sent_at <= agent.last_heartbeat_at:
+            return HeartbeatResult(agent=agent, commands=[], stale=True)
         restarted = _acknowledge(agent, acks or [], now)
         commands = _deliver_commands(agent, now) if deliver else []
         moved = progress_moved(agent, task_id, progress)
         target, reason = _reported_target(agent, state, commands, restarted, moved)
-        agent.last_heartbeat_at = now
+        agent.last_heartbeat_at = sent_at
         agent.missed_heartbeats = 0
         note_progress(
             agent,
@@ -236,7 +246,7 @@ def record_heartbeat(
             running=target == S.RUNNING,
         )
         if agent.state != S.QUARANTINED:
-            agent.overdue_at = miss_deadline(agent, now, 1)
+            agent.overdue_at = miss_deadline(agent, sent_at, 1)
         agent.save(update_fields=[*HEARTBEAT_FIELDS])
         if target != agent.state:
             transition(agent, target, reason=reason, actor=f"agent:{agent.id}")

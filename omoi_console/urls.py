@@ -4,6 +4,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from monitoring.api.otlp import OtlpMetricsView
 from omoi_console.foundation.api import problems
 from omoi_console.top import views
 from omoi_console.top.login import ThrottledLoginView
@@ -25,6 +26,8 @@ urlpatterns = [
     path("admin/login/", RedirectView.as_view(pattern_name="login", query_string=True)),
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
+    # OTLP/HTTP's own path, where OpenTelemetry exporters send metrics by default.
+    path("v1/metrics", OtlpMetricsView.as_view(), name="otlp-metrics"),
     # A fixed version: the view would otherwise copy ?version= into a header.
     path("api/schema/", SpectacularAPIView.as_view(api_version="1"), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
