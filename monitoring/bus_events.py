@@ -25,7 +25,7 @@ from django.core.exceptions import ValidationError
 from monitoring import samples, services
 from monitoring.api.serializers import HeartbeatSerializer
 from monitoring.models import Agent, AgentState
-from monitoring.services import NewAgent
+from monitoring.registry import METADATA_FIELDS, sync_registry
 
 log = structlog.get_logger(__name__)
 
@@ -38,7 +38,7 @@ TASK_STATUSES = {
     "failed": AgentState.IDLE,
 }
 TASK_FIELDS = {"task_id", "status", "progress", "kind", "duration_seconds"}
-REGISTRY_FIELDS = {"role", "labels", "heartbeat_interval"}
+REGISTRY_FIELDS = frozenset(METADATA_FIELDS)
 
 
 class Malformed(Exception):
@@ -154,28 +154,12 @@ def apply_registry(message: BusMessage) -> str:
 
 def upsert_agent(agent_id: str, metadata: dict, *, actor: str) -> str:
     """Register an agent the console does not know, or set a known one's ``metadata``
-    (role, labels, heartbeat_interval; what is absent stays). The one place registry
-    events reach the agents. Raises ValidationError for metadata an agent cannot have."""
-    agent = Agent.objects.filter(pk=agent_id).first()
-    if agent is None:
-        spec = NewAgent(
-            id=agent_id,
-            role=metadata.get("role", ""),
-            labels=metadata.get("labels", {}),
-            heartbeat_interval=metadata.get("heartbeat_interval"),
-        )
-        # Its ingest token is issued and not shown: an operator issues one when needed.
-        services.register_agents([spec], actor=actor)
+    (what is absent stays), through the registry mirror's one seam. Raises
+    ValidationError for metadata an agent cannot have."""
+    result = sync_registry([{"id": agent_id, **metadata}], actor=actor)
+    if result.created:
         return "registered"
-    changed = {name: value for name, value in metadata.items() if getattr(agent, name) != value}
-    if not changed:
-        return "unchanged"
-    for name, value in changed.items():
-        setattr(agent, name, value)
-    agent.full_clean(validate_unique=False)
-    agent.save(update_fields=list(changed))
-    log.info("agent.metadata_updated", agent_id=agent.id, fields=sorted(changed))
-    return "updated"
+    return "updated" if result.updated else "unchanged"
 
 
 def _heartbeat(message: BusMessage, **report) -> str:
