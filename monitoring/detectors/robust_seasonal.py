@@ -37,6 +37,7 @@ MAX_GAP_STEPS = 100.0  # a longer gap counts as this many typical intervals
 FLOOR = 0.01  # smallest scale, relative to the series' mean magnitude
 TAIL_P = 0.99  # the surprise quantile a score is measured against
 TAIL_STEP = 0.05  # its step in log units
+NORMAL_TAIL = math.log(2.576)  # its start: the 99th percentile of |z| for normal noise
 DAMPING = 0.25  # scores inside an excursion that has already alarmed
 
 
@@ -151,7 +152,7 @@ class RobustSeasonalDetector(Detector):
     def _score(self, z: float, n: int, pred: float, sig: float) -> float:
         """Surprise relative to this series' usual high surprise, one alarm per excursion."""
         lz = math.log(z + 1e-12)
-        tail = lz if n == WARMUP else self.tail
+        tail = NORMAL_TAIL if n == WARMUP else self.tail
         ref = math.exp(tail)
         if ref < 1.0:
             ref = 1.0  # a series that is never surprised still needs z > threshold
