@@ -141,8 +141,23 @@ def test_it_flags_a_value_normal_by_day_but_wrong_at_that_hour():
 def test_it_treats_a_gap_as_time_passing_not_as_an_anomaly():
     times = stamps(4000)
     times[2000:] = [t + 6 * 3600 for t in times[2000:]]  # six hours without samples
-    scores = feed(get_detector(), times, noise(4000))
-    assert alarms(scores) == []
+    assert alarms(feed(get_detector(), times, noise(4000))) == []
+
+
+def test_it_keeps_the_daily_cycle_in_step_across_a_gap():
+    # Samples stop for a day and a half; the profile follows the clock, not the
+    # sample count, so the cycle resumes without alarms and still catches an
+    # hour that is out of place.
+    n = 12 * DAY_STEPS
+    values = daily(n)
+    times = stamps(n)
+    lost = range(6 * DAY_STEPS, 6 * DAY_STEPS + 3 * DAY_STEPS // 2)
+    trough = 10 * DAY_STEPS + 3 * DAY_STEPS // 4
+    values[trough : trough + 12] = [120.0] * 12
+    kept = [i for i in range(n) if i not in lost]
+    scores = feed(get_detector(), [times[i] for i in kept], [values[i] for i in kept])
+    flagged = [kept[i] for i in alarms(scores, start=3 * DAY_STEPS)]
+    assert flagged == [trough]
 
 
 def test_it_handles_irregular_timestamps():
