@@ -218,6 +218,8 @@ def test_it_names_its_detectors_and_refuses_unknown_ones():
         get_detector(DEFAULT_DETECTOR, alpha=2.0)
     with pytest.raises(ValueError, match="no known detector"):
         restore_detector({"detector": "nope"})
+    with pytest.raises(ValueError, match="malformed"):
+        restore_detector({"detector": DEFAULT_DETECTOR, "params": {}})
 
 
 @pytest.mark.parametrize("name", sorted(DETECTORS))

@@ -36,7 +36,10 @@ def restore_detector(state: dict) -> Detector:
     name = state.get("detector") if isinstance(state, dict) else None
     if name not in DETECTORS:
         raise ValueError(f"state names no known detector: {name!r}")
-    return DETECTORS[name].from_state(state)
+    try:
+        return DETECTORS[name].from_state(state)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"malformed {name} state: {exc!r}") from None
 
 
 __all__ = [

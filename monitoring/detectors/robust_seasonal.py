@@ -52,8 +52,8 @@ class RobustSeasonalDetector(Detector):
     name = "robust_seasonal"
 
     def __init__(self, threshold: float = 2.0, alpha: float = 0.002):
-        if not (threshold > 0 and 0 < alpha < 1):
-            raise ValueError("threshold must be > 0 and alpha in (0, 1)")
+        if not (0 < threshold < math.inf and 0 < alpha < 1):
+            raise ValueError("threshold must be a positive number and alpha in (0, 1)")
         self.threshold = float(threshold)
         self.alpha = float(alpha)
         self.n = 0
