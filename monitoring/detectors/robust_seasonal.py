@@ -33,6 +33,9 @@ SEASON_RATE = 0.3  # how far a profile entry moves towards what it saw, per cycl
 SEASON_GAIN = 0.8  # the seasonal prediction must cut the scale by this factor
 SEASON_MIN_SPAN = 2 * DAY  # ... and have seen two days of data
 BASE_SLOWDOWN = 0.1  # the seasonal model's level follows slower than the plain one
+# Its scale follows faster: the fit improves as the profile is learned, and the
+# scale must show that for the seasonal model to take over and to judge by it.
+SEASON_SCALE_SPEED = 5.0
 MAX_GAP_STEPS = 100.0  # a longer gap counts as this many typical intervals
 FLOOR = 0.01  # smallest scale, relative to the series' mean magnitude
 TAIL_P = 0.99  # the surprise quantile a score is measured against
@@ -119,7 +122,10 @@ class RobustSeasonalDetector(Detector):
         self.daily[hour] += SEASON_RATE * min(1.0, covered / HOUR) * rc2
         self.weekly[dow] += SEASON_RATE * min(1.0, covered / DAY) * rc2
         ar2 = r2 if r2 > 0 else -r2
-        self.spread_s += a * ((ar2 if ar2 < lim2 else lim2) - self.spread_s)
+        rate_s = a * SEASON_SCALE_SPEED
+        if rate_s > 1.0:
+            rate_s = 1.0
+        self.spread_s += rate_s * ((ar2 if ar2 < lim2 else lim2) - self.spread_s)
 
         self.n = n + 1
         if sig2 < SEASON_GAIN * sig and t - self.first_t >= SEASON_MIN_SPAN:
