@@ -134,7 +134,10 @@ async def send_for(agent: str, token: str, url: str, plan: Plan, stop_at: float,
 
     queues = [{"queue": f"q{n}"} for n in range(plan.series_per_agent)]
     tick = time.time() - 3600 + totals["offset"]
-    client = AsyncOmoiClient(url, token, batch_size=plan.batch, timeout=60)
+    # On loopback, compression would only spend both sides' CPU: sent as plain JSON.
+    client = AsyncOmoiClient(
+        url, token, batch_size=plan.batch, timeout=60, gzip_threshold=plan.batch * 1000
+    )
     try:
         while time.monotonic() < stop_at:
             tick += 1
