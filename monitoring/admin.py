@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from monitoring.models import Agent, AgentCommand, AgentToken, AgentTransition
+from monitoring.models import Agent, AgentCommand, AgentToken, AgentTransition, MonitorAnomaly
 from omoi_console.foundation.token_admin import HashedTokenAdmin
 
 
@@ -54,3 +54,33 @@ class AgentCommandAdmin(admin.ModelAdmin):
     list_display = ["id", "agent", "kind", "status", "created_at", "delivered_at", "acked_at"]
     list_filter = ["kind", "status"]
     search_fields = ["agent__id"]
+
+
+@admin.register(MonitorAnomaly)
+class MonitorAnomalyAdmin(admin.ModelAdmin):
+    """Anomalies are written by the detectors only: the admin lists and shows them."""
+
+    list_display = [
+        "id",
+        "metric",
+        "agent_id",
+        "severity",
+        "direction",
+        "detector",
+        "peak_score",
+        "started_at",
+        "ended_at",
+    ]
+    list_filter = ["severity", "direction", "detector", "metric"]
+    search_fields = ["agent_id", "metric"]
+    date_hierarchy = "started_at"
+    list_select_related = ["series"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
