@@ -1,5 +1,6 @@
 """Range queries and top agents, checked against a brute-force computation over the same samples."""
 
+import itertools
 import math
 import random
 from collections import defaultdict
@@ -73,7 +74,7 @@ def brute_force(points, start: float, end: float, step: float, agg: str) -> dict
     if agg == "rate":
         increases = defaultdict(float)
         inside = [(ts, value) for ts, value in ordered if start <= ts < end]
-        for (_, before), (ts, after) in zip(inside, inside[1:], strict=False):
+        for (_, before), (ts, after) in itertools.pairwise(inside):
             bucket = start + (ts - start) // step * step
             increases[bucket] += after - before if after >= before else after
         return {bucket: total / step for bucket, total in increases.items()}
