@@ -104,8 +104,10 @@ class AnomalyFilterSet(django_filters.FilterSet):
     severity = django_filters.ChoiceFilter(choices=Severity.choices)
     direction = django_filters.ChoiceFilter(choices=AnomalyDirection.choices)
     detector = django_filters.CharFilter(max_length=64)
-    open = django_filters.BooleanFilter(
-        field_name="ended_at", lookup_expr="isnull", label="Only open (true) or ended (false)"
+    open = django_filters.ChoiceFilter(
+        choices=[("true", "Open"), ("false", "Ended")],
+        method="filter_open",
+        label="Only open (true) or only ended (false)",
     )
     since = django_filters.IsoDateTimeFilter(method="filter_window", label="Open at or after")
     until = django_filters.IsoDateTimeFilter(method="filter_window", label="Started before")
@@ -113,6 +115,9 @@ class AnomalyFilterSet(django_filters.FilterSet):
     class Meta:
         model = MonitorAnomaly
         fields = ["metric", "agent", "series", "severity", "direction", "detector", "open"]
+
+    def filter_open(self, queryset, name, value):
+        return queryset.filter(ended_at__isnull=value == "true")
 
     def filter_window(self, queryset, name, value):
         since = value if name == "since" else None

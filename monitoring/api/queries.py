@@ -80,6 +80,7 @@ class MetricParams(serializers.Serializer):
 
 
 class QueryParams(MetricParams):
+    MAX_SERIES = 50
     start = InstantField(required=False, help_text="Default: an hour before the end.")
     end = InstantField(required=False, help_text="Default: now.")
     step = serializers.IntegerField(
@@ -90,6 +91,13 @@ class QueryParams(MetricParams):
         child=serializers.CharField(), required=False, help_text="name:value, repeatable."
     )
     agent = serializers.CharField(required=False)
+    limit = serializers.IntegerField(
+        min_value=1,
+        max_value=MAX_SERIES,
+        required=False,
+        help_text="Series per page (10 by default).",
+    )
+    offset = serializers.IntegerField(min_value=0, required=False)
 
     def validate(self, attrs):
         attrs.setdefault("end", timezone.now())
@@ -116,7 +124,7 @@ class SeriesPagination(BoundedLimitOffsetPagination):
     """A range query answers for at most this many series at once."""
 
     default_limit = 10
-    max_limit = 50
+    max_limit = QueryParams.MAX_SERIES
 
 
 def checked(serializer_class, request):
