@@ -103,12 +103,15 @@ def test_it_answers_a_range_query_paginated_over_series(api, viewer, fleet_sampl
     assert (answer["step"], answer["start"], answer["end"]) == (300, start, end)
     assert answer["source"] == "raw"
     assert answer["count"] == 3 and answer["next"] and answer["previous"] is None
-    first = answer["series"][0]
-    assert first["labels"] == {"agent": "w1", "queue": "builds"}
-    assert first["points"] == [[start, 4.0], [start + 300, 9.0]]
     rest = api.get(answer["next"], **viewer).json()
-    assert [one["labels"]["agent"] for one in rest["series"]] == ["w3"]
-    assert rest["series"][0]["points"] == [[start, 24.0], [start + 300, 29.0]]
+    assert rest["previous"] and rest["next"] is None
+    pages = answer["series"] + rest["series"]
+    assert [one["id"] for one in pages] == sorted(one["id"] for one in pages)
+    by_agent = {one["labels"]["agent"]: one for one in pages}
+    assert by_agent["w1"]["labels"] == {"agent": "w1", "queue": "builds"}
+    assert by_agent["w1"]["points"] == [[start, 4.0], [start + 300, 9.0]]
+    assert by_agent["w3"]["points"] == [[start, 24.0], [start + 300, 29.0]]
+    assert len(by_agent) == 3
 
 
 def test_it_takes_iso_times_with_a_zone(api, viewer, fleet_samples):
