@@ -32,7 +32,7 @@ from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from monitoring import queries, rollups, samples  # noqa: E402
-from monitoring.models import MetricSeries  # noqa: E402
+from monitoring.models import MetricRollup, MetricSeries  # noqa: E402
 
 BATCH = 50_000
 
@@ -58,18 +58,24 @@ def store_day(agent: str, now, seconds: int) -> MetricSeries:
 
 
 def timed(call, runs: int) -> dict:
-    spent = []
+    """Wall-clock percentiles, and this process's CPU time per call: on a shared
+    machine the wall clock also counts waiting for a core."""
+    spent, cpu = [], []
     for _ in range(runs):
-        began = time.perf_counter()
+        began, began_cpu = time.perf_counter(), time.process_time()
         call()
         spent.append((time.perf_counter() - began) * 1000)
+        cpu.append((time.process_time() - began_cpu) * 1000)
     cuts = statistics.quantiles(spent, n=100)
+    cpu_cuts = statistics.quantiles(cpu, n=100)
     return {
         "runs": runs,
         "p50_ms": round(cuts[49], 2),
         "p95_ms": round(cuts[94], 2),
         "p99_ms": round(cuts[98], 2),
         "max_ms": round(max(spent), 2),
+        "cpu_p50_ms": round(cpu_cuts[49], 2),
+        "cpu_p95_ms": round(cpu_cuts[94], 2),
     }
 
 
@@ -100,12 +106,19 @@ def main() -> None:
     parser.add_argument("--step", type=int, default=60)
     parser.add_argument("--explain", action="store_true")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--series", type=int, help="time a series kept by an earlier run")
     args = parser.parse_args()
 
-    now = timezone.now()
-    agent = f"bench-query-{secrets.token_hex(3)}"
     began = time.perf_counter()
-    series = store_day(agent, now, args.hours * 3600)
+    if args.series:
+        series = MetricSeries.objects.get(pk=args.series)
+        now = max(
+            MetricRollup.objects.filter(series=series).values_list("minute", flat=True)
+        ) + timedelta(minutes=1)
+        args.keep = True
+    else:
+        now = timezone.now()
+        series = store_day(f"bench-query-{secrets.token_hex(3)}", now, args.hours * 3600)
     loaded = time.perf_counter() - began
     start, end = now - timedelta(hours=args.hours), now
 
@@ -115,12 +128,14 @@ def main() -> None:
     answer = query()
     report = {
         "database": connection.vendor,
+        "series": series.id,
         "samples": args.hours * 3600,
         "load_and_roll_up_s": round(loaded, 1),
         "agg": args.agg,
         "step": args.step,
         "source": answer.source,
         "points": len(answer.series[0].points),
+        "load_average": os.getloadavg(),
         "series_query": timed(query, args.runs),
     }
     statements = captured_statements(query)

@@ -19,12 +19,14 @@ from django.utils import timezone
 from monitoring import catalog
 from monitoring.models import MetricSeries, RollupBacklog, RollupCursor
 from monitoring.query_engine import (
+    ADDITIVE,
     AGGREGATIONS,
     MINUTE_SECONDS,
     PERCENTILES,
     QueryTooLarge,
     evaluate,
     plan,
+    totals_by_agent,
 )
 
 __all__ = ["AGGREGATIONS", "PERCENTILES", "BadQuery", "QueryTooLarge", "series_query"]
@@ -210,15 +212,20 @@ def top_agents(
     end = (now or timezone.now()).timestamp()
     start = end - window
     series = MetricSeries.objects.filter(metric=metric).exclude(agent_id="")
-    groups = dict(series.values_list("id", "agent_id"))
     if agg == "rate":
         the_plan = plan(start, end, window)
     else:
         rolled_until, stale = rollup_state(start, end)
         the_plan = plan(start, end, window, rollups_until=rolled_until, stale=stale)
-    values = evaluate(groups, the_plan, agg, series_filter=series.values("id"))
+    if agg in ADDITIVE:
+        totals = totals_by_agent(series, the_plan)
+        values = {agent: cell.result(agg, window) for agent, cell in totals.items()}
+    else:
+        groups = dict(series.values_list("id", "agent_id"))
+        points = evaluate(groups, the_plan, agg, series_filter=series.values("id"))
+        values = {agent: found[0] for agent, found in points.items() if 0 in found}
     ranked = sorted(
-        ((agent, points[0]) for agent, points in values.items() if 0 in points),
+        values.items(),
         key=lambda pair: (-pair[1] if order == "desc" else pair[1], pair[0]),
     )
     return TopResult(metric, agg, window, the_plan.source, ranked[:k])

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from ddsketch.pb.ddsketch_pb2 import DDSketch as DDSketchMessage
 from ddsketch.pb.proto import DDSketchProto
 from django.db import connection
-from django.db.models import F, FloatField, Func, Q
+from django.db.models import Count, F, FloatField, Func, Max, Min, Q, Sum
 
 from monitoring.models import MetricRollup, MetricSample
 from monitoring.rollups import exact_quantile, new_sketch
@@ -170,6 +170,51 @@ def evaluate(groups: dict[int, object], the_plan: Plan, agg: str, *, series_filt
     return answer
 
 
+# Aggregations the database can add up per agent by itself.
+ADDITIVE = ("count", "sum", "min", "max", "avg")
+
+
+def totals_by_agent(series, the_plan: Plan) -> dict[str, Cell]:
+    """Count, sum, min and max per agent over the whole of ``the_plan`` (one bucket),
+    added up by the database: a fleet-wide ranking reads one row per agent and
+    source, not one per sample or minute. ``series`` is a queryset of series."""
+    cells: dict[str, Cell] = {}
+
+    def add(rows):
+        for agent, count, total, low, high in rows:
+            if count:
+                cell = cells.setdefault(agent, Cell())
+                cell.count += count
+                cell.total += total
+                cell.low = min(cell.low, low)
+                cell.high = max(cell.high, high)
+
+    if the_plan.raw_ranges:
+        within = Q()
+        for low, high in the_plan.raw_ranges:
+            within |= Q(ts__gte=_stamp(low), ts__lt=_stamp(high))
+        add(
+            MetricSample.objects.filter(within, series__in=series)
+            .values("series__agent_id")
+            .annotate(n=Count("value"), t=Sum("value"), lo=Min("value"), hi=Max("value"))
+            .values_list("series__agent_id", "n", "t", "lo", "hi")
+            .order_by()
+        )
+    if the_plan.rollup_range:
+        low, high = the_plan.rollup_range
+        add(
+            MetricRollup.objects.filter(
+                series__in=series, minute__gte=_stamp(low), minute__lt=_stamp(high)
+            )
+            .exclude(minute__in=[_stamp(minute) for minute in the_plan.stale])
+            .values("series__agent_id")
+            .annotate(n=Sum("count"), t=Sum("sum"), lo=Min("min"), hi=Max("max"))
+            .values_list("series__agent_id", "n", "t", "lo", "hi")
+            .order_by()
+        )
+    return cells
+
+
 def _cell(cells, group, index) -> Cell:
     buckets = cells.setdefault(group, {})
     found = buckets.get(index)
@@ -236,18 +281,25 @@ def _add_rollups(cells, groups, ids, the_plan: Plan, agg: str) -> None:
     rows = MetricRollup.objects.filter(
         series_id__in=ids, minute__gte=_stamp(low), minute__lt=_stamp(high)
     ).values_list("series_id", seconds_column("minute"), "count", *columns)[: MAX_ROLLUP_ROWS + 1]
+    rows = list(rows)
+    if len(rows) > MAX_ROLLUP_ROWS:
+        raise QueryTooLarge(
+            f"The range holds more than {MAX_ROLLUP_ROWS} minutes of rollups; "
+            "ask for fewer series or a shorter range."
+        )
     start, step, stale = the_plan.start, the_plan.step, the_plan.stale
-    for number, (series_id, minute, count, *found) in enumerate(rows):
-        if number == MAX_ROLLUP_ROWS:
-            raise QueryTooLarge(
-                f"The range holds more than {MAX_ROLLUP_ROWS} minutes of rollups; "
-                "ask for fewer series or a shorter range."
-            )
+    for series_id, minute, count, *found in rows:
         group = groups.get(series_id)
         moment = as_seconds(minute)
         if group is None or moment in stale:
             continue
-        cell = _cell(cells, group, int((moment - start) // step))
+        buckets = cells.get(group)
+        if buckets is None:
+            buckets = cells[group] = {}
+        index = int((moment - start) // step)
+        cell = buckets.get(index)
+        if cell is None:
+            cell = buckets[index] = Cell()
         cell.count += count
         if agg in ("sum", "avg"):
             cell.total += found[0]
@@ -255,11 +307,10 @@ def _add_rollups(cells, groups, ids, the_plan: Plan, agg: str) -> None:
             cell.low = min(cell.low, found[0])
         elif agg == "max":
             cell.high = max(cell.high, found[0])
+        elif use_stored:
+            cell.stored = found[0]
         elif agg in PERCENTILES:
-            if use_stored:
-                cell.stored = found[0]
-            else:
-                cell.sketches.append(found[0])
+            cell.sketches.append(found[0])
 
 
 def merge_sketches(blobs):

@@ -323,3 +323,23 @@ def test_it_lists_the_catalogue_with_series_counts(stored):
     assert listed["task_latency_seconds"] == 3
     assert listed["clock_skew_seconds"] == 1
     assert listed["queue_depth"] == 0
+
+
+def test_it_ranks_agents_by_the_rates_of_their_counters_added_up(db, frozen):
+    batch = []
+    # w1 counts 2 per 10 s on two series; w2 counts 3 per 10 s on one, restarting once.
+    for agent, kinds, per_step in (("w1", ("build", "test"), 2), ("w2", ("build",), 3)):
+        for kind in kinds:
+            labels = {"agent": agent, "task_kind": kind, "reason": "timeout"}
+            for n in range(30):
+                value = per_step * (n if agent == "w1" or n < 15 else n - 15)
+                ts = NOW.timestamp() - 300 + n * 10
+                batch.append(
+                    {"name": "task_failures_total", "labels": labels, "ts": ts, "value": value}
+                )
+    samples.ingest(batch, now=NOW)
+
+    top = queries.top_agents("task_failures_total", agg="rate", window=300)
+
+    # 29 increases per series over 300 s; w2's restart counts its first value (0) as growth.
+    assert top.results == [("w1", 2 * 2 * 29 / 300), ("w2", 3 * 28 / 300)]
