@@ -307,10 +307,11 @@ def _add_rollups(cells, groups, ids, the_plan: Plan, agg: str) -> None:
             cell.low = min(cell.low, found[0])
         elif agg == "max":
             cell.high = max(cell.high, found[0])
-        elif use_stored:
-            cell.stored = found[0]
         elif agg in PERCENTILES:
-            cell.sketches.append(found[0])
+            if use_stored:
+                cell.stored = found[0]
+            else:
+                cell.sketches.append(found[0])
 
 
 def merge_sketches(blobs):
