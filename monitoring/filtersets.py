@@ -1,5 +1,6 @@
 import django_filters
 from django import forms
+from django.db.models.fields.json import KeyTransform
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -57,8 +58,11 @@ class LabelMatchersFilter(django_filters.Filter):
     field_class = LabelMatchersField
 
     def filter(self, qs, value):
-        for name, text in value or []:
-            qs = qs.filter(**{f"labels__{name}": text})
+        for number, (name, text) in enumerate(value or []):
+            # One key, taken literally: a label called "contains" or "a__b" is a
+            # key of the labels, never a lookup or a path into them.
+            alias = f"label_{number}"
+            qs = qs.alias(**{alias: KeyTransform(name, "labels")}).filter(**{alias: text})
         return qs
 
 

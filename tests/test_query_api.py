@@ -64,6 +64,13 @@ def test_it_lists_series_by_metric_agent_and_labels(api, viewer, fleet_samples):
     assert api.get("/api/v1/metrics/series?label=queue:none", **viewer).json()["count"] == 0
 
 
+def test_it_takes_label_names_literally(api, viewer, fleet_samples):
+    for name in ("contains", "isnull", "a__b", "exact", "in", "has_key", "a.b", "a-b"):
+        response = api.get(f"/api/v1/metrics/series?label={name}:x", **viewer)
+        assert response.status_code == 200, (name, response.content)
+        assert response.json()["count"] == 0
+
+
 @pytest.mark.parametrize(
     "query",
     [
