@@ -302,7 +302,10 @@ class MonitorAnomaly(models.Model):
                 condition=Q(ended_at__isnull=True),
                 name="anomaly_open_idx",
             ),
-            # Windows: whatever started before the window's end, per metric or agent.
+            # Windows: open at some moment of [since, until) is "still open, or ended
+            # after since" (a bitmap OR over this index; IS NULL included) and
+            # "started before until".
+            models.Index(fields=["ended_at"], name="anomaly_ended_idx"),
             models.Index(fields=["started_at"], name="anomaly_started_idx"),
             models.Index(fields=["metric", "started_at"], name="anomaly_metric_idx"),
             models.Index(fields=["agent_id", "started_at"], name="anomaly_agent_idx"),
