@@ -129,7 +129,7 @@ def main() -> None:
     report = {
         "database": connection.vendor,
         "series": series.id,
-        "samples": args.hours * 3600,
+        "samples_stored": None if args.series else args.hours * 3600,
         "load_and_roll_up_s": round(loaded, 1),
         "agg": args.agg,
         "step": args.step,

@@ -11,7 +11,7 @@ import time_machine
 from ddsketch import DDSketch
 from ddsketch.pb.proto import DDSketchProto
 
-from monitoring import queries, query_engine, rollups, samples
+from monitoring import queries, query_engine, rollups, samples, sketches
 from monitoring.models import MetricSeries, RollupCursor
 from monitoring.rollups import dump_sketch, load_sketch, new_sketch
 
@@ -313,7 +313,7 @@ def test_it_merges_serialised_sketches_as_the_library_does():
         reference.merge(load_sketch(blobs[-1]))
     raw = [rng.gauss(5, 5) for _ in range(50)]
 
-    merged = query_engine.merge_sketches(blobs)
+    merged = sketches.merge_sketches(blobs)
     for value in raw:
         merged.add(value)
         reference.add(value)
@@ -328,7 +328,7 @@ def test_it_still_reads_sketches_of_another_accuracy():
         (ours if value % 2 else coarse).add(float(value))
     blobs = [dump_sketch(ours), DDSketchProto.to_proto(coarse).SerializeToString()]
 
-    merged = query_engine.merge_sketches(blobs)
+    merged = sketches.merge_sketches(blobs)
 
     for q, exact in ((0.5, 50.0), (0.95, 95.0), (0.99, 99.0)):
         assert abs(merged.quantile(q) - exact) <= 0.07 * exact, q
