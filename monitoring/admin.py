@@ -1,7 +1,14 @@
 from django.contrib import admin
 
 from monitoring import registry
-from monitoring.models import Agent, AgentCommand, AgentToken, AgentTransition, MetricSeries
+from monitoring.models import (
+    Agent,
+    AgentCommand,
+    AgentToken,
+    AgentTransition,
+    MetricSeries,
+    MonitorAnomaly,
+)
 from omoi_console.foundation.token_admin import HashedTokenAdmin
 
 
@@ -82,4 +89,34 @@ class MetricSeriesAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(MonitorAnomaly)
+class MonitorAnomalyAdmin(admin.ModelAdmin):
+    """Anomalies are written by the detectors only: the admin lists and shows them."""
+
+    list_display = [
+        "id",
+        "metric",
+        "agent_id",
+        "severity",
+        "direction",
+        "detector",
+        "peak_score",
+        "started_at",
+        "ended_at",
+    ]
+    list_filter = ["severity", "direction", "detector", "metric"]
+    search_fields = ["agent_id", "metric"]
+    date_hierarchy = "started_at"
+    list_select_related = ["series"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False

@@ -347,3 +347,69 @@ class RollupBacklog(models.Model):
 
     def __str__(self):
         return self.minute.isoformat()
+
+
+class Severity(models.TextChoices):
+    """The severities of the whole product (alert rules use the same four)."""
+
+    INFO = "info", "Info"
+    WARNING = "warning", "Warning"
+    ERROR = "error", "Error"
+    CRITICAL = "critical", "Critical"
+
+
+class AnomalyDirection(models.TextChoices):
+    UP = "up", "Above the expected range"
+    DOWN = "down", "Below the expected range"
+
+
+class MonitorAnomaly(models.Model):
+    """A stretch of time in which a detector found a series outside its expected range.
+
+    Open while ``ended_at`` is empty; a detector keeps at most one open anomaly
+    per series. ``metric`` and ``agent_id`` repeat the series' own, so summaries
+    count by them without a join. ``explanation`` holds what the detector
+    expected (``expected_low``, ``expected_high``) against what it saw
+    (``observed``).
+    """
+
+    series = models.ForeignKey(MetricSeries, on_delete=models.CASCADE, related_name="anomalies")
+    metric = models.CharField(max_length=100)
+    agent_id = models.CharField(max_length=64, blank=True)
+    started_at = models.DateTimeField()
+    ended_at = models.DateTimeField(null=True, blank=True)
+    peak_score = models.FloatField()
+    direction = models.CharField(max_length=8, choices=AnomalyDirection.choices)
+    detector = models.CharField(max_length=64)
+    severity = models.CharField(max_length=16, choices=Severity.choices, default=Severity.WARNING)
+    explanation = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        db_table = "monitor_anomalies"
+        verbose_name_plural = "anomalies"
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["series", "detector"],
+                condition=Q(ended_at__isnull=True),
+                name="anomaly_open_once",
+            )
+        ]
+        indexes = [
+            # The open anomalies, newest first: the console's standing list.
+            models.Index(
+                fields=["-started_at"],
+                condition=Q(ended_at__isnull=True),
+                name="anomaly_open_idx",
+            ),
+            # Windows: open at some moment of [since, until) is "still open, or ended
+            # after since" (a bitmap OR over this index; IS NULL included) and
+            # "started before until".
+            models.Index(fields=["ended_at"], name="anomaly_ended_idx"),
+            models.Index(fields=["started_at"], name="anomaly_started_idx"),
+            models.Index(fields=["metric", "started_at"], name="anomaly_metric_idx"),
+            models.Index(fields=["agent_id", "started_at"], name="anomaly_agent_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.metric} {self.direction} on series {self.series_id} ({self.severity})"

@@ -125,3 +125,38 @@ def test_the_admin_refuses_rule_labels_it_could_not_store(make_operator):
 
     assert not form.is_valid()
     assert set(form.errors) == {"labels", "annotations"}
+
+
+@pytest.mark.django_db
+def test_it_shows_anomalies_without_letting_anyone_edit_them(admin_client):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from monitoring.models import MetricSeries, MonitorAnomaly
+
+    series = MetricSeries.objects.create(
+        metric="error_rate", labels={"agent": "w1"}, fingerprint="f" * 32, agent_id="w1"
+    )
+    found = MonitorAnomaly.objects.create(
+        series=series,
+        metric="error_rate",
+        agent_id="w1",
+        started_at=timezone.now() - timedelta(minutes=5),
+        peak_score=6.5,
+        direction="up",
+        detector="ewma",
+        severity="error",
+        explanation={"expected_low": 0.0, "expected_high": 0.05, "observed": 0.4},
+    )
+
+    listing = admin_client.get(admin_url(MonitorAnomaly, "changelist"))
+    page = admin_client.get(admin_url(MonitorAnomaly, "change", found.pk))
+    edit = admin_client.post(admin_url(MonitorAnomaly, "change", found.pk), {"severity": "info"})
+
+    assert listing.status_code == 200 and b"ewma" in listing.content
+    assert page.status_code == 200 and b"Save" not in page.content
+    assert edit.status_code == 403
+    assert admin_client.get(admin_url(MonitorAnomaly, "add")).status_code == 403
+    found.refresh_from_db()
+    assert found.severity == "error"

@@ -46,3 +46,28 @@ def test_it_ignores_a_version_parameter_it_would_echo_into_a_header(client):
         response = client.get(f"/api/schema/?version={version}")
         assert response.status_code == 200
         assert response["Content-Disposition"] == 'inline; filename="Omoi Console API (1).yaml"'
+
+
+def test_it_documents_the_metric_reads_with_their_parameters(tmp_path):
+    target = tmp_path / "schema.json"
+    call_command("spectacular", file=str(target), format="openapi-json")
+    paths = json.loads(target.read_text())["paths"]
+
+    query = paths["/api/v1/metrics/query"]["get"]
+    parameters = {p["name"]: p["schema"] for p in query["parameters"]}
+    assert {"metric", "start", "end", "step", "agg", "label", "agent", "limit", "offset"} <= set(
+        parameters
+    )
+    assert set(parameters["agg"]["enum"]) >= {"avg", "rate", "p95"}
+    assert parameters["limit"]["maximum"] == 50
+    for path in (
+        "/api/v1/metrics",
+        "/api/v1/metrics/series",
+        "/api/v1/metrics/top",
+        "/api/v1/anomalies",
+        "/api/v1/anomalies/{id}",
+        "/api/v1/anomalies/summary",
+        "/api/v1/fleet/summary",
+    ):
+        assert "200" in paths[path]["get"]["responses"], path
+        assert "422" in paths[path]["get"]["responses"], path

@@ -2,7 +2,7 @@ from django.urls import path, register_converter
 from django.urls.converters import StringConverter
 from rest_framework.routers import SimpleRouter
 
-from monitoring.api import metrics, views
+from monitoring.api import metrics, queries, views
 from monitoring.models import AGENT_ID_PATTERN
 from omoi_console.foundation.tokens import LOOKUP_PATTERN
 
@@ -22,6 +22,7 @@ register_converter(TokenLookupConverter, "token_lookup")
 
 router = SimpleRouter(trailing_slash=False)
 router.register("agents", views.AgentViewSet, basename="agent")
+router.register("anomalies", queries.AnomalyViewSet, basename="anomaly")
 
 token_list = views.AgentTokenViewSet.as_view({"get": "list", "post": "create"})
 token_detail = views.AgentTokenViewSet.as_view({"delete": "destroy"})
@@ -34,6 +35,12 @@ urlpatterns = [
     ),
     path("metrics/ingest", metrics.MetricIngestView.as_view(), name="metric-ingest"),
     path("metrics/catalog", metrics.MetricCatalogView.as_view(), name="metric-catalog"),
+    path("metrics", queries.MetricListView.as_view(), name="metric-list"),
+    path("metrics/series", queries.SeriesListView.as_view(), name="metric-series"),
+    path("metrics/query", queries.SeriesQueryView.as_view(), name="metric-query"),
+    path("metrics/top", queries.TopAgentsView.as_view(), name="metric-top"),
+    path("anomalies/summary", queries.AnomalySummaryView.as_view(), name="anomaly-summary"),
+    path("fleet/summary", queries.FleetSummaryView.as_view(), name="fleet-summary"),
     path("agents/<agent_id:agent_id>/tokens", token_list, name="agent-tokens"),
     path(
         "agents/<agent_id:agent_id>/tokens/<token_lookup:lookup>",
