@@ -62,7 +62,7 @@ class Plan:
         self.seconds = 3.0 if quick else 20.0
         self.warm_up_seconds = 2.0 if quick else 5.0
         self.copy_rows = 300_000 if quick else 2_000_000
-        self.query_runs = 10 if quick else 50
+        self.query_runs = 20 if quick else 200
 
 
 def rss_mb(server: webserver.WebServer) -> float:
@@ -246,7 +246,7 @@ def query_run(bench_dir, databases, template: str, plan: Plan) -> dict:
     return {
         **found["series_query"],
         "ceiling": found["ceiling_bare_rollup_read"],
-        **{key: found[key] for key in ("samples", "source", "points", "load_and_roll_up_s")},
+        **{key: found[key] for key in ("samples_stored", "source", "points", "load_and_roll_up_s")},
     }
 
 
