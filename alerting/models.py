@@ -3,6 +3,8 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+# One severity scale for anomalies and alerts; alerting names it as its own.
+from monitoring.models import Severity
 from omoi_console.foundation.labels import validate_annotations, validate_labels
 
 
@@ -11,13 +13,6 @@ class RuleKind(models.TextChoices):
     THRESHOLD = "threshold", "Threshold"
     ANOMALY = "anomaly", "Anomaly"
     ABSENT = "absent", "Absent series"
-
-
-class Severity(models.TextChoices):
-    INFO = "info", "Info"
-    WARNING = "warning", "Warning"
-    ERROR = "error", "Error"
-    CRITICAL = "critical", "Critical"
 
 
 class AlertRule(models.Model):

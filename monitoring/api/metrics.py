@@ -59,6 +59,20 @@ StoredSchema = inline_serializer(
 )
 
 
+def metric_spec_fields() -> dict:
+    """The fields of a catalogue entry, for the schemas of the views that list them."""
+    return {
+        "name": serializers.CharField(),
+        "type": serializers.CharField(),
+        "unit": serializers.CharField(),
+        "labels": serializers.ListField(child=serializers.CharField()),
+        "description": serializers.CharField(),
+        "producer": serializers.CharField(),
+        "app": serializers.CharField(),
+        "max_series": serializers.IntegerField(),
+    }
+
+
 class MetricIngestView(APIView):
     """Store a batch of samples: all of it, or none and a 422 listing each bad sample.
 
@@ -107,21 +121,6 @@ class MetricCatalogView(APIView):
 
     pagination_class = None
 
-    @extend_schema(
-        responses=inline_serializer(
-            "MetricSpec",
-            {
-                "name": serializers.CharField(),
-                "type": serializers.CharField(),
-                "unit": serializers.CharField(),
-                "labels": serializers.ListField(child=serializers.CharField()),
-                "description": serializers.CharField(),
-                "producer": serializers.CharField(),
-                "app": serializers.CharField(),
-                "max_series": serializers.IntegerField(),
-            },
-            many=True,
-        )
-    )
+    @extend_schema(responses=inline_serializer("MetricSpec", metric_spec_fields(), many=True))
     def get(self, request):
         return Response([spec.as_dict() for spec in catalog.ordered()])

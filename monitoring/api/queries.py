@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from monitoring import anomalies, catalog, fleet, queries
+from monitoring.api.metrics import metric_spec_fields
 from monitoring.filtersets import AnomalyFilterSet, SeriesFilterSet
 from monitoring.models import MetricSeries, MonitorAnomaly
 from omoi_console.foundation.api.pagination import BoundedLimitOffsetPagination
@@ -146,14 +147,7 @@ class MetricSeriesSerializer(serializers.ModelSerializer):
 MetricSummaries = inline_serializer(
     "MetricSummary",
     {
-        "name": serializers.CharField(),
-        "type": serializers.CharField(),
-        "unit": serializers.CharField(),
-        "labels": serializers.ListField(child=serializers.CharField()),
-        "description": serializers.CharField(),
-        "producer": serializers.CharField(),
-        "app": serializers.CharField(),
-        "max_series": serializers.IntegerField(),
+        **metric_spec_fields(),
         "series": serializers.IntegerField(help_text="How many series the metric has."),
     },
     many=True,
