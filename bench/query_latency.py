@@ -123,6 +123,7 @@ def main() -> None:
     loaded = time.perf_counter() - began
     # As a serving process does at start-up (monitoring.ingest.asgi.lifespan):
     # what is loaded by now stays out of the collector's full collections.
+    gc.collect()
     gc.freeze()
     start, end = now - timedelta(hours=args.hours), now
 

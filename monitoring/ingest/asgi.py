@@ -246,6 +246,7 @@ async def lifespan(scope, receive, send):
             # What is loaded by now (Django, the apps, their modules) lives as long
             # as the process: out of the collector's sight, a full collection
             # costs a batch of samples microseconds instead of tens of milliseconds.
+            gc.collect()  # garbage is not frozen with the rest
             gc.freeze()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
