@@ -93,7 +93,7 @@ def ingest(
         raise BatchRejected(problems)
     if key is not None and not (0 < len(key) <= 200 and storable(key)):
         raise BatchRejected([Problem(None, "key", "Idempotency keys are 1-200 characters.")])
-    partitions.ensure_days(SAMPLES_TABLE, {partitions.day_of(ts) for _, ts, _ in rows})
+    partitions.ensure_days(partitions.SAMPLES, _days_spanned(rows))
     with transaction.atomic():
         if key is not None and not _claim_key(key, len(rows), now):
             return Stored(0, duplicate=True)
@@ -104,7 +104,11 @@ def ingest(
     return Stored(len(rows), series_created=created)
 
 
-SAMPLES_TABLE = partitions.SAMPLES
+def _days_spanned(rows: list[tuple]) -> list:
+    """Every day from the batch's oldest sample to its newest (one or two, as a rule)."""
+    first = partitions.day_of(min(ts for _, ts, _ in rows))
+    last = partitions.day_of(max(ts for _, ts, _ in rows))
+    return [first + timedelta(days=n) for n in range((last - first).days + 1)]
 
 
 def parse(samples, *, agent_id: str | None, now: datetime) -> tuple[list[tuple], list[Problem]]:
