@@ -20,6 +20,11 @@ class Detector:
     After each ``update`` the attributes ``expected_low``, ``expected_high`` (the
     range the detector expected for that sample, or None while warming up) and
     ``direction`` ("up", "down" or None) explain the score to an operator.
+
+    ``in_excursion`` is true from the sample that alarmed until the series is
+    normal again; ``calm_since`` is then the timestamp of the first normal
+    sample, which is when the excursion ended. The anomaly lifecycle (one row
+    per excursion) follows these two, never the raw score.
     """
 
     name = ""
@@ -27,6 +32,8 @@ class Detector:
     expected_low: float | None = None
     expected_high: float | None = None
     direction: str | None = None
+    in_excursion: bool = False
+    calm_since: float | None = None
 
     def update(self, ts: float, value: float) -> float:
         """Feed one sample (Unix seconds, value); return its anomaly score in [0, 1]."""

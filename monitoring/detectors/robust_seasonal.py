@@ -73,6 +73,7 @@ class RobustSeasonalDetector(Detector):
         self.tail = 0.0  # running high quantile of log(z)
         self.alarmed = False  # inside an excursion that has alarmed
         self.calm = 0  # calm samples seen since
+        self.calm_since = None  # when the current run of calm samples began
         self.expected_low = self.expected_high = self.direction = None
 
     def update(self, ts: float, value: float) -> float:
@@ -135,7 +136,7 @@ class RobustSeasonalDetector(Detector):
         if n < WARMUP:
             return 0.0
         self.direction = "up" if r > 0 else "down"
-        return self._score(ar / sig, n, pred, sig)
+        return self._score(ar / sig, n, pred, sig, t)
 
     def _step(self, dt: float, n: int) -> tuple[float, float]:
         """Learning rate for this sample, and the seconds it stands for."""
@@ -155,7 +156,11 @@ class RobustSeasonalDetector(Detector):
             a = 1.0 / (n + 1)  # warming up: a plain mean of what was seen
         return a, interval * steps
 
-    def _score(self, z: float, n: int, pred: float, sig: float) -> float:
+    @property
+    def in_excursion(self) -> bool:
+        return self.alarmed
+
+    def _score(self, z: float, n: int, pred: float, sig: float, t: float) -> float:
         """Surprise relative to this series' usual high surprise, one alarm per excursion."""
         lz = math.log(z + 1e-12)
         tail = NORMAL_TAIL if n == WARMUP else self.tail
@@ -171,15 +176,19 @@ class RobustSeasonalDetector(Detector):
         score = ratio / (1.0 + ratio)
         if self.alarmed:
             if score < 0.25 * ALARM_SCORE:
+                if self.calm == 0:
+                    self.calm_since = t
                 self.calm += 1
                 if self.calm >= QUIET:
                     self.alarmed = False
             else:
                 self.calm = 0
+                self.calm_since = None
             return score * DAMPING
         if score >= ALARM_SCORE:
             self.alarmed = True
             self.calm = 0
+            self.calm_since = None
         return score
 
     _FLOATS = (
@@ -201,6 +210,7 @@ class RobustSeasonalDetector(Detector):
             "n": self.n,
             "alarmed": self.alarmed,
             "calm": self.calm,
+            "calm_since": self.calm_since,
             "daily": list(self.daily),
             "weekly": list(self.weekly),
         }
@@ -213,6 +223,8 @@ class RobustSeasonalDetector(Detector):
         det.n = int(state["n"])
         det.calm = int(state["calm"])
         det.alarmed = bool(state["alarmed"])
+        since = state.get("calm_since")
+        det.calm_since = None if since is None else float(since)
         for key in cls._FLOATS:
             setattr(det, key, float(state[key]))
         det.daily = [float(v) for v in state["daily"]]

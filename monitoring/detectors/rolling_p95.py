@@ -11,7 +11,7 @@ import bisect
 import math
 from collections import deque
 
-from monitoring.detectors.base import Detector, InvalidSample
+from monitoring.detectors.base import ALARM_SCORE, Detector, InvalidSample
 
 
 def percentile(ordered: list[float], q: float) -> float:
@@ -40,6 +40,7 @@ class RollingP95Detector(Detector):
         self.recent: deque[float] = deque()
         self.ordered: list[float] = []
         self.t_last: float | None = None
+        self.in_excursion = False
         self.expected_low = self.expected_high = self.direction = None
 
     def update(self, ts: float, value: float) -> float:
@@ -68,6 +69,11 @@ class RollingP95Detector(Detector):
                 old = self.recent.popleft()
                 del self.ordered[bisect.bisect_left(self.ordered, old)]
         self.seen += 1
+        # No memory of excursions: every sample above the band is one, the first below ends it.
+        if score >= ALARM_SCORE:
+            self.in_excursion, self.calm_since = True, None
+        elif self.in_excursion:
+            self.in_excursion, self.calm_since = False, t
         return score
 
     def state(self) -> dict:
@@ -80,6 +86,8 @@ class RollingP95Detector(Detector):
             },
             "seen": self.seen,
             "t_last": self.t_last,
+            "in_excursion": self.in_excursion,
+            "calm_since": self.calm_since,
             "recent": list(self.recent),
         }
 
@@ -88,6 +96,9 @@ class RollingP95Detector(Detector):
         det = cls(**state["params"])
         det.t_last = None if state["t_last"] is None else float(state["t_last"])
         det.seen = int(state["seen"])
+        det.in_excursion = bool(state.get("in_excursion", False))
+        since = state.get("calm_since")
+        det.calm_since = None if since is None else float(since)
         det.recent = deque(float(v) for v in state["recent"][-(det.window // det.stride) :])
         det.ordered = sorted(det.recent)
         return det
