@@ -11,9 +11,11 @@ from it (``manage.py metrics_doc``); a test fails when the page is stale.
 """
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from django.db import models
+
+from monitoring.detectors import DEFAULT_DETECTOR
 
 METRIC_NAME = re.compile(r"[a-z_][a-z0-9_]{0,99}")
 # Every series names the agent it is about when there is one: ingest fills it in
@@ -31,6 +33,44 @@ class Producer(models.TextChoices):
     CONSOLE = "console", "The console itself"
 
 
+class DetectOn(models.TextChoices):
+    """Which number of a series' minute its anomaly detector is fed."""
+
+    MEAN = "mean", "Mean of the minute's samples"
+    MIN = "min", "Smallest sample of the minute"
+    MAX = "max", "Largest sample of the minute"
+    P50 = "p50", "Median of the minute"
+    P95 = "p95", "95th percentile of the minute"
+    P99 = "p99", "99th percentile of the minute"
+    SUM = "sum", "Sum of the minute's samples"
+    COUNT = "count", "Number of samples in the minute"
+    INCREASE = "increase", "Growth of a counter since the previous minute (a reset counts from 0)"
+
+
+@dataclass(frozen=True)
+class Detection:
+    """How a metric's series are watched for anomalies unless an operator says otherwise.
+
+    ``on`` empty means "by the metric's type": a gauge's mean, a counter's increase.
+    """
+
+    on: str = ""
+    detector: str = DEFAULT_DETECTOR
+    params: tuple[tuple[str, float], ...] = ()
+    severity: str = "warning"
+
+    def as_dict(self) -> dict:
+        return {
+            "on": self.on,
+            "detector": self.detector,
+            "params": dict(self.params),
+            "severity": self.severity,
+        }
+
+
+BY_TYPE = Detection()
+
+
 @dataclass(frozen=True)
 class MetricSpec:
     name: str
@@ -44,12 +84,18 @@ class MetricSpec:
     max_series: int | None = None
     # The owning app, for the generated documentation.
     app: str = "monitoring"
+    # The default anomaly detection of its series (None: not watched). An
+    # operator's DetectorSetting row for the metric replaces it.
+    detection: Detection | None = BY_TYPE
     allowed_labels: frozenset = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if not METRIC_NAME.fullmatch(self.name):
             raise ValueError(f"metric name {self.name!r} is not lower_snake_case")
         object.__setattr__(self, "allowed_labels", frozenset(self.labels))
+        if self.detection is not None and not self.detection.on:
+            on = DetectOn.INCREASE if self.type == MetricType.COUNTER else DetectOn.MEAN
+            object.__setattr__(self, "detection", replace(self.detection, on=on))
 
     def as_dict(self) -> dict:
         return {
@@ -61,6 +107,7 @@ class MetricSpec:
             "producer": self.producer,
             "app": self.app,
             "max_series": self.series_cap(),
+            "detection": self.detection.as_dict() if self.detection else None,
         }
 
     def series_cap(self) -> int:
@@ -96,6 +143,7 @@ declare(
         "seconds",
         (AGENT_LABEL, "task_kind"),
         "How long the agent took for one task, from pickup to result.",
+        detection=Detection(DetectOn.P95),
     ),
     MetricSpec(
         "queue_depth",
@@ -110,6 +158,7 @@ declare(
         "seconds",
         (AGENT_LABEL, "lock"),
         "Time the agent waited for a shared lock (a repository, a file, a ticket).",
+        detection=Detection(DetectOn.P95),
     ),
     MetricSpec(
         "task_failures_total",
@@ -139,6 +188,8 @@ declare(
         (AGENT_LABEL, "role"),
         "Seconds since the agent's last heartbeat, when the console looked.",
         producer=Producer.CONSOLE,
+        # A sawtooth by nature; the heartbeat deadlines already judge it.
+        detection=None,
     ),
     MetricSpec(
         "agent_availability",
@@ -171,15 +222,20 @@ def render_markdown() -> str:
     lines = [DOC_HEADER]
     for app in sorted({spec.app for spec in CATALOG.values()}):
         lines.append(f"## {app}\n")
-        lines.append("| name | type | unit | labels | producer | max series | description |")
-        lines.append("|---|---|---|---|---|---|---|")
+        lines.append(
+            "| name | type | unit | labels | producer | max series | anomaly detection "
+            "| description |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|")
         for spec in ordered():
             if spec.app != app:
                 continue
             labels = ", ".join(f"`{label}`" for label in spec.labels)
+            watched = spec.detection
+            detection = f"`{watched.detector}` on {watched.on}" if watched else "none"
             lines.append(
                 f"| `{spec.name}` | {spec.type} | {spec.unit} | {labels} | {spec.producer} "
-                f"| {spec.max_series or 'default'} | {spec.description} |"
+                f"| {spec.max_series or 'default'} | {detection} | {spec.description} |"
             )
         lines.append("")
     return "\n".join(lines)

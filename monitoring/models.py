@@ -12,6 +12,9 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from monitoring import catalog
+from monitoring.catalog import DetectOn
+from monitoring.detectors import get_detector
 from omoi_console.foundation.labels import storable, validate_labels
 from omoi_console.foundation.tokens import HashedToken
 
@@ -413,3 +416,125 @@ class MonitorAnomaly(models.Model):
 
     def __str__(self):
         return f"{self.metric} {self.direction} on series {self.series_id} ({self.severity})"
+
+
+def validate_metric_name(value: str) -> None:
+    if catalog.get(value) is None:
+        raise ValidationError(f"{value!r} is not a metric of the catalogue.")
+
+
+class DetectorSetting(models.Model):
+    """An operator's choice of anomaly detection for one metric, replacing the catalogue's.
+
+    Without a row, a metric is watched as the catalogue declares. A row can turn
+    detection off (``enabled`` false), pick another detector or other parameters,
+    feed it another number of the minute, or set the severity of what it finds.
+    Changing the detector, its parameters or ``on`` starts every series of the
+    metric afresh (a new warm-up): the old state answers a different question.
+    """
+
+    metric = models.CharField(
+        max_length=100,
+        unique=True,
+        validators=[validate_metric_name],
+        help_text="A metric of the catalogue, e.g. task_latency_seconds.",
+    )
+    enabled = models.BooleanField(
+        default=True, help_text="Off: the metric's series are not watched at all."
+    )
+    detector = models.CharField(
+        max_length=64, help_text="A detector by name, e.g. robust_seasonal."
+    )
+    params = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='Parameters of the detector, e.g. {"threshold": 3}; empty uses its defaults.',
+    )
+    on = models.CharField(
+        max_length=16,
+        choices=DetectOn.choices,
+        help_text="Which number of each minute the detector is fed.",
+    )
+    severity = models.CharField(
+        max_length=16,
+        choices=Severity.choices,
+        default=Severity.WARNING,
+        help_text="Severity of the anomalies it opens.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "monitor_detector_settings"
+        ordering = ["metric"]
+
+    def __str__(self):
+        return f"{self.metric}: {self.detector if self.enabled else 'off'}"
+
+    def clean(self):
+        super().clean()
+        if not isinstance(self.params, dict):
+            raise ValidationError({"params": "Must be an object of parameter names and values."})
+        try:
+            get_detector(self.detector, **self.params)
+        except ValueError as exc:
+            field = "detector" if "unknown detector" in str(exc) else "params"
+            raise ValidationError({field: str(exc)}) from None
+
+
+class SeriesDetector(models.Model):
+    """The detector of one series between two runs: its state, and where it got to.
+
+    ``config`` names the detector, parameters and input the state was built
+    with; a different configuration starts a fresh state. ``score`` is what the
+    composite health reads: the peak of the excursion while one is open, else the
+    last score. ``previous`` is the last raw reading, for counters' increase.
+    """
+
+    series = models.OneToOneField(
+        MetricSeries, on_delete=models.CASCADE, primary_key=True, related_name="detector"
+    )
+    config = models.CharField(max_length=200)
+    state = models.JSONField()
+    minute = models.DateTimeField(help_text="The last minute fed to the detector.")
+    value = models.FloatField(help_text="The last value fed to the detector.")
+    previous = models.FloatField(null=True, blank=True)
+    score = models.FloatField(default=0.0)
+
+    class Meta:
+        db_table = "monitor_detector_states"
+
+    def __str__(self):
+        return f"series {self.series_id}: {self.config}"
+
+
+class AgentHealth(models.Model):
+    """One agent's composite health: a weighted score of what its signals say, in [0, 1].
+
+    0 is healthy, 1 as unhealthy as it gets. ``components`` keeps each part
+    (latency, errors, heartbeat, blocked) so an operator sees why. ``streak``
+    counts consecutive evaluations at or above the threshold; ``anomalous``
+    is set once the streak is long enough and cleared by the first one below.
+    """
+
+    agent = models.OneToOneField(
+        Agent, on_delete=models.CASCADE, primary_key=True, related_name="health"
+    )
+    score = models.FloatField(default=0.0)
+    components = models.JSONField(default=dict)
+    streak = models.PositiveIntegerField(default=0)
+    anomalous = models.BooleanField(default=False)
+    anomalous_since = models.DateTimeField(null=True, blank=True)
+    evaluated_at = models.DateTimeField()
+
+    class Meta:
+        db_table = "monitor_agent_health"
+        verbose_name_plural = "agent health"
+        indexes = [
+            models.Index(fields=["-score"], name="agent_health_score_idx"),
+            models.Index(
+                fields=["agent"], condition=Q(anomalous=True), name="agent_health_anomalous_idx"
+            ),
+        ]
+
+    def __str__(self):
+        return f"{self.agent_id}: {self.score:.2f}"
