@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from monitoring import metric_jobs, services, stuck
+from monitoring import detection, metric_jobs, services, stuck
 
 
 @shared_task(ignore_result=True, expires=1)
@@ -11,6 +11,11 @@ def check_heartbeats() -> None:
 @shared_task(ignore_result=True, expires=15)
 def roll_up_metrics() -> None:
     metric_jobs.roll_up()
+
+
+@shared_task(ignore_result=True, expires=15)
+def detect_anomalies() -> None:
+    detection.detect()
 
 
 @shared_task(ignore_result=True, expires=600)

@@ -450,6 +450,9 @@ REQUEST_BODY_LIMITS["/v1/metrics"] = METRIC_MAX_BATCH_BYTES
 METRIC_PARTITIONS_AHEAD_DAYS = env_int("OMOI_METRIC_PARTITIONS_AHEAD_DAYS", 2)
 # Idempotency keys of ingested batches are remembered this long.
 METRIC_BATCH_KEY_RETENTION_HOURS = env_int("OMOI_METRIC_BATCH_KEY_RETENTION_HOURS", 24)
+# Anomaly detection on a new installation starts this far back in the rollups, so
+# the detectors warm up on history instead of on the next half hour.
+DETECTION_BACKFILL_SECONDS = env_int("OMOI_DETECTION_BACKFILL_SECONDS", 6 * 3600)
 
 # The lean heartbeat path writes buffered heartbeats every this many seconds.
 INGEST_FLUSH_SECONDS = env_float("OMOI_INGEST_FLUSH_SECONDS", 0.1)

@@ -16,6 +16,8 @@ PERIODIC_JOBS = (
     PeriodicJob("check remediations", "watchdog.tasks.check_remediations", 2.0),
     PeriodicJob("deliver notifications", "alerting.tasks.deliver_due_notifications", 5.0),
     PeriodicJob("roll up metrics", "monitoring.tasks.roll_up_metrics", 15.0),
+    # Closed minutes only: it follows the rollups, a minute behind at most.
+    PeriodicJob("detect anomalies", "monitoring.tasks.detect_anomalies", 15.0),
     PeriodicJob("create metric partitions", "monitoring.tasks.create_metric_partitions", 600.0),
     PeriodicJob("sweep events", "omoi_console.foundation.events.tasks.sweep_events", 5.0),
     # Each run is bounded (rows per batch, batches per kind, seconds): see retention.

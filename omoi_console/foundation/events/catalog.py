@@ -5,6 +5,7 @@ keeps the two in step, and ``publish`` refuses a payload that lacks a field.
 """
 
 AGENT_FIELDS = ("agent_id", "role")
+ANOMALY_FIELDS = ("anomaly_id", "series", "series_id", "metric", "agent_id")
 
 CATALOG: dict[str, tuple[str, ...]] = {
     "monitor.agent.state_changed": (*AGENT_FIELDS, "from_state", "to_state", "reason", "actor"),
@@ -18,7 +19,24 @@ CATALOG: dict[str, tuple[str, ...]] = {
         "stuck_after",
         "seconds_without_progress",
     ),
-    "monitor.anomaly.detected": ("anomaly_id", "series", "score"),
+    "monitor.anomaly.detected": (
+        *ANOMALY_FIELDS,
+        "score",
+        "direction",
+        "severity",
+        "detector",
+        "started_at",
+        "expected_low",
+        "expected_high",
+        "observed",
+    ),
+    "monitor.anomaly.resolved": (
+        *ANOMALY_FIELDS,
+        "peak_score",
+        "started_at",
+        "ended_at",
+        "duration_seconds",
+    ),
     "monitor.alert.triggered": ("alert_id", "rule", "severity", "fingerprint", "labels", "summary"),
     "monitor.alert.acknowledged": ("alert_id", "rule", "fingerprint", "labels", "by"),
     "monitor.alert.resolved": ("alert_id", "rule", "fingerprint", "labels", "duration_seconds"),
