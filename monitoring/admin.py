@@ -1,13 +1,17 @@
+from django import forms
 from django.contrib import admin
 
-from monitoring import registry
+from monitoring import catalog, registry
+from monitoring.detectors import DETECTORS
 from monitoring.models import (
     Agent,
     AgentCommand,
     AgentToken,
     AgentTransition,
+    DetectorSetting,
     MetricSeries,
     MonitorAnomaly,
+    SeriesDetector,
 )
 from omoi_console.foundation.token_admin import HashedTokenAdmin
 
@@ -119,4 +123,47 @@ class MonitorAnomalyAdmin(admin.ModelAdmin):
         return False
 
     def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class DetectorSettingForm(forms.ModelForm):
+    """Metric and detector are picked from what exists, so a typo cannot be saved."""
+
+    class Meta:
+        model = DetectorSetting
+        fields = ["metric", "enabled", "detector", "params", "on", "severity"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["metric"].widget = forms.Select(
+            choices=[(spec.name, spec.name) for spec in catalog.ordered()]
+        )
+        self.fields["detector"].widget = forms.Select(
+            choices=[(name, name) for name in sorted(DETECTORS)]
+        )
+
+
+@admin.register(DetectorSetting)
+class DetectorSettingAdmin(admin.ModelAdmin):
+    """An operator's detection for a metric; without a row the catalogue's default applies."""
+
+    form = DetectorSettingForm
+    list_display = ["metric", "enabled", "detector", "on", "params", "severity", "updated_at"]
+    list_filter = ["enabled", "detector", "severity"]
+    search_fields = ["metric"]
+
+
+@admin.register(SeriesDetector)
+class SeriesDetectorAdmin(admin.ModelAdmin):
+    """Where each watched series' detector got to; written by detection only."""
+
+    list_display = ["series", "config", "minute", "value", "score"]
+    search_fields = ["series__metric", "series__agent_id"]
+    list_select_related = ["series"]
+    readonly_fields = ["series", "config", "state", "minute", "value", "previous", "score"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
         return False

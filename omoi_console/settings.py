@@ -328,6 +328,8 @@ SPECTACULAR_SETTINGS = {
         "AgentRoleEnum": "monitoring.models.AgentRole",
         "AgentStateEnum": "monitoring.models.AgentState",
         "ReportedStateEnum": "monitoring.models.REPORTABLE_STATES",
+        "DetectionSourceEnum": "monitoring.api.detection.SOURCES",
+        "ReadSourceEnum": ["raw", "rollup"],
     },
 }
 

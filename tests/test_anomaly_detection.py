@@ -9,7 +9,7 @@ import time_machine
 from django.core.exceptions import ValidationError
 from django.db import connection, connections, transaction
 
-from monitoring import detection, partitions, rollups, samples
+from monitoring import catalog, detection, partitions, rollups, samples
 from monitoring.detectors import get_detector, restore_detector
 from monitoring.models import (
     DetectorSetting,
@@ -19,6 +19,7 @@ from monitoring.models import (
     SeriesDetector,
 )
 from omoi_console.models import Event
+from tests.conftest import bearer
 
 START = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
@@ -345,3 +346,112 @@ def test_it_leaves_the_minutes_to_the_worker_that_holds_the_cursor():
         thread.join()
     assert detection.detect() == 60
     assert SeriesDetector.objects.get(series=series).state["n"] == 60
+
+
+@pytest.fixture
+def viewer(make_operator):
+    return bearer(make_operator("viewer")[1])
+
+
+@pytest.fixture
+def admin_user(make_operator):
+    return bearer(make_operator("admin")[1])
+
+
+@pytest.mark.django_db
+def test_it_lists_every_metric_with_the_detection_in_force(api, viewer):
+    DetectorSetting.objects.create(
+        metric="queue_depth", detector="rolling_p95", params={"window": 100}, on="max"
+    )
+    DetectorSetting.objects.create(
+        metric="error_rate", enabled=False, detector="robust_seasonal", on="mean"
+    )
+
+    response = api.get("/api/v1/detection", **viewer)
+
+    assert response.status_code == 200
+    by_metric = {row["metric"]: row for row in response.json()}
+    assert set(by_metric) == set(catalog.CATALOG)
+    assert by_metric["queue_depth"] == {
+        "metric": "queue_depth",
+        "watched": True,
+        "source": "setting",
+        "detector": "rolling_p95",
+        "params": {"window": 100},
+        "on": "max",
+        "severity": "warning",
+        "default": {
+            "on": "mean",
+            "detector": "robust_seasonal",
+            "params": {},
+            "severity": "warning",
+        },
+    }
+    assert by_metric["error_rate"]["source"] == "off"
+    assert by_metric["task_latency_seconds"]["on"] == "p95"
+    assert by_metric["task_latency_seconds"]["source"] == "catalog"
+    assert by_metric["heartbeat_age_seconds"]["watched"] is False
+
+
+@pytest.mark.django_db
+def test_it_sets_and_resets_a_metrics_detection(api, admin_user):
+    response = api.put(
+        "/api/v1/detection/queue_depth",
+        {"params": {"threshold": 3}, "severity": "error"},
+        format="json",
+        **admin_user,
+    )
+
+    assert response.status_code == 200, response.content
+    body = response.json()
+    # What was left out keeps the catalogue's default.
+    assert (body["detector"], body["on"], body["source"]) == ("robust_seasonal", "mean", "setting")
+    assert (body["params"], body["severity"]) == ({"threshold": 3}, "error")
+    assert detection.watches()["queue_depth"].severity == "error"
+
+    assert api.delete("/api/v1/detection/queue_depth", **admin_user).status_code == 204
+    assert not DetectorSetting.objects.exists()
+    assert api.get("/api/v1/detection/queue_depth", **admin_user).json()["source"] == "catalog"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"detector": "magic"}, "detector"),
+        ({"params": {"speed": 2}}, "params"),
+        ({"params": {"threshold": "high"}}, "params"),
+        ({"params": {"threshold": 0}}, "params"),
+        ({"params": [1, 2]}, "params"),
+        ({"on": "median"}, "on"),
+        ({"severity": "loud"}, "severity"),
+        ({"enabled": "maybe"}, "enabled"),
+    ],
+)
+def test_it_refuses_a_bad_setting_and_stores_nothing(api, admin_user, body, field):
+    response = api.put("/api/v1/detection/queue_depth", body, format="json", **admin_user)
+
+    assert response.status_code in (400, 422), response.content
+    assert field in str(response.json())
+    assert not DetectorSetting.objects.exists()
+
+
+@pytest.mark.django_db
+def test_it_answers_not_found_for_a_metric_outside_the_catalogue(api, admin_user):
+    assert api.get("/api/v1/detection/no_such_metric", **admin_user).status_code == 404
+    assert api.get("/api/v1/detection/Not-A-Name", **admin_user).status_code == 404
+    response = api.put(
+        "/api/v1/detection/no_such_metric", {"on": "max"}, format="json", **admin_user
+    )
+    assert response.status_code == 404
+    assert not DetectorSetting.objects.exists()
+
+
+@pytest.mark.django_db
+def test_it_lets_viewers_read_detection_but_not_change_it(api, viewer):
+    assert api.get("/api/v1/detection/queue_depth", **viewer).status_code == 200
+    response = api.put("/api/v1/detection/queue_depth", {"on": "max"}, format="json", **viewer)
+    assert response.status_code == 403
+    assert api.delete("/api/v1/detection/queue_depth", **viewer).status_code == 403
+    assert api.get("/api/v1/detection").status_code in (401, 403)
+    assert not DetectorSetting.objects.exists()

@@ -59,6 +59,15 @@ StoredSchema = inline_serializer(
 )
 
 
+class MetricDetectionSerializer(serializers.Serializer):
+    """How a metric's series are watched for anomalies by default."""
+
+    on = serializers.CharField()
+    detector = serializers.CharField()
+    params = serializers.DictField()
+    severity = serializers.CharField()
+
+
 def metric_spec_fields() -> dict:
     """The fields of a catalogue entry, for the schemas of the views that list them."""
     return {
@@ -70,6 +79,7 @@ def metric_spec_fields() -> dict:
         "producer": serializers.CharField(),
         "app": serializers.CharField(),
         "max_series": serializers.IntegerField(),
+        "detection": MetricDetectionSerializer(allow_null=True),
     }
 
 

@@ -2,7 +2,8 @@ from django.urls import path, register_converter
 from django.urls.converters import StringConverter
 from rest_framework.routers import SimpleRouter
 
-from monitoring.api import metrics, queries, views
+from monitoring.api import detection, metrics, queries, views
+from monitoring.catalog import METRIC_NAME
 from monitoring.models import AGENT_ID_PATTERN
 from omoi_console.foundation.tokens import LOOKUP_PATTERN
 
@@ -17,7 +18,12 @@ class TokenLookupConverter(StringConverter):
     regex = LOOKUP_PATTERN
 
 
+class MetricNameConverter(StringConverter):
+    regex = METRIC_NAME.pattern
+
+
 register_converter(AgentIdConverter, "agent_id")
+register_converter(MetricNameConverter, "metric")
 register_converter(TokenLookupConverter, "token_lookup")
 
 router = SimpleRouter(trailing_slash=False)
@@ -39,6 +45,12 @@ urlpatterns = [
     path("metrics/series", queries.SeriesListView.as_view(), name="metric-series"),
     path("metrics/query", queries.SeriesQueryView.as_view(), name="metric-query"),
     path("metrics/top", queries.TopAgentsView.as_view(), name="metric-top"),
+    path("detection", detection.DetectionListView.as_view(), name="detection-list"),
+    path(
+        "detection/<metric:metric>",
+        detection.DetectionDetailView.as_view(),
+        name="detection-detail",
+    ),
     path("anomalies/summary", queries.AnomalySummaryView.as_view(), name="anomaly-summary"),
     path("fleet/summary", queries.FleetSummaryView.as_view(), name="fleet-summary"),
     path("agents/<agent_id:agent_id>/tokens", token_list, name="agent-tokens"),
