@@ -29,16 +29,11 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import DateTimeField
 
-from monitoring import catalog
+from monitoring import catalog, detector_states
 from monitoring.catalog import DetectOn
+from monitoring.detector_states import Saved, as_datetime
 from monitoring.detectors import Detector, InvalidSample, get_detector, restore_detector
-from monitoring.models import (
-    DetectorSetting,
-    MetricSeries,
-    MonitorAnomaly,
-    RollupCursor,
-    SeriesDetector,
-)
+from monitoring.models import DetectorSetting, MetricSeries, MonitorAnomaly, RollupCursor
 from monitoring.rollups import MINUTE
 from omoi_console.foundation.events import NewEvent, publish_many
 from omoi_console.foundation.events.tracing import new_trace_ids
@@ -155,13 +150,7 @@ def _oldest_rollup_minute() -> datetime | None:
         (oldest,) = cursor.fetchone()
     if oldest is None:
         return None
-    return _as_datetime(oldest)
-
-
-def _as_datetime(value) -> datetime:
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
-    return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+    return as_datetime(oldest)
 
 
 @dataclass
@@ -178,7 +167,7 @@ def feed_minutes(start: datetime, end: datetime, watched: dict[str, Watch]) -> i
     if not by_series:
         return 0
     ids = list(by_series)
-    states = SeriesDetector.objects.in_bulk(ids)
+    states = detector_states.load(ids)
     open_now = {
         anomaly.series_id: anomaly
         for anomaly in MonitorAnomaly.objects.filter(series_id__in=ids, ended_at__isnull=True)
@@ -198,12 +187,7 @@ def feed_minutes(start: datetime, end: datetime, watched: dict[str, Watch]) -> i
         row = feed.row()
         if row is not None:
             rows.append(row)
-    SeriesDetector.objects.bulk_create(
-        rows,
-        update_conflicts=True,
-        unique_fields=["series"],
-        update_fields=["config", "state", "minute", "value", "previous", "score"],
-    )
+    detector_states.save(rows)
     opened = MonitorAnomaly.objects.bulk_create(found.opened)
     if found.changed:
         MonitorAnomaly.objects.bulk_update(
@@ -235,7 +219,7 @@ def _rollups(start: datetime, end: datetime, metrics: list[str]) -> dict:
             entry = found.get(series_id)
             if entry is None:
                 entry = found[series_id] = (metric, agent_id, [])
-            entry[2].append((_as_datetime(minute), dict(zip(COLUMNS, numbers, strict=True))))
+            entry[2].append((as_datetime(minute), dict(zip(COLUMNS, numbers, strict=True))))
     return found
 
 
@@ -255,7 +239,7 @@ class SeriesFeed:
         self.series_id, self.agent_id, self.watch, self.found = series_id, agent_id, watch, found
         self.saved = saved if saved is not None and saved.config == watch.config else None
         if self.saved is not None:
-            self.detector = restore_detector(self.saved.state)
+            self.detector = restore_detector(json.loads(self.saved.state))
             self.minute, self.value = self.saved.minute, self.saved.value
             self.previous = self.saved.previous
         else:
@@ -326,20 +310,20 @@ class SeriesFeed:
         if anomaly.pk is not None:  # a new one is written with its final fields anyway
             self.found.changed[anomaly.pk] = anomaly
 
-    def row(self) -> SeriesDetector | None:
+    def row(self) -> Saved | None:
         """The state to save, or None when nothing about it changed."""
         if self.minute is None or not self.changed:
             return None
         anomaly = self.anomaly
-        return SeriesDetector(
-            series_id=self.series_id,
-            config=self.watch.config,
-            state=self.detector.state(),
-            minute=self.minute,
-            value=self.value,
-            previous=self.previous,
+        return Saved(
+            self.series_id,
+            self.watch.config,
+            self.detector.state_json(),
+            self.minute,
+            self.value,
+            self.previous,
             # What composite health reads: an excursion counts at its peak until it ends.
-            score=anomaly.peak_score if anomaly is not None else self.score,
+            anomaly.peak_score if anomaly is not None else self.score,
         )
 
 

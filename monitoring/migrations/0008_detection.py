@@ -124,7 +124,7 @@ class Migration(migrations.Migration):
                     ),
                 ),
                 ("config", models.CharField(max_length=200)),
-                ("state", models.JSONField()),
+                ("state", models.TextField(help_text="The detector's state as compact JSON.")),
                 ("minute", models.DateTimeField(help_text="The last minute fed to the detector.")),
                 ("value", models.FloatField(help_text="The last value fed to the detector.")),
                 ("previous", models.FloatField(blank=True, null=True)),
