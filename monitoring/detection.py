@@ -32,8 +32,20 @@ from django.db.models import DateTimeField
 from monitoring import catalog, detector_states
 from monitoring.catalog import DetectOn
 from monitoring.detector_states import Saved, as_datetime
-from monitoring.detectors import Detector, InvalidSample, get_detector, restore_detector
-from monitoring.models import DetectorSetting, MetricSeries, MonitorAnomaly, RollupCursor
+from monitoring.detectors import (
+    ALARM_SCORE,
+    Detector,
+    InvalidSample,
+    get_detector,
+    restore_detector,
+)
+from monitoring.models import (
+    DetectorSetting,
+    MetricSeries,
+    MonitorAnomaly,
+    RollupCursor,
+    SeriesDetector,
+)
 from monitoring.rollups import MINUTE
 from omoi_console.foundation.events import NewEvent, publish_many
 from omoi_console.foundation.events.tracing import new_trace_ids
@@ -44,6 +56,8 @@ CURSOR = "detectors"
 ROLLUP_CURSOR = "samples"
 # Minutes fed per transaction: catching up after downtime is a few transactions.
 BATCH_MINUTES = 30
+# Stale anomalies ended per batch of minutes; any more wait for the next batch.
+STALE_BATCH = 1000
 COLUMNS = ("count", "sum", "min", "max", "p50", "p95", "p99")
 
 
@@ -104,7 +118,7 @@ def watches() -> dict[str, Watch]:
     return watched
 
 
-def detect(now: datetime | None = None, *, budget_seconds: float = 5.0) -> int:
+def detect(*, budget_seconds: float = 5.0) -> int:
     """Feed the detectors every rolled-up minute they have not seen; how many minutes it fed."""
     deadline = time.monotonic() + budget_seconds
     RollupCursor.objects.bulk_create([RollupCursor(name=CURSOR)], ignore_conflicts=True)
@@ -127,10 +141,35 @@ def detect(now: datetime | None = None, *, budget_seconds: float = 5.0) -> int:
                 return done
             end = min(start + BATCH_MINUTES * MINUTE, until)
             feed_minutes(start, end, watched)
+            close_stale(end)
             cursor.rolled_until = end
             cursor.save(update_fields=["rolled_until"])
         done += round((end - start) / MINUTE)
     return done
+
+
+def close_stale(until: datetime) -> int:
+    """End the anomalies of series that have sent nothing for a while; how many.
+
+    A series that stops (its agent is gone, or stopped reporting the metric)
+    would otherwise keep its anomaly open for good. It ends after the last
+    minute seen, and the series stops counting towards its agent's health.
+    """
+    cutoff = until - timedelta(seconds=settings.DETECTION_STALE_SECONDS)
+    stale = list(
+        MonitorAnomaly.objects.filter(ended_at__isnull=True, series__detector__minute__lt=cutoff)
+        .select_related("series__detector")
+        .order_by("id")[:STALE_BATCH]
+    )
+    if not stale:
+        return 0
+    for anomaly in stale:
+        anomaly.ended_at = max(anomaly.started_at, anomaly.series.detector.minute + MINUTE)
+        anomaly.explanation = {**anomaly.explanation, "ended_by": "no data"}
+    MonitorAnomaly.objects.bulk_update(stale, ["ended_at", "explanation"])
+    SeriesDetector.objects.filter(series_id__in=[a.series_id for a in stale]).update(score=0.0)
+    _publish([], stale)
+    return len(stale)
 
 
 def _first_minute(until: datetime | None) -> datetime | None:
@@ -273,7 +312,7 @@ class SeriesFeed:
         self.value, self.score = raw, score
         detector, anomaly = self.detector, self.anomaly
         if detector.in_excursion:
-            if anomaly is None:
+            if anomaly is None and score >= ALARM_SCORE:
                 self.anomaly = MonitorAnomaly(
                     series_id=self.series_id,
                     metric=self.watch.metric,
@@ -286,7 +325,7 @@ class SeriesFeed:
                     explanation=self._explanation(raw),
                 )
                 self.found.opened.append(self.anomaly)
-            elif score > anomaly.peak_score:
+            elif anomaly is not None and score > anomaly.peak_score:
                 anomaly.peak_score, anomaly.explanation = score, self._explanation(raw)
                 self._mark(anomaly)
         elif anomaly is not None:

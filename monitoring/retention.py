@@ -1,4 +1,4 @@
-"""How long transitions and metric storage are kept. Imported by ``MonitoringConfig.ready()``.
+"""How long transitions, anomalies and metric storage are kept (imported by the app config).
 
 A transition is history only: the agent row holds its current state and when
 it changed, and nothing reads an old transition to decide anything, so every
@@ -8,9 +8,10 @@ transition older than the retention may go.
 from datetime import timedelta
 
 from django.conf import settings
+from django.db.models import Q
 
 from monitoring import partitions
-from monitoring.models import AgentTransition, IngestBatch
+from monitoring.models import AgentTransition, IngestBatch, MonitorAnomaly
 from omoi_console.foundation.retention import (
     CallableRetention,
     Pruned,
@@ -44,6 +45,18 @@ def _partitioned(table: partitions.PartitionedTable) -> CallableRetention:
     return CallableRetention(
         name=f"metric.{table.table.removeprefix('monitor_')}", prune=prune, counter=count
     )
+
+
+# An anomaly goes once it has been over for the retention; an open one never does.
+ANOMALIES = register(
+    RowRetention(
+        name="monitor.anomalies",
+        model=MonitorAnomaly,
+        age_field="ended_at",
+        keep=days_kept("RETAIN_ANOMALIES_DAYS"),
+        where=Q(ended_at__isnull=False),
+    )
+)
 
 
 SAMPLES = register(_partitioned(partitions.SAMPLES))

@@ -455,6 +455,8 @@ METRIC_BATCH_KEY_RETENTION_HOURS = env_int("OMOI_METRIC_BATCH_KEY_RETENTION_HOUR
 # Anomaly detection on a new installation starts this far back in the rollups, so
 # the detectors warm up on history instead of on the next half hour.
 DETECTION_BACKFILL_SECONDS = env_int("OMOI_DETECTION_BACKFILL_SECONDS", 6 * 3600)
+# An open anomaly of a series that has sent nothing for this long is ended.
+DETECTION_STALE_SECONDS = env_int("OMOI_DETECTION_STALE_SECONDS", 3600)
 
 # The lean heartbeat path writes buffered heartbeats every this many seconds.
 INGEST_FLUSH_SECONDS = env_float("OMOI_INGEST_FLUSH_SECONDS", 0.1)
@@ -479,6 +481,7 @@ def _retention_days(name: str, default: int) -> int:
 RETAIN_PROCESSED_EVENTS_DAYS = _retention_days("OMOI_RETAIN_PROCESSED_EVENTS_DAYS", 7)
 RETAIN_DEAD_EVENTS_DAYS = _retention_days("OMOI_RETAIN_DEAD_EVENTS_DAYS", 30)
 RETAIN_TRANSITIONS_DAYS = _retention_days("OMOI_RETAIN_TRANSITIONS_DAYS", 30)
+RETAIN_ANOMALIES_DAYS = _retention_days("OMOI_RETAIN_ANOMALIES_DAYS", 90)
 RETAIN_NOTIFICATIONS_DAYS = _retention_days("OMOI_RETAIN_NOTIFICATIONS_DAYS", 30)
 RETAIN_REMEDIATIONS_DAYS = _retention_days("OMOI_RETAIN_REMEDIATIONS_DAYS", 90)
 # One prune run: rows per DELETE, batches per kind, and seconds before it stops

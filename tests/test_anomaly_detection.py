@@ -273,6 +273,26 @@ def test_it_keeps_one_open_anomaly_per_series_across_runs():
 
 
 @pytest.mark.django_db
+def test_it_ends_the_anomaly_of_a_series_that_stopped_sending(settings):
+    settings.DETECTION_STALE_SECONDS = 3600
+    quiet, busy = make_series(agent="a-1"), make_series(agent="a-2")
+    write_rollups(quiet, {m: [v] for m, v in enumerate(noisy(100) + [0.0] * 5)})
+    write_rollups(busy, {m: [v] for m, v in enumerate(noisy(200, seed=8))})
+    rolled_until(164)  # the quiet series' last minute (104) is 60 minutes back
+    detection.detect()
+    assert MonitorAnomaly.objects.get(series=quiet).ended_at is None
+
+    rolled_until(166)
+    detection.detect()
+
+    anomaly = MonitorAnomaly.objects.get(series=quiet)
+    assert anomaly.ended_at == START + 105 * MINUTE
+    assert anomaly.explanation["ended_by"] == "no data"
+    assert [e["anomaly_id"] for e in events("monitor.anomaly.resolved")] == [anomaly.pk]
+    assert SeriesDetector.objects.get(series=quiet).score == 0.0
+
+
+@pytest.mark.django_db
 def test_it_runs_on_what_ingest_and_the_rollup_job_stored():
     rng = random.Random(5)
     batch = []

@@ -11,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils.module_loading import import_string
 
 from alerting.models import Alert, AlertRule, AlertStatus, Notification, NotificationStatus
-from monitoring.models import AgentState, AgentTransition
+from monitoring.models import AgentState, AgentTransition, MetricSeries, MonitorAnomaly
 from omoi_console.foundation.events import bus
 from omoi_console.foundation.retention import (
     CallableRetention,
@@ -46,6 +46,7 @@ def retention(settings):
     settings.RETAIN_TRANSITIONS_DAYS = 30
     settings.RETAIN_NOTIFICATIONS_DAYS = 30
     settings.RETAIN_REMEDIATIONS_DAYS = 90
+    settings.RETAIN_ANOMALIES_DAYS = 90
     settings.RETENTION_BATCH_SIZE = 1000
     settings.RETENTION_MAX_BATCHES = 20
     settings.RETENTION_RUN_SECONDS = 30
@@ -531,3 +532,43 @@ def test_it_finds_each_batch_through_an_index_in_age_order(kind):
     # No sort of the candidates: the index hands them over oldest first.
     assert "Sort" not in plan and "TEMP B-TREE" not in plan, plan
     assert f"Seq Scan on {policy.model._meta.db_table}" not in plan, plan
+
+
+@pytest.mark.django_db
+def test_it_prunes_anomalies_long_over_and_keeps_open_ones_of_any_age():
+    series = MetricSeries.objects.create(metric="queue_depth", labels={}, fingerprint="q")
+
+    def anomaly(started_days_ago: int, ended_days_ago: int | None) -> MonitorAnomaly:
+        ended = None if ended_days_ago is None else NOW - ended_days_ago * DAY
+        return MonitorAnomaly.objects.create(
+            series=series,
+            metric="queue_depth",
+            started_at=NOW - started_days_ago * DAY,
+            ended_at=ended,
+            peak_score=0.9,
+            direction="up",
+            detector="robust_seasonal",
+        )
+
+    old = anomaly(200, 120)
+    kept = [anomaly(200, 80), anomaly(10, 1)]
+    # An excursion that never ended stays, however long ago it started.
+    still_open = MonitorAnomaly.objects.create(
+        series=MetricSeries.objects.create(
+            metric="queue_depth", labels={"q": "b"}, fingerprint="b"
+        ),
+        metric="queue_depth",
+        started_at=NOW - 300 * DAY,
+        peak_score=0.7,
+        direction="down",
+        detector="robust_seasonal",
+    )
+
+    report = prune(kinds=["monitor.anomalies"])["monitor.anomalies"]
+
+    assert sum(report.removed.values()) == 1
+    assert not MonitorAnomaly.objects.filter(pk=old.pk).exists()
+    assert set(MonitorAnomaly.objects.values_list("pk", flat=True)) == {
+        *[a.pk for a in kept],
+        still_open.pk,
+    }
