@@ -3,7 +3,7 @@
 Batch handlers: a mass outage is one task; each event is acted on in its own trace.
 """
 
-from alerting import services
+from alerting import lifecycle
 from omoi_console.foundation.events import event_trace, subscribe
 
 
@@ -11,11 +11,11 @@ from omoi_console.foundation.events import event_trace, subscribe
 def on_heartbeat_lost(events):
     for event in events:
         with event_trace(event):
-            services.fire_heartbeat_alerts(event.payload)
+            lifecycle.fire_heartbeat_alerts(event.payload)
 
 
 @subscribe("monitor.agent.recovered", handler_id="alerting.agent_recovered", batch=True)
 def on_agent_recovered(events):
     for event in events:
         with event_trace(event):
-            services.resolve_heartbeat_alerts(event.payload)
+            lifecycle.resolve_heartbeat_alerts(event.payload)

@@ -1,13 +1,13 @@
 from celery import shared_task
 
-from alerting import services
+from alerting import delivery
 
 
 @shared_task(ignore_result=True)
 def deliver_notification(notification_id: int) -> None:
-    services.deliver_notification(notification_id)
+    delivery.deliver_notification(notification_id)
 
 
 @shared_task(ignore_result=True, expires=5)
 def deliver_due_notifications() -> None:
-    services.deliver_due_notifications()
+    delivery.deliver_due_notifications()

@@ -5,8 +5,8 @@ from django.contrib import admin
 from django.test import RequestFactory
 from django.urls import reverse
 
+from alerting.lifecycle import fire_heartbeat_alerts
 from alerting.models import AlertRule
-from alerting.services import fire_heartbeat_alerts
 from monitoring.models import Agent, AgentToken
 from omoi_console.foundation.roles import PRODUCT_APPS
 from omoi_console.models import Event, OperatorToken

@@ -6,7 +6,7 @@ from django.core import mail
 from django.db import connections, transaction
 from django.test import override_settings
 
-from alerting import services
+from alerting import delivery, lifecycle
 from alerting.models import Alert, AlertRule, AlertStatus, Notification, NotificationStatus
 from monitoring.services import check_heartbeats, record_heartbeat
 from tests.conftest import bearer, free_port
@@ -43,8 +43,8 @@ def smtp_server():
 @pytest.mark.django_db(transaction=True)
 def test_it_fires_one_alert_and_notifies_console_and_email(registered_agent):
     with override_settings(EMAIL_BACKEND="django.core.mail.backends.locmem.EmailBackend"):
-        services.fire_heartbeat_alerts(LOST)
-        again = services.fire_heartbeat_alerts(LOST)
+        lifecycle.fire_heartbeat_alerts(LOST)
+        again = lifecycle.fire_heartbeat_alerts(LOST)
 
     alert = Alert.objects.get()
     assert again == [alert]  # same fingerprint, same alert
@@ -66,7 +66,7 @@ def test_it_delivers_email_over_real_smtp(smtp_server, registered_agent):
         "ALERT_EMAIL_RECIPIENTS": ["oncall@example.org", "lead@example.org"],
     }
     with override_settings(**smtp):
-        services.fire_heartbeat_alerts(LOST)
+        lifecycle.fire_heartbeat_alerts(LOST)
 
     assert inbox.received.wait(5)
     envelope = inbox.messages[0]
@@ -86,7 +86,7 @@ def test_it_retries_email_when_smtp_is_down_and_keeps_the_error(registered_agent
         EMAIL_PORT=closed_port,
         EMAIL_HOST_PASSWORD="hunter2-smtp-secret",
     ):
-        services.fire_heartbeat_alerts(LOST)
+        lifecycle.fire_heartbeat_alerts(LOST)
 
     email = Notification.objects.get(channel="email")
     assert email.status == NotificationStatus.PENDING
@@ -123,7 +123,7 @@ def test_it_resolves_the_alert_when_the_agent_recovers(registered_agent):
 
 @pytest.mark.django_db
 def test_it_lets_operators_but_not_viewers_acknowledge(api, make_operator, registered_agent):
-    services.fire_heartbeat_alerts(LOST)
+    lifecycle.fire_heartbeat_alerts(LOST)
     alert = Alert.objects.get()
     _, viewer_token = make_operator("viewer")
     operator, operator_token = make_operator("operator")
@@ -146,8 +146,8 @@ def test_it_lets_operators_but_not_viewers_acknowledge(api, make_operator, regis
 
 @pytest.mark.django_db
 def test_it_refuses_to_acknowledge_a_resolved_alert(api, make_operator, registered_agent):
-    services.fire_heartbeat_alerts(LOST)
-    services.resolve_heartbeat_alerts(LOST)
+    lifecycle.fire_heartbeat_alerts(LOST)
+    lifecycle.resolve_heartbeat_alerts(LOST)
     _, token = make_operator("operator")
     alert = Alert.objects.get()
 
@@ -159,15 +159,15 @@ def test_it_refuses_to_acknowledge_a_resolved_alert(api, make_operator, register
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 def test_it_claims_one_alerts_notifications_independently(registered_agent, monkeypatch):
-    monkeypatch.setattr(services, "enqueue_delivery", lambda notification_id: None)
-    services.fire_heartbeat_alerts(LOST)
+    monkeypatch.setattr(delivery, "enqueue_delivery", lambda notification_id: None)
+    lifecycle.fire_heartbeat_alerts(LOST)
     console, email = Notification.objects.order_by("channel")
     held, release = threading.Event(), threading.Event()
 
     def hold_console_claim():
         try:
             with transaction.atomic():
-                assert services.claim_notification(console.pk) is not None
+                assert delivery.claim_notification(console.pk) is not None
                 held.set()
                 release.wait(10)
         finally:
@@ -178,8 +178,8 @@ def test_it_claims_one_alerts_notifications_independently(registered_agent, monk
     try:
         assert held.wait(10)
         # The console delivery holds its row; the email beside it is still free.
-        assert services.claim_notification(email.pk) is not None
-        assert services.claim_notification(console.pk) is None
+        assert delivery.claim_notification(email.pk) is not None
+        assert delivery.claim_notification(console.pk) is None
     finally:
         release.set()
         worker.join(10)
@@ -190,6 +190,6 @@ def test_it_fills_only_plain_label_placeholders_in_summaries():
         summary="{agent_id} down ({role}); {missing} {agent_id.upper} {role:>999999999}"
     )
 
-    summary = services.render_summary(rule, {"agent_id": "w-1", "role": "worker"})
+    summary = lifecycle.render_summary(rule, {"agent_id": "w-1", "role": "worker"})
 
     assert summary == "w-1 down (worker); {missing} {agent_id.upper} {role:>999999999}"

@@ -3,7 +3,7 @@ from rest_framework import viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from alerting import services
+from alerting import lifecycle
 from alerting.api.serializers import AlertRuleSerializer, AlertSerializer, NotificationSerializer
 from alerting.filtersets import AlertFilterSet
 from alerting.models import Alert, AlertRule, Notification
@@ -28,8 +28,8 @@ class AlertViewSet(viewsets.ReadOnlyModelViewSet):
     def acknowledge(self, request, pk=None):
         alert = self.get_object()
         try:
-            alert = services.acknowledge_alert(alert, request.user)
-        except services.AlertClosed as exc:
+            alert = lifecycle.acknowledge_alert(alert, request.user)
+        except lifecycle.AlertClosed as exc:
             return problem_response(409, str(exc))
         return Response(AlertSerializer(alert).data)
 
