@@ -46,9 +46,13 @@ def render_summary(rule: AlertRule, labels: dict) -> str:
     the admin must not reach attributes (``{x.y}``) or pad to gigabytes
     (``{x:>999999999}``). A placeholder naming a label the alert lacks stays.
     """
-    return PLACEHOLDER.sub(
-        lambda match: str(labels.get(match.group(1), match.group(0))), rule.summary
-    )[:500]
+    return render_template(rule.summary, labels)[:500]
+
+
+def render_template(text: str, labels: dict, value: float | None = None) -> str:
+    """``{label}`` placeholders filled from ``labels``; ``{value}`` is the value that matched."""
+    known = labels if value is None else {**labels, "value": f"{value:.6g}"}
+    return PLACEHOLDER.sub(lambda match: str(known.get(match.group(1), match.group(0))), text)
 
 
 def open_alert_for(rule: AlertRule, labels: dict) -> Alert | None:
@@ -57,7 +61,7 @@ def open_alert_for(rule: AlertRule, labels: dict) -> Alert | None:
     ).first()
 
 
-def fire_alert(rule: AlertRule, labels: dict) -> Alert:
+def fire_alert(rule: AlertRule, labels: dict, *, value: float | None = None) -> Alert:
     """Open (or return the already open) alert of ``rule`` for ``labels`` and notify.
 
     Deduplicated by fingerprint: a second firing of the same rule and labels
@@ -76,15 +80,61 @@ def fire_alert(rule: AlertRule, labels: dict) -> Alert:
                 fingerprint=fingerprint(rule.name, labels),
                 labels=labels,
                 severity=rule.severity,
-                summary=render_summary(rule, labels),
+                summary=render_template(rule.summary, labels, value)[:500],
                 status=AlertStatus.FIRING,
                 started_at=now,
                 fired_at=now,
+                value=value,
+                last_matched_at=now,
                 trace_id=trace_id,
             )
     except IntegrityError:
         # Lost a race with another firing of the same fingerprint: same alert.
         return open_alert_for(rule, labels)
+    announce_firing(alert)
+    return alert
+
+
+def open_pending(rule: AlertRule, labels: dict, value: float | None, now) -> Alert:
+    """A new alert whose condition has just been met; it fires after the rule's ``for``."""
+    trace_id, _ = current_trace_ids()
+    try:
+        with transaction.atomic():
+            return Alert.objects.create(
+                rule=rule,
+                fingerprint=fingerprint(rule.name, labels),
+                labels=labels,
+                severity=rule.severity,
+                summary=render_template(rule.summary, labels, value)[:500],
+                status=AlertStatus.PENDING,
+                started_at=now,
+                value=value,
+                last_matched_at=now,
+                trace_id=trace_id,
+            )
+    except IntegrityError:
+        return open_alert_for(rule, labels)
+
+
+def drop_pending(alert: Alert, now) -> None:
+    """A pending alert whose condition cleared before ``for``: closed, nobody told."""
+    alert.status = AlertStatus.RESOLVED
+    alert.resolved_at = now
+    alert.save(update_fields=["status", "resolved_at"])
+
+
+def promote(alert: Alert, now) -> Alert:
+    """A pending alert whose condition held for the rule's ``for``: it fires now."""
+    alert.status = AlertStatus.FIRING
+    alert.fired_at = now
+    alert.save(update_fields=["status", "fired_at", "value", "last_matched_at", "summary"])
+    announce_firing(alert)
+    return alert
+
+
+def announce_firing(alert: Alert) -> None:
+    """The event and the notifications of an alert that started firing."""
+    rule, labels = alert.rule, alert.labels
     publish(
         "monitor.alert.triggered",
         {
@@ -99,7 +149,6 @@ def fire_alert(rule: AlertRule, labels: dict) -> Alert:
     )
     notify(alert, NotificationKind.FIRING)
     log.warning("alert.fired", alert_id=alert.pk, rule=rule.name, labels=labels)
-    return alert
 
 
 def resolve_alert(alert: Alert, *, reason: str) -> Alert:

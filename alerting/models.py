@@ -1,3 +1,5 @@
+from datetime import timedelta
+
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
@@ -13,27 +15,126 @@ class RuleKind(models.TextChoices):
     THRESHOLD = "threshold", "Threshold"
     ANOMALY = "anomaly", "Anomaly"
     ABSENT = "absent", "Absent series"
+    AGENT = "agent", "Agent state or health"
+
+
+def kind_choices():
+    """Every kind some module evaluates (see ``alerting.rules``): nothing else can be saved."""
+    from alerting.rules import KINDS
+
+    return [(kind.name, kind.label) for kind in KINDS.values()]
+
+
+class Aggregation(models.TextChoices):
+    AVG = "avg", "Average"
+    MAX = "max", "Maximum"
+    MIN = "min", "Minimum"
+    SUM = "sum", "Sum"
+    COUNT = "count", "Number of samples"
+    RATE = "rate", "Per-second growth of a counter"
+    P50 = "p50", "Median"
+    P95 = "p95", "95th percentile"
+    P99 = "p99", "99th percentile"
+
+
+class Operator(models.TextChoices):
+    GT = ">", "greater than"
+    GE = ">=", "at least"
+    LT = "<", "less than"
+    LE = "<=", "at most"
+    EQ = "==", "equal to"
+    NE = "!=", "not equal to"
 
 
 class AlertRule(models.Model):
+    """A condition the evaluator checks on a schedule; each label set that meets it is an alert.
+
+    Which fields a rule uses depends on its kind (``alerting.rules``): a
+    threshold rule needs a metric, an aggregation over a window and a
+    condition; a heartbeat rule needs none of them. ``clean()`` refuses a
+    field the kind does not use, so a rule never says more than it does.
+    """
+
     name = models.SlugField(max_length=100, unique=True)
-    kind = models.CharField(max_length=16, choices=RuleKind.choices)
+    kind = models.CharField(max_length=16, choices=kind_choices)
     severity = models.CharField(max_length=16, choices=Severity.choices, default=Severity.WARNING)
     summary = models.CharField(
         max_length=300,
         help_text="Template over the alert's labels, e.g. 'Agent {agent_id} is down'.",
     )
+    metric = models.CharField(
+        max_length=100, blank=True, help_text="A metric of the catalogue, e.g. queue_depth."
+    )
+    matchers = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Label matchers, all of which a series must meet: e.g. ["queue=inbox", '
+        '"agent=~w-.*"]; operators =, !=, =~ and !~ (regular expressions match whole values).',
+    )
+    aggregation = models.CharField(
+        max_length=8,
+        choices=Aggregation.choices,
+        blank=True,
+        help_text="How the window is reduced.",
+    )
+    window = models.DurationField(
+        null=True, blank=True, help_text="How far back the aggregation looks, e.g. 00:05:00."
+    )
+    group_by = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='Labels that make one alert each, e.g. ["agent"]; empty: one alert in all.',
+    )
+    operator = models.CharField(
+        max_length=2, choices=Operator.choices, blank=True, help_text="The condition's comparison."
+    )
+    threshold = models.FloatField(null=True, blank=True, help_text="The condition's value.")
+    params = models.JSONField(
+        default=dict, blank=True, help_text="Parameters of the kind that no other field holds."
+    )
+    for_duration = models.DurationField(
+        default=timedelta(0),
+        help_text="How long the condition must hold before the alert fires (pending until then).",
+    )
+    keep_firing_for = models.DurationField(
+        default=timedelta(0),
+        help_text="How long a firing alert stays firing after the condition clears.",
+    )
     labels = models.JSONField(default=dict, blank=True, validators=[validate_labels])
     annotations = models.JSONField(default=dict, blank=True, validators=[validate_annotations])
     enabled = models.BooleanField(default=True)
+    # The evaluator's schedule: due rules are claimed with SKIP LOCKED.
+    evaluate_every = models.DurationField(default=timedelta(seconds=15))
+    next_evaluation_at = models.DateTimeField(default=timezone.now)
+    last_evaluated_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["name"]
+        indexes = [
+            models.Index(
+                fields=["next_evaluation_at"],
+                condition=Q(enabled=True),
+                name="alertrule_due_idx",
+            )
+        ]
 
     def __str__(self):
         return self.name
+
+    @property
+    def rule_kind(self):
+        from alerting.rules import get_kind
+
+        return get_kind(self.kind)
+
+    def clean(self):
+        super().clean()
+        from alerting.rules import clean_rule
+
+        clean_rule(self)
 
 
 class AlertStatus(models.TextChoices):
@@ -62,6 +163,10 @@ class Alert(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
     resolved_at = models.DateTimeField(null=True, blank=True)
+    # The value that last met the rule's condition, and when: keep_firing_for
+    # counts from then.
+    value = models.FloatField(null=True, blank=True)
+    last_matched_at = models.DateTimeField(null=True, blank=True)
     trace_id = models.CharField(max_length=32, blank=True)
 
     class Meta:

@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from alerting import delivery
+from alerting import delivery, evaluator
 
 
 @shared_task(ignore_result=True)
@@ -11,3 +11,8 @@ def deliver_notification(notification_id: int) -> None:
 @shared_task(ignore_result=True, expires=5)
 def deliver_due_notifications() -> None:
     delivery.deliver_due_notifications()
+
+
+@shared_task(ignore_result=True, expires=5)
+def evaluate_rules() -> None:
+    evaluator.evaluate_due()

@@ -10,7 +10,7 @@ import time_machine
 from django.core.exceptions import ValidationError
 from django.db import connection, connections, transaction
 
-from monitoring import catalog, detection, partitions, rollups, samples
+from monitoring import catalog, detection, rollups, samples
 from monitoring.detectors import get_detector, restore_detector
 from monitoring.models import (
     DetectorSetting,
@@ -20,6 +20,7 @@ from monitoring.models import (
     SeriesDetector,
 )
 from omoi_console.models import Event
+from tests import rollup_rows
 from tests.conftest import bearer
 
 START = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
@@ -27,32 +28,11 @@ MINUTE = timedelta(minutes=1)
 
 
 def make_series(metric="queue_depth", agent="a-1", **labels) -> MetricSeries:
-    labels = {"agent": agent, **(labels or {"queue": "inbox"})}
-    return MetricSeries.objects.create(
-        metric=metric,
-        labels=labels,
-        fingerprint=f"{metric}-{sorted(labels.items())}"[:32],
-        agent_id=agent,
-    )
+    return rollup_rows.make_series(metric, agent=agent, **(labels or {"queue": "inbox"}))
 
 
 def write_rollups(series: MetricSeries, values: dict[int, list[float]]) -> None:
-    """Rollup rows as the rollup job writes them: minute offset from START -> its samples."""
-    stamp = rollups.DateTimeField().get_db_prep_value
-    rows = []
-    for offset, found in values.items():
-        minute = START + offset * MINUTE
-        rows.append((series.pk, stamp(minute, connection), *rollups.summarise(found)))
-    partitions.ensure_days(
-        partitions.ROLLUPS, {partitions.day_of(START + m * MINUTE) for m in values}
-    )
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            "INSERT INTO monitor_rollups "
-            "(series_id, minute, count, sum, min, max, p50, p95, p99, sketch) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            rows,
-        )
+    rollup_rows.write_rollups(series, START, values)
 
 
 def rolled_until(minutes: int) -> None:

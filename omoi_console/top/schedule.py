@@ -14,6 +14,8 @@ PERIODIC_JOBS = (
     PeriodicJob("check heartbeats", "monitoring.tasks.check_heartbeats", 1.0),
     PeriodicJob("check stuck agents", "monitoring.tasks.check_stuck", 2.0),
     PeriodicJob("check remediations", "watchdog.tasks.check_remediations", 2.0),
+    # Claims due rules (each has its own evaluate_every) with SKIP LOCKED.
+    PeriodicJob("evaluate alert rules", "alerting.tasks.evaluate_rules", 5.0),
     PeriodicJob("deliver notifications", "alerting.tasks.deliver_due_notifications", 5.0),
     PeriodicJob("roll up metrics", "monitoring.tasks.roll_up_metrics", 15.0),
     # Closed minutes only: it follows the rollups, a minute behind at most.

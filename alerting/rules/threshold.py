@@ -1,0 +1,109 @@
+"""``threshold``: an aggregation of a metric over a window, per label group, against a value.
+
+One query per evaluation: the window's rollups grouped by the rule's labels
+and reduced in SQL (avg, min, max, sum, count), the condition applied as
+HAVING, so only groups that meet it come back. ``rate`` reduces per series
+first (a counter's growth over the window, per second) and adds the series of
+a group; percentiles merge the minutes' sketches per group.
+"""
+
+import operator as op
+from collections import defaultdict
+
+from django.db.models import FloatField, Max, Min, Sum
+from django.db.models.functions import Cast
+
+from alerting.models import Aggregation, Operator
+from alerting.rules import register
+from alerting.rules.base import Match, RuleKind
+from alerting.rules.window import group_keys, labels_of_row, rollups
+
+SQL_REDUCE = {
+    Aggregation.AVG: lambda: Cast(Sum("sum"), FloatField()) / Cast(Sum("count"), FloatField()),
+    Aggregation.MAX: lambda: Max("max"),
+    Aggregation.MIN: lambda: Min("min"),
+    Aggregation.SUM: lambda: Sum("sum"),
+    Aggregation.COUNT: lambda: Cast(Sum("count"), FloatField()),
+}
+LOOKUPS = {
+    Operator.GT: "gt",
+    Operator.GE: "gte",
+    Operator.LT: "lt",
+    Operator.LE: "lte",
+    Operator.EQ: "exact",
+}
+COMPARE = {
+    Operator.GT: op.gt,
+    Operator.GE: op.ge,
+    Operator.LT: op.lt,
+    Operator.LE: op.le,
+    Operator.EQ: op.eq,
+    Operator.NE: op.ne,
+}
+QUANTILES = {Aggregation.P50: 0.50, Aggregation.P95: 0.95, Aggregation.P99: 0.99}
+
+
+def meets(rule, value: float) -> bool:
+    return COMPARE[rule.operator](value, rule.threshold)
+
+
+@register
+class ThresholdKind(RuleKind):
+    name = "threshold"
+    label = "Threshold on a metric"
+    uses = frozenset(
+        {"metric", "matchers", "aggregation", "window", "group_by", "operator", "threshold"}
+    )
+    requires = frozenset({"metric", "aggregation", "window", "operator", "threshold"})
+
+    def evaluate(self, rule, now) -> list[Match]:
+        found = rollups(rule, now - rule.window, now)
+        keys = group_keys(rule)
+        if rule.aggregation in SQL_REDUCE:
+            return self._in_sql(rule, found, keys)
+        if rule.aggregation == Aggregation.RATE:
+            return self._rate(rule, found, keys)
+        return self._quantile(rule, found, keys)
+
+    def _in_sql(self, rule, found, keys) -> list[Match]:
+        grouped = found.annotate(**keys).values(*keys).annotate(v=SQL_REDUCE[rule.aggregation]())
+        if rule.operator == Operator.NE:
+            grouped = grouped.exclude(v=rule.threshold)
+        else:
+            grouped = grouped.filter(**{f"v__{LOOKUPS[rule.operator]}": rule.threshold})
+        return [Match(labels_of_row(rule, row), row["v"]) for row in grouped]
+
+    def _rate(self, rule, found, keys) -> list[Match]:
+        seconds = rule.window.total_seconds()
+        per_series = (
+            found.annotate(**keys).values("series_id", *keys).annotate(hi=Max("max"), lo=Min("min"))
+        )
+        totals: dict[tuple, float] = defaultdict(float)
+        labels: dict[tuple, dict] = {}
+        for row in per_series:
+            group = labels_of_row(rule, row)
+            key = tuple(sorted(group.items()))
+            labels[key] = group
+            totals[key] += max(0.0, row["hi"] - row["lo"]) / seconds
+        return [Match(labels[key], value) for key, value in totals.items() if meets(rule, value)]
+
+    def _quantile(self, rule, found, keys) -> list[Match]:
+        from monitoring.rollups import load_sketch
+
+        merged: dict[tuple, object] = {}
+        labels: dict[tuple, dict] = {}
+        for row in found.annotate(**keys).values("sketch", *keys).iterator(chunk_size=2000):
+            group = labels_of_row(rule, row)
+            key = tuple(sorted(group.items()))
+            sketch = load_sketch(row["sketch"])
+            if key in merged:
+                merged[key].merge(sketch)
+            else:
+                merged[key], labels[key] = sketch, group
+        q = QUANTILES[rule.aggregation]
+        out = []
+        for key, sketch in merged.items():
+            value = sketch.get_quantile_value(q)
+            if value is not None and meets(rule, value):
+                out.append(Match(labels[key], value))
+        return out
