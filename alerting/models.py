@@ -105,7 +105,7 @@ class AlertRule(models.Model):
     enabled = models.BooleanField(default=True)
     # The evaluator's schedule: due rules are claimed with SKIP LOCKED.
     evaluate_every = models.DurationField(default=timedelta(seconds=15))
-    next_evaluation_at = models.DateTimeField(default=timezone.now)
+    next_evaluation_at = models.DateTimeField(default=timezone.now, editable=False)
     last_evaluated_at = models.DateTimeField(null=True, blank=True, editable=False)
     last_error = models.TextField(blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)

@@ -119,6 +119,9 @@ def test_the_admin_refuses_rule_labels_it_could_not_store(make_operator):
         "labels": '{"team": 7}',
         "annotations": '{"runbook": "' + "x" * 2001 + '"}',
         "enabled": "on",
+        "for_duration": "0",
+        "keep_firing_for": "0",
+        "evaluate_every": "15",
     }
 
     form = admin_form(AlertRule, user, rule, data)

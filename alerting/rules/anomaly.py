@@ -6,7 +6,7 @@ a lower severity.
 """
 
 from django.db.models import Max
-from django.db.models.fields.json import KT
+from django.db.models.fields.json import KeyTextTransform
 
 from alerting import matchers as matcher_text
 from alerting.rules import register
@@ -41,7 +41,10 @@ class AnomalyKind(RuleKind):
         lowest = (rule.params or {}).get("min_severity")
         if lowest:
             found = found.filter(severity__in=SEVERITIES[SEVERITIES.index(lowest) :])
-        keys = {f"g_{n}": KT(f"series__labels__{label}") for n, label in enumerate(rule.group_by)}
+        keys = {
+            f"g_{n}": KeyTextTransform(label, "series__labels")
+            for n, label in enumerate(rule.group_by)
+        }
         grouped = found.order_by().annotate(**keys).values(*keys).annotate(v=Max("peak_score"))
         return [
             Match({label: row[f"g_{n}"] or "" for n, label in enumerate(rule.group_by)}, row["v"])

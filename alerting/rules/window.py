@@ -6,7 +6,7 @@ Shared by the kinds that read metrics: one query over the per-minute rollups
 
 from datetime import datetime
 
-from django.db.models.fields.json import KT
+from django.db.models.fields.json import KeyTextTransform
 
 from alerting import matchers as matcher_text
 from monitoring.models import MetricRollup
@@ -29,7 +29,7 @@ def rollups(rule, start: datetime, end: datetime):
 def group_keys(rule) -> dict:
     """Annotations that extract each group_by label from the series' labels."""
     return {
-        f"{GROUP_PREFIX}{n}": KT(f"series__labels__{label}")
+        f"{GROUP_PREFIX}{n}": KeyTextTransform(label, "series__labels")
         for n, label in enumerate(rule.group_by or [])
     }
 

@@ -1,0 +1,432 @@
+"""Rule kinds, their checks, label matchers and the evaluator's alert lifecycle."""
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+from django.core.exceptions import ValidationError
+from django.db import connection, connections, transaction
+
+from alerting import evaluator, matchers
+from alerting.models import Alert, AlertRule, AlertStatus, Notification
+from alerting.rules import KINDS
+from monitoring.models import Agent, AgentState, MetricSeries, MonitorAnomaly
+from omoi_console.models import Event
+from tests.rollup_rows import make_series, write_rollups
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+START = NOW - timedelta(minutes=10)
+
+
+def rule(**fields) -> AlertRule:
+    defaults = {
+        "name": "queue-deep",
+        "kind": "threshold",
+        "summary": "Queue {queue} of {agent} is {value} deep",
+        "metric": "queue_depth",
+        "aggregation": "avg",
+        "window": timedelta(minutes=5),
+        "group_by": ["agent", "queue"],
+        "operator": ">",
+        "threshold": 100.0,
+    }
+    defaults.update(fields)
+    return AlertRule(**defaults)
+
+
+def saved(**fields) -> AlertRule:
+    made = rule(**fields)
+    made.full_clean()
+    made.save()
+    return made
+
+
+def problems(**fields) -> dict:
+    with pytest.raises(ValidationError) as caught:
+        rule(**fields).full_clean()
+    return caught.value.message_dict
+
+
+def depth(values_per_minute: list[float], **labels) -> MetricSeries:
+    """queue_depth of one queue: one value per minute for the ten minutes before NOW."""
+    series = make_series("queue_depth", **(labels or {"agent": "a-1", "queue": "inbox"}))
+    write_rollups(series, START, {m: [v] for m, v in enumerate(values_per_minute)})
+    return series
+
+
+@pytest.fixture(autouse=True)
+def frozen():
+    with time_machine.travel(NOW, tick=False) as traveller:
+        yield traveller
+
+
+def evaluate(target: AlertRule, at: datetime | None = None) -> list[Alert]:
+    evaluator.evaluate_rule(target, at or NOW)
+    target.refresh_from_db()
+    assert target.last_error == ""
+    return list(Alert.objects.filter(rule=target).order_by("id"))
+
+
+# --- kinds and checks ---------------------------------------------------------------
+
+
+def test_it_offers_exactly_the_kinds_some_module_evaluates():
+    field = AlertRule._meta.get_field("kind")
+    assert {value for value, _ in field.choices} == set(KINDS)
+    assert {"heartbeat", "threshold", "anomaly", "absent", "agent"} <= set(KINDS)
+    for kind in KINDS.values():
+        assert kind.event_driven or type(kind).evaluate is not type(kind).__mro__[-2].evaluate
+
+
+@pytest.mark.django_db
+def test_it_accepts_a_complete_threshold_rule():
+    rule().full_clean()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "fields, field, words",
+    [
+        ({"kind": "magic"}, "kind", "Unknown kind"),
+        ({"metric": "no_such_metric"}, "metric", "not a metric"),
+        ({"metric": ""}, "metric", "need metric"),
+        ({"threshold": None}, "threshold", "need threshold"),
+        ({"matchers": ["queue"]}, "matchers", "not a matcher"),
+        ({"matchers": ["queue=~("]}, "matchers", "not a regular expression"),
+        ({"matchers": ["colour=red"]}, "matchers", "no label colour"),
+        ({"matchers": "queue=inbox"}, "matchers", "a list"),
+        ({"group_by": ["colour"]}, "group_by", "no label colour"),
+        ({"group_by": ["agent", "agent"]}, "group_by", "named twice"),
+        ({"window": timedelta(seconds=20)}, "window", "1 minute"),
+        ({"for_duration": timedelta(seconds=-1)}, "for_duration", "0 to 7 days"),
+        ({"summary": "Queue {queue"}, "summary", "unbalanced brace"),
+        ({"summary": "Queue {colour} is deep"}, "summary", "unknown placeholder {colour}"),
+        ({"annotations": {"description": "see {nothing}"}}, "annotations", "{nothing}"),
+        ({"params": {"lookback": 60}}, "params", "no parameter 'lookback'"),
+    ],
+)
+def test_it_names_the_field_that_is_wrong(fields, field, words):
+    found = problems(**fields)
+    assert field in found, found
+    assert any(words in message for message in found[field]), found[field]
+
+
+@pytest.mark.django_db
+def test_it_refuses_fields_the_kind_does_not_use():
+    found = problems(kind="heartbeat", summary="Agent {agent_id} is down")
+    for field in ("metric", "aggregation", "window", "operator", "threshold", "group_by"):
+        assert "do not use" in found[field][0]
+
+
+@pytest.mark.django_db
+def test_it_checks_the_parameters_of_agent_rules():
+    base = {
+        "kind": "agent",
+        "metric": "",
+        "aggregation": "",
+        "window": None,
+        "group_by": [],
+        "operator": "",
+        "threshold": None,
+        "summary": "Agent {agent_id} of {owner} failed",
+    }
+    assert "Give states" in problems(**base)["params"][0]
+    assert "agent states" in problems(**base, params={"states": ["asleep"]})["params"][0]
+    rule(**base, params={"states": ["failed"], "reported": True}).full_clean()
+
+
+# --- matchers -----------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "text",
+    ["queue=inbox", "queue!=inbox", "queue=~in.*", "queue!~in.*", "queue=", "queue!=", "queue=~"],
+)
+def test_it_matches_in_the_database_exactly_as_in_python(text):
+    label_sets = [{"queue": "inbox"}, {"queue": "outbox"}, {"queue": ""}, {"other": "x"}]
+    for n, labels in enumerate(label_sets):
+        MetricSeries.objects.create(metric="queue_depth", labels=labels, fingerprint=str(n))
+    matcher = matchers.parse(text)
+
+    in_sql = set(
+        MetricSeries.objects.filter(matcher.q("labels")).values_list("fingerprint", flat=True)
+    )
+
+    in_python = {str(n) for n, labels in enumerate(label_sets) if matcher.matches(labels)}
+    assert in_sql == in_python
+
+
+def test_it_anchors_regular_expressions_and_treats_a_missing_label_as_empty():
+    assert matchers.parse("queue=~in").matches({"queue": "inbox"}) is False
+    assert matchers.parse('queue="inbox"').value == "inbox"
+    assert matchers.parse("queue=").matches({}) is True
+    assert matchers.parse("queue!=inbox").matches({}) is True
+
+
+# --- the evaluator -------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "operator, fires",
+    [(">", False), (">=", True), ("<", False), ("<=", True), ("==", True), ("!=", False)],
+)
+def test_it_compares_at_the_boundary(operator, fires):
+    depth([100.0] * 10)  # the average over the window is exactly the threshold
+    target = saved(operator=operator)
+
+    alerts = evaluate(target)
+
+    assert bool(alerts) is fires
+    if fires:
+        assert alerts[0].value == 100.0
+        assert alerts[0].labels == {"agent": "a-1", "queue": "inbox"}
+
+
+@pytest.mark.django_db
+def test_it_groups_by_labels_and_alerts_per_group():
+    depth([150.0] * 10, agent="a-1", queue="inbox")
+    depth([50.0] * 10, agent="a-1", queue="outbox")
+    depth([300.0] * 10, agent="a-2", queue="inbox")
+    target = saved()
+
+    alerts = evaluate(target)
+
+    assert sorted((a.labels["agent"], a.labels["queue"]) for a in alerts) == [
+        ("a-1", "inbox"),
+        ("a-2", "inbox"),
+    ]
+    assert {a.status for a in alerts} == {AlertStatus.FIRING}
+    assert alerts[0].summary == "Queue inbox of a-1 is 150 deep"
+
+
+@pytest.mark.django_db
+def test_it_reduces_the_window_as_asked():
+    # Minutes 0..9 before NOW; a 5 minute window sees minutes 5..9 only.
+    depth([1000.0] * 5 + [10.0, 20.0, 30.0, 40.0, 50.0])
+    expected = {"avg": 30.0, "max": 50.0, "min": 10.0, "sum": 150.0, "count": 5.0}
+    for aggregation, value in expected.items():
+        target = saved(name=f"q-{aggregation}", aggregation=aggregation, operator=">=", threshold=0)
+        (alert,) = evaluate(target)
+        assert alert.value == pytest.approx(value), aggregation
+
+
+@pytest.mark.django_db
+def test_it_merges_sketches_for_percentiles_and_sums_rates_per_group():
+    series = make_series("task_latency_seconds", agent="a-1", task_kind="build")
+    write_rollups(series, START, {m: [float(v) for v in range(1, 101)] for m in range(10)})
+    p95 = saved(
+        name="latency",
+        metric="task_latency_seconds",
+        aggregation="p95",
+        group_by=["agent"],
+        summary="p95 of {agent} is {value}",
+        threshold=90,
+    )
+    (alert,) = evaluate(p95)
+    assert alert.value == pytest.approx(95.0, rel=0.02)
+
+    for n in range(2):
+        counter = make_series("task_failures_total", agent="a-1", task_kind="k", reason=str(n))
+        write_rollups(counter, START, {m: [float(m * 60)] for m in range(10)})
+    rate = saved(
+        name="failing",
+        metric="task_failures_total",
+        aggregation="rate",
+        group_by=["agent"],
+        summary="{agent} fails",
+        threshold=1.0,
+    )
+    (alert,) = evaluate(rate)
+    # Each counter grows 60 per minute: over minutes 5..9 that is 240 in 300 s, twice.
+    assert alert.value == pytest.approx(2 * 240 / 300)
+
+
+@pytest.mark.django_db
+def test_it_keeps_an_alert_pending_for_the_rules_for_then_fires_it(frozen):
+    depth([150.0] * 10)
+    target = saved(for_duration=timedelta(minutes=2))
+
+    (alert,) = evaluate(target)
+    assert alert.status == AlertStatus.PENDING
+    assert not Event.objects.filter(name="monitor.alert.triggered").exists()
+    assert not Notification.objects.exists()
+
+    (alert,) = evaluate(target, NOW + timedelta(seconds=119))
+    assert alert.status == AlertStatus.PENDING
+
+    (alert,) = evaluate(target, NOW + timedelta(seconds=120))
+    assert alert.status == AlertStatus.FIRING
+    assert Event.objects.filter(name="monitor.alert.triggered").count() == 1
+    assert Notification.objects.filter(alert=alert).exists()
+
+
+@pytest.mark.django_db
+def test_it_drops_a_pending_alert_silently_when_the_condition_clears():
+    series = depth([150.0] * 10)
+    target = saved(for_duration=timedelta(minutes=5))
+    evaluate(target)
+
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE monitor_rollups SET sum = 1 WHERE series_id = %s", [series.pk])
+    (alert,) = evaluate(target, NOW + timedelta(seconds=30))
+
+    assert alert.status == AlertStatus.RESOLVED
+    assert not Notification.objects.exists()
+    assert not Event.objects.filter(name__startswith="monitor.alert.").exists()
+
+
+@pytest.mark.django_db
+def test_it_keeps_firing_for_a_while_after_the_condition_clears():
+    series = depth([150.0] * 10)
+    target = saved(keep_firing_for=timedelta(minutes=1))
+    evaluate(target)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE monitor_rollups SET sum = 1 WHERE series_id = %s", [series.pk])
+
+    (alert,) = evaluate(target, NOW + timedelta(seconds=59))
+    assert alert.status == AlertStatus.FIRING
+    (alert,) = evaluate(target, NOW + timedelta(seconds=60))
+    assert alert.status == AlertStatus.RESOLVED
+    assert Event.objects.filter(name="monitor.alert.resolved").count() == 1
+
+
+@pytest.mark.django_db
+def test_it_resolves_at_once_without_keep_firing_for():
+    series = depth([150.0] * 10)
+    target = saved()
+    evaluate(target)
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE monitor_rollups SET sum = 1 WHERE series_id = %s", [series.pk])
+
+    (alert,) = evaluate(target, NOW + timedelta(seconds=15))
+
+    assert alert.status == AlertStatus.RESOLVED
+
+
+@pytest.mark.django_db
+def test_it_alerts_on_a_group_that_went_silent():
+    depth([5.0] * 10, agent="a-1", queue="inbox")
+    depth([5.0] * 4, agent="a-2", queue="inbox")  # nothing in the last six minutes
+    target = saved(
+        name="silent",
+        kind="absent",
+        aggregation="",
+        operator="",
+        threshold=None,
+        group_by=["agent"],
+        window=timedelta(minutes=3),
+        summary="{agent} sends no queue depth",
+    )
+
+    (alert,) = evaluate(target)
+
+    assert alert.labels == {"agent": "a-2"}
+    assert alert.value == 7 * 60.0  # its last minute began seven minutes ago
+
+
+@pytest.mark.django_db
+def test_it_alerts_on_open_anomalies_and_agents_that_reported_failure(seeded):
+    series = depth([5.0] * 10)
+    MonitorAnomaly.objects.create(
+        series=series,
+        metric="queue_depth",
+        agent_id="a-1",
+        started_at=NOW - timedelta(minutes=3),
+        peak_score=0.9,
+        direction="up",
+        detector="robust_seasonal",
+        severity="error",
+    )
+    anomalies = saved(
+        name="anomalous",
+        kind="anomaly",
+        aggregation="",
+        operator="",
+        threshold=None,
+        window=None,
+        group_by=["agent"],
+        params={"min_severity": "error"},
+        summary="{agent} is anomalous",
+    )
+    (alert,) = evaluate(anomalies)
+    assert (alert.labels, alert.value) == ({"agent": "a-1"}, 0.9)
+
+    Agent.objects.create(id="w-1", role="worker", owner="team-a", state=AgentState.FAILED)
+    Agent.objects.create(
+        id="w-2", role="worker", state=AgentState.FAILED, missed_heartbeats=3
+    )  # went silent: the heartbeat rule's business
+    reported = saved(
+        name="reported-failed",
+        kind="agent",
+        metric="",
+        aggregation="",
+        operator="",
+        threshold=None,
+        window=None,
+        group_by=[],
+        params={"states": ["failed"], "reported": True},
+        summary="Agent {agent_id} of {owner} reported failure",
+    )
+    (alert,) = evaluate(reported)
+    assert alert.labels == {"agent_id": "w-1", "role": "worker", "owner": "team-a"}
+
+
+@pytest.mark.django_db
+def test_it_records_a_broken_rule_and_goes_on_with_the_others(monkeypatch):
+    depth([150.0] * 10)
+    broken, fine = saved(name="broken"), saved(name="fine")
+    real = KINDS["threshold"].evaluate
+
+    def explode(self_rule, now):
+        if self_rule.name == "broken":
+            raise RuntimeError("boom")
+        return real(self_rule, now)
+
+    monkeypatch.setattr(KINDS["threshold"], "evaluate", explode)
+
+    assert evaluator.evaluate_due(NOW) == 2
+
+    broken.refresh_from_db()
+    assert "boom" in broken.last_error
+    assert Alert.objects.filter(rule=fine).count() == 1
+    assert broken.next_evaluation_at == NOW + broken.evaluate_every
+
+
+@pytest.mark.django_db
+def test_it_evaluates_a_rule_again_only_when_it_is_due():
+    depth([150.0] * 10)
+    saved(evaluate_every=timedelta(seconds=30))
+
+    assert evaluator.evaluate_due(NOW) == 1
+    assert evaluator.evaluate_due(NOW + timedelta(seconds=29)) == 0
+    assert evaluator.evaluate_due(NOW + timedelta(seconds=30)) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_leaves_a_rule_another_worker_has_claimed():
+    if connection.vendor != "postgresql":
+        pytest.skip("row locks need PostgreSQL")
+    taken, free = saved(name="taken"), saved(name="free")
+    holding, release = threading.Event(), threading.Event()
+
+    def other_worker():
+        try:
+            with transaction.atomic():
+                AlertRule.objects.select_for_update().get(pk=taken.pk)
+                holding.set()
+                release.wait(10)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=other_worker)
+    thread.start()
+    try:
+        assert holding.wait(10)
+        claimed = evaluator.claim(NOW)
+    finally:
+        release.set()
+        thread.join()
+    assert [r.name for r in claimed] == [free.name]
