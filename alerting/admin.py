@@ -1,13 +1,24 @@
 from django.contrib import admin
+from django.db import transaction
+from django.utils import timezone
 
+from alerting import lifecycle
 from alerting.models import Alert, AlertRule, Notification
 
 
 @admin.register(AlertRule)
 class AlertRuleAdmin(admin.ModelAdmin):
-    list_display = ["name", "kind", "severity", "enabled", "updated_at"]
+    list_display = ["name", "kind", "severity", "enabled", "last_evaluated_at", "updated_at"]
     list_filter = ["kind", "severity", "enabled"]
     search_fields = ["name", "summary"]
+    readonly_fields = ["last_evaluated_at", "last_error"]
+
+    def save_model(self, request, obj, form, change):
+        with transaction.atomic():
+            obj.next_evaluation_at = timezone.now()
+            super().save_model(request, obj, form, change)
+            if not obj.enabled:
+                lifecycle.resolve_rule_alerts(obj, reason="rule disabled")
 
 
 class NotificationInline(admin.TabularInline):

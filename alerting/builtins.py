@@ -1,18 +1,91 @@
 """Rules every installation has. Created when missing after migrate; never overwritten,
-so an operator's edits (disabling, re-wording) stick."""
+so an operator's edits (disabling, re-wording, other thresholds) stick.
 
-from alerting.models import AlertRule, RuleKind, Severity
+Each default rule links its runbook (docs/runbooks/) in ``runbook_url``.
+"""
+
+from alerting.models import AlertRule
 
 HEARTBEAT_RULE = "agent-heartbeat"
+RUNBOOKS = "docs/runbooks"
+
+DEFAULT_RULES = [
+    {
+        "name": HEARTBEAT_RULE,
+        "kind": "heartbeat",
+        "severity": "critical",
+        "summary": "Agent {agent_id} ({role}) stopped sending heartbeats",
+    },
+    {
+        "name": "agent-reported-failed",
+        "kind": "agent",
+        "severity": "critical",
+        "summary": "Agent {agent_id} ({role}) reported that it failed",
+        "params": {"states": ["failed"], "reported": True},
+        "evaluate_every": "5s",
+    },
+    {
+        "name": "agent-unresponsive",
+        "kind": "agent",
+        "severity": "error",
+        "summary": "Agent {agent_id} ({role}) sends heartbeats but its task makes no progress",
+        "params": {"states": ["stuck"]},
+        "evaluate_every": "5s",
+    },
+    {
+        "name": "agent-anomaly-high",
+        "kind": "agent",
+        "severity": "error",
+        "summary": "Agent {agent_id} ({role}) is unhealthy: its composite health is anomalous",
+        "params": {"health_anomalous": True},
+    },
+    {
+        "name": "task-latency-p95-high",
+        "kind": "threshold",
+        "severity": "warning",
+        "summary": "Tasks of agent {agent} take {value}s at the 95th percentile",
+        "metric": "task_latency_seconds",
+        "aggregation": "p95",
+        "window": "10m",
+        "group_by": ["agent"],
+        "condition": "> 900",
+        "for": "5m",
+    },
+    {
+        "name": "queue-depth-high",
+        "kind": "threshold",
+        "severity": "warning",
+        "summary": "Queue {queue} of agent {agent} holds {value} tasks",
+        "metric": "queue_depth",
+        "aggregation": "avg",
+        "window": "10m",
+        "group_by": ["agent", "queue"],
+        "condition": "> 1000",
+        "for": "10m",
+    },
+    {
+        "name": "lock-wait-high",
+        "kind": "threshold",
+        "severity": "warning",
+        "summary": "Agent {agent} waits {value}s for lock {lock} at the 95th percentile",
+        "metric": "lock_wait_seconds",
+        "aggregation": "p95",
+        "window": "10m",
+        "group_by": ["agent", "lock"],
+        "condition": "> 60",
+        "for": "5m",
+    },
+]
 
 
 def ensure_builtin_rules() -> None:
-    AlertRule.objects.get_or_create(
-        name=HEARTBEAT_RULE,
-        defaults={
-            "kind": RuleKind.HEARTBEAT,
-            "severity": Severity.CRITICAL,
-            "summary": "Agent {agent_id} ({role}) stopped sending heartbeats",
-            "annotations": {"runbook": "docs/architecture.md#the-loop"},
-        },
-    )
+    from alerting.api.serializers import AlertRuleSerializer
+
+    existing = set(AlertRule.objects.values_list("name", flat=True))
+    for document in DEFAULT_RULES:
+        if document["name"] in existing:
+            continue
+        annotations = {"runbook_url": f"{RUNBOOKS}/{document['name']}.md"}
+        serializer = AlertRuleSerializer(data={**document, "annotations": annotations})
+        serializer.is_valid(raise_exception=True)
+        serializer.save()

@@ -177,6 +177,18 @@ def resolve_alert(alert: Alert, *, reason: str) -> Alert:
     return alert
 
 
+def resolve_rule_alerts(rule: AlertRule, *, reason: str) -> int:
+    """Resolve every open alert of a rule that no longer runs (disabled); how many."""
+    alerts = list(Alert.objects.filter(rule=rule, status__in=OPEN_STATUSES))
+    now = timezone.now()
+    for alert in alerts:
+        if alert.status == AlertStatus.PENDING:
+            drop_pending(alert, now)  # it never fired: nobody was told of it
+        else:
+            resolve_alert(alert, reason=reason)
+    return len(alerts)
+
+
 def acknowledge_alert(alert: Alert, user) -> Alert:
     """An operator takes the alert; it keeps open until its cause recovers."""
     with transaction.atomic():

@@ -430,3 +430,177 @@ def test_it_leaves_a_rule_another_worker_has_claimed():
         release.set()
         thread.join()
     assert [r.name for r in claimed] == [free.name]
+
+
+# --- defaults, files and the API ------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_it_ships_default_rules_that_pass_their_own_checks_with_runbooks(seeded):
+    from pathlib import Path
+
+    from alerting.builtins import DEFAULT_RULES
+
+    names = {document["name"] for document in DEFAULT_RULES}
+    assert names <= set(AlertRule.objects.values_list("name", flat=True))
+    root = Path(__file__).resolve().parent.parent
+    for stored in AlertRule.objects.filter(name__in=names):
+        stored.full_clean()
+        assert (root / stored.annotations["runbook_url"]).is_file(), stored.name
+
+
+@pytest.mark.django_db
+def test_it_round_trips_rules_through_yaml_without_loss(seeded):
+    from alerting import rule_files
+
+    saved(
+        name="custom",
+        matchers=["queue=~in.*", "agent!=a-9"],
+        for_duration=timedelta(minutes=2, seconds=30),
+        keep_firing_for=timedelta(hours=1),
+        threshold=0.1 + 0.2,  # a float that only repr keeps exactly
+        labels={"team": "core"},
+        annotations={"description": "Queue {queue} is deep"},
+    )
+    exported = rule_files.dump()
+
+    AlertRule.objects.all().delete()
+    result = rule_files.load(exported)
+
+    assert "custom" in result.created
+    assert rule_files.dump() == exported
+    again = rule_files.load(exported)
+    assert again.created == again.updated == []
+    assert AlertRule.objects.get(name="custom").threshold == 0.1 + 0.2
+
+
+@pytest.mark.django_db
+def test_it_imports_all_or_nothing_and_names_every_problem():
+    from alerting import rule_files
+
+    text = """
+rules:
+  - name: fine
+    kind: threshold
+    summary: deep
+    metric: queue_depth
+    aggregation: avg
+    window: 5m
+    condition: "> 1"
+  - name: broken
+    kind: threshold
+    summary: "{nope}"
+    metric: queue_depth
+    aggregation: avg
+    window: 5 minutes
+    condition: "greater than 1"
+"""
+    with pytest.raises(rule_files.RuleFileError) as caught:
+        rule_files.load(text)
+
+    reported = "\n".join(caught.value.problems)
+    assert "rule 'broken': window:" in reported
+    assert "rule 'broken': condition: Cannot parse" in reported
+    assert not AlertRule.objects.filter(name__in=["fine", "broken"]).exists()
+    for bad, words in [
+        ("rules: [", "not YAML"),
+        ("- a list", "a mapping"),
+        ("rules:\n  - {name: a, colour: red}", "unknown field 'colour'"),
+        ("rules:\n  - {name: a}\n  - {name: a}", "twice"),
+    ]:
+        with pytest.raises(rule_files.RuleFileError) as caught:
+            rule_files.load(bad)
+        assert words in caught.value.problems[0]
+
+
+@pytest.mark.django_db
+def test_it_imports_and_exports_from_the_command_line(tmp_path, seeded):
+    from django.core.management import CommandError, call_command
+
+    target = tmp_path / "rules.yaml"
+    call_command("rules", "export", "--output", str(target))
+    assert "agent-heartbeat" in target.read_text()
+    call_command("rules", "import", str(target), "--dry-run")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rules:\n  - {name: x, kind: threshold, summary: s}\n")
+    with pytest.raises(CommandError, match="nothing imported"):
+        call_command("rules", "import", str(bad))
+    with pytest.raises(CommandError, match="cannot read"):
+        call_command("rules", "import", str(tmp_path / "missing.yaml"))
+
+
+@pytest.fixture
+def admin_token(make_operator):
+    from tests.conftest import bearer
+
+    return bearer(make_operator("admin")[1])
+
+
+@pytest.mark.django_db
+def test_it_creates_edits_and_refuses_rules_over_the_api(api, admin_token):
+    body = {
+        "name": "deep",
+        "kind": "threshold",
+        "summary": "Queue {queue} is {value}",
+        "metric": "queue_depth",
+        "aggregation": "max",
+        "window": "10m",
+        "group_by": ["queue"],
+        "condition": ">= 5",
+        "for": "1m",
+    }
+    created = api.post("/api/v1/alert-rules", body, format="json", **admin_token)
+    assert created.status_code == 201, created.content
+    data = created.json()
+    assert (data["window"], data["for"], data["condition"]) == ("10m", "1m", ">= 5.0")
+
+    for change, wrong in [
+        ({"window": "forever", "condition": "~ 3"}, {"window", "condition"}),
+        ({"summary": "{nope}", "group_by": ["colour"]}, {"summary", "group_by"}),
+        ({"for": "-5m"}, {"for"}),
+    ]:
+        refused = api.patch(
+            f"/api/v1/alert-rules/{data['id']}", change, format="json", **admin_token
+        )
+        assert refused.status_code == 422
+        assert {error["field"] for error in refused.json()["errors"]} == wrong
+    assert AlertRule.objects.get(name="deep").window == timedelta(minutes=10)
+
+    heartbeat_shaped = api.post(
+        "/api/v1/alert-rules",
+        {**body, "name": "hb", "kind": "heartbeat"},
+        format="json",
+        **admin_token,
+    )
+    assert heartbeat_shaped.status_code == 422
+    assert "metric" in {error["field"] for error in heartbeat_shaped.json()["errors"]}
+
+
+@pytest.mark.django_db
+def test_it_resolves_the_alerts_of_a_disabled_rule_and_keeps_rules_with_alerts(api, admin_token):
+    depth([150.0] * 10)
+    target = saved()
+    (alert,) = evaluate(target)
+
+    response = api.patch(
+        f"/api/v1/alert-rules/{target.pk}", {"enabled": False}, format="json", **admin_token
+    )
+
+    assert response.status_code == 200
+    alert.refresh_from_db()
+    assert alert.status == AlertStatus.RESOLVED
+    deleted = api.delete(f"/api/v1/alert-rules/{target.pk}", **admin_token)
+    assert deleted.status_code == 409
+    assert AlertRule.objects.filter(pk=target.pk).exists()
+    unused = saved(name="unused")
+    assert api.delete(f"/api/v1/alert-rules/{unused.pk}", **admin_token).status_code == 204
+
+
+@pytest.mark.django_db
+def test_it_lets_viewers_read_rules_but_not_write_them(api, make_operator):
+    from tests.conftest import bearer
+
+    viewer = bearer(make_operator("viewer")[1])
+    assert api.get("/api/v1/alert-rules", **viewer).status_code == 200
+    response = api.post("/api/v1/alert-rules", {"name": "x"}, format="json", **viewer)
+    assert response.status_code == 403

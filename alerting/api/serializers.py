@@ -1,12 +1,114 @@
+import re
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from alerting.models import Alert, AlertRule, Notification
+from alerting import durations
+from alerting.models import Alert, AlertRule, Notification, Operator
+
+CONDITION = re.compile(r"\s*(>=|<=|==|!=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class DurationText(serializers.Field):
+    """A duration as text (``30s``, ``5m``, ``1h30m``) or a whole number of seconds."""
+
+    def to_representation(self, value):
+        return None if value is None else durations.text(value)
+
+    def to_internal_value(self, data):
+        try:
+            return durations.parse(data)
+        except (TypeError, ValueError) as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+@extend_schema_field(OpenApiTypes.STR)
+class ConditionField(serializers.Field):
+    """The comparison and value of a rule in one text, e.g. ``> 100`` or ``<= 0.5``."""
+
+    def __init__(self, **kwargs):
+        super().__init__(source="*", **kwargs)
+
+    def to_representation(self, rule):
+        if not rule.operator:
+            return None
+        return f"{rule.operator} {rule.threshold!r}"
+
+    def to_internal_value(self, data):
+        if data in (None, ""):
+            return {"operator": "", "threshold": None}
+        found = CONDITION.fullmatch(data) if isinstance(data, str) else None
+        if found is None:
+            ops = ", ".join(op.value for op in Operator)
+            raise serializers.ValidationError(
+                f"Cannot parse {str(data)[:40]!r}: write an operator ({ops}) and a number, "
+                "e.g. '> 100'."
+            )
+        return {"operator": found.group(1), "threshold": float(found.group(2))}
+
+
+# Model field -> the name the API and rule files give it.
+FIELD_NAMES = {"for_duration": "for", "operator": "condition", "threshold": "condition"}
+RULE_FIELDS = [
+    "name",
+    "kind",
+    "severity",
+    "summary",
+    "metric",
+    "matchers",
+    "aggregation",
+    "window",
+    "group_by",
+    "condition",
+    "for",
+    "keep_firing_for",
+    "evaluate_every",
+    "params",
+    "labels",
+    "annotations",
+    "enabled",
+]
 
 
 class AlertRuleSerializer(serializers.ModelSerializer):
+    """A rule as the API and rule files write it; checked by the rule's kind before it is saved."""
+
+    window = DurationText(required=False, allow_null=True)
+    condition = ConditionField(required=False, allow_null=True)
+    keep_firing_for = DurationText(required=False)
+    evaluate_every = DurationText(required=False)
+    # "for" cannot be written as a class attribute; it is the name Prometheus users know.
+    vars()["for"] = DurationText(source="for_duration", required=False)
+
     class Meta:
         model = AlertRule
-        fields = ["id", "name", "kind", "severity", "summary", "labels", "annotations", "enabled"]
+        fields = ["id", *RULE_FIELDS, "last_evaluated_at", "last_error", "updated_at"]
+        read_only_fields = ["id", "last_evaluated_at", "last_error", "updated_at"]
+
+    def validate(self, attrs):
+        rule = (
+            AlertRule()
+            if self.instance is None
+            else AlertRule(
+                **{
+                    f.attname: getattr(self.instance, f.attname)
+                    for f in AlertRule._meta.concrete_fields
+                }
+            )
+        )
+        for name, value in attrs.items():
+            setattr(rule, name, value)
+        try:
+            rule.full_clean(validate_unique=False)
+        except DjangoValidationError as exc:
+            problems: dict[str, list[str]] = {}
+            for field, messages in exc.message_dict.items():
+                problems.setdefault(FIELD_NAMES.get(field, field), []).extend(messages)
+            raise serializers.ValidationError(problems) from None
+        return attrs
 
 
 class NotificationSerializer(serializers.ModelSerializer):

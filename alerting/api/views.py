@@ -1,5 +1,8 @@
+from django.db import transaction
+from django.db.models import ProtectedError
+from django.utils import timezone
 from drf_spectacular.utils import extend_schema
-from rest_framework import viewsets
+from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
@@ -34,10 +37,35 @@ class AlertViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(AlertSerializer(alert).data)
 
 
-class AlertRuleViewSet(viewsets.ReadOnlyModelViewSet):
+class AlertRuleViewSet(viewsets.ModelViewSet):
+    """Alert rules: read by anyone who may view them, written by those who may change them.
+
+    A rule is checked against its kind before it is saved (422 naming each
+    field). Disabling a rule resolves its open alerts; a rule that has alerts
+    cannot be deleted (409): disable it instead, so its alerts keep their rule.
+    """
+
     queryset = AlertRule.objects.all()
     serializer_class = AlertRuleSerializer
     permission_classes = [ModelPermissions]
+    lookup_value_regex = "[0-9]{1,18}"
+
+    def perform_update(self, serializer):
+        with transaction.atomic():
+            rule = serializer.save(next_evaluation_at=timezone.now())
+            if not rule.enabled:
+                lifecycle.resolve_rule_alerts(rule, reason="rule disabled")
+
+    def destroy(self, request, *args, **kwargs):
+        rule = self.get_object()
+        try:
+            with transaction.atomic():
+                rule.delete()
+        except ProtectedError:
+            return problem_response(
+                409, f"Rule {rule.name} has alerts; disable it instead of deleting it."
+            )
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class NotificationViewSet(viewsets.ReadOnlyModelViewSet):
