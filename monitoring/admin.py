@@ -4,6 +4,7 @@ from monitoring import registry
 from monitoring.models import (
     Agent,
     AgentCommand,
+    AgentHealth,
     AgentToken,
     AgentTransition,
     MetricSeries,
@@ -111,6 +112,26 @@ class MonitorAnomalyAdmin(admin.ModelAdmin):
     search_fields = ["agent_id", "metric"]
     date_hierarchy = "started_at"
     list_select_related = ["series"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AgentHealth)
+class AgentHealthAdmin(admin.ModelAdmin):
+    """Health is computed by the periodic evaluation only: the admin lists and shows it."""
+
+    list_display = ["agent", "score", "anomalous", "streak", "anomalous_since", "evaluated_at"]
+    list_filter = ["anomalous", "agent__role"]
+    search_fields = ["agent__id"]
+    ordering = ["-score", "agent"]
+    list_select_related = ["agent"]
 
     def has_add_permission(self, request):
         return False

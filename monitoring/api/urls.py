@@ -40,6 +40,7 @@ urlpatterns = [
     path("metrics/query", queries.SeriesQueryView.as_view(), name="metric-query"),
     path("metrics/top", queries.TopAgentsView.as_view(), name="metric-top"),
     path("anomalies/summary", queries.AnomalySummaryView.as_view(), name="anomaly-summary"),
+    path("agent-health", views.AgentHealthListView.as_view(), name="agent-health-list"),
     path("fleet/summary", queries.FleetSummaryView.as_view(), name="fleet-summary"),
     path("agents/<agent_id:agent_id>/tokens", token_list, name="agent-tokens"),
     path(

@@ -15,6 +15,8 @@ PERIODIC_JOBS = (
     PeriodicJob("check stuck agents", "monitoring.tasks.check_stuck", 2.0),
     PeriodicJob("check remediations", "watchdog.tasks.check_remediations", 2.0),
     PeriodicJob("deliver notifications", "alerting.tasks.deliver_due_notifications", 5.0),
+    # Anomalous after three evaluations in a row: 30 to 45 s of a bad score.
+    PeriodicJob("evaluate agent health", "monitoring.tasks.evaluate_agent_health", 15.0),
     PeriodicJob("roll up metrics", "monitoring.tasks.roll_up_metrics", 15.0),
     PeriodicJob("create metric partitions", "monitoring.tasks.create_metric_partitions", 600.0),
     PeriodicJob("sweep events", "omoi_console.foundation.events.tasks.sweep_events", 5.0),

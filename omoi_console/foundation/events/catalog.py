@@ -18,6 +18,8 @@ CATALOG: dict[str, tuple[str, ...]] = {
         "stuck_after",
         "seconds_without_progress",
     ),
+    "monitor.agent.health_anomalous": (*AGENT_FIELDS, "score", "components"),
+    "monitor.agent.health_recovered": (*AGENT_FIELDS, "score", "anomalous_seconds"),
     "monitor.anomaly.detected": ("anomaly_id", "series", "score"),
     "monitor.alert.triggered": ("alert_id", "rule", "severity", "fingerprint", "labels", "summary"),
     "monitor.alert.acknowledged": ("alert_id", "rule", "fingerprint", "labels", "by"),
