@@ -56,6 +56,10 @@ FAILURES = "task_failures_total"
 CLOCK_SKEW = "clock_skew_seconds"
 LOCK_WAIT = "lock_wait_seconds"
 SIGNALS = (LATENCY, ERROR_RATE, FAILURES, CLOCK_SKEW, LOCK_WAIT)
+ANOMALOUS = "monitor.agent.health_anomalous"
+RECOVERED = "monitor.agent.health_recovered"
+# What a change of health writes (besides ``evaluated_at``).
+STORED_FIELDS = ("score", "components", "streak", "anomalous", "anomalous_since")
 # Scores and components are kept to this many decimals: enough to read, and a
 # flicker in the last digits of a float is not a change worth a write.
 DECIMALS = 4
@@ -239,11 +243,6 @@ def stored_health():
     return AgentHealth.objects.filter(
         ~Q(agent__state__in=NOT_EVALUATED) | Q(streak__gt=0)
     ).order_by()
-
-
-ANOMALOUS = "monitor.agent.health_anomalous"
-RECOVERED = "monitor.agent.health_recovered"
-STORED_FIELDS = ("score", "components", "streak", "anomalous", "anomalous_since")
 
 
 def _next_health(agent, before, components, policy, now) -> tuple[AgentHealth, NewEvent | None]:
