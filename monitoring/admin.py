@@ -6,6 +6,7 @@ from monitoring.detectors import DETECTORS
 from monitoring.models import (
     Agent,
     AgentCommand,
+    AgentHealth,
     AgentToken,
     AgentTransition,
     DetectorSetting,
@@ -166,4 +167,24 @@ class SeriesDetectorAdmin(admin.ModelAdmin):
         return False
 
     def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(AgentHealth)
+class AgentHealthAdmin(admin.ModelAdmin):
+    """Health is computed by the periodic evaluation only: the admin lists and shows it."""
+
+    list_display = ["agent", "score", "anomalous", "streak", "anomalous_since", "evaluated_at"]
+    list_filter = ["anomalous", "agent__role"]
+    search_fields = ["agent__id"]
+    ordering = ["-score", "agent"]
+    list_select_related = ["agent"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False

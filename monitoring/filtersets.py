@@ -9,6 +9,7 @@ from monitoring.anomalies import active_between
 from monitoring.models import (
     AGENT_ID_PATTERN,
     Agent,
+    AgentHealth,
     AgentRole,
     AgentState,
     AnomalyDirection,
@@ -127,3 +128,28 @@ class AnomalyFilterSet(django_filters.FilterSet):
         since = value if name == "since" else None
         until = value if name == "until" else None
         return queryset.filter(active_between(since, until))
+
+
+class ScoreFilter(django_filters.NumberFilter):
+    """A finite number from 0 to 1 (a float field refuses NaN and infinities)."""
+
+    field_class = forms.FloatField
+
+
+class AgentHealthFilterSet(django_filters.FilterSet):
+    anomalous = django_filters.ChoiceFilter(
+        choices=[("true", "Anomalous"), ("false", "Not anomalous")],
+        method="filter_anomalous",
+        label="Only anomalous agents (true) or only the others (false)",
+    )
+    role = django_filters.ChoiceFilter(field_name="agent__role", choices=AgentRole.choices)
+    min_score = ScoreFilter(
+        field_name="score", lookup_expr="gte", min_value=0, max_value=1, label="Score at least"
+    )
+
+    class Meta:
+        model = AgentHealth
+        fields = ["anomalous", "role", "min_score"]
+
+    def filter_anomalous(self, queryset, name, value):
+        return queryset.filter(anomalous=value == "true")

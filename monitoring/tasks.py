@@ -1,6 +1,6 @@
 from celery import shared_task
 
-from monitoring import detection, metric_jobs, services, stuck
+from monitoring import detection, health, metric_jobs, services, stuck
 
 
 @shared_task(ignore_result=True, expires=1)
@@ -26,3 +26,8 @@ def create_metric_partitions() -> None:
 @shared_task(ignore_result=True, expires=1)
 def check_stuck() -> None:
     stuck.check_stuck()
+
+
+@shared_task(ignore_result=True, expires=15)
+def evaluate_agent_health() -> None:
+    health.evaluate_health()

@@ -422,6 +422,35 @@ STUCK_AFTER_BY_ROLE = {
     for role in AGENT_ROLES
 }
 
+# Composite agent health (monitoring.health): the weight of each component, the
+# score at or above which an evaluation counts, how many such evaluations in a row
+# make an agent anomalous, the clock skew that counts as fully unhealthy, and how
+# old a detector's last minute may be before its signal is ignored.
+HEALTH_COMPONENTS = ("latency", "errors", "heartbeat", "blocked")
+HEALTH_WEIGHTS = {
+    name: env_float(f"OMOI_HEALTH_WEIGHT_{name.upper()}", default)
+    for name, default in zip(HEALTH_COMPONENTS, (0.35, 0.30, 0.20, 0.15), strict=True)
+}
+if not all(0 <= weight < float("inf") for weight in HEALTH_WEIGHTS.values()) or not any(
+    HEALTH_WEIGHTS.values()
+):
+    raise ImproperlyConfigured(
+        "OMOI_HEALTH_WEIGHT_LATENCY, _ERRORS, _HEARTBEAT and _BLOCKED must be finite numbers "
+        f"of 0 or more, not all 0; got {HEALTH_WEIGHTS}"
+    )
+HEALTH_THRESHOLD = env_float("OMOI_HEALTH_THRESHOLD", 0.8)
+if not 0 < HEALTH_THRESHOLD <= 1:
+    raise ImproperlyConfigured(
+        f"OMOI_HEALTH_THRESHOLD must be more than 0 and at most 1, got {HEALTH_THRESHOLD}"
+    )
+HEALTH_CONSECUTIVE = env_int("OMOI_HEALTH_CONSECUTIVE", 3)
+if not 1 <= HEALTH_CONSECUTIVE <= 1000:
+    raise ImproperlyConfigured(
+        f"OMOI_HEALTH_CONSECUTIVE must be from 1 to 1000 evaluations, got {HEALTH_CONSECUTIVE}"
+    )
+HEALTH_MAX_CLOCK_SKEW_SECONDS = _seconds("OMOI_HEALTH_MAX_CLOCK_SKEW", 30.0, 0.001, 86400)
+HEALTH_SIGNAL_MAX_AGE_SECONDS = _seconds("OMOI_HEALTH_SIGNAL_MAX_AGE", 600.0, 60, 86400)
+
 # Undispatched events are re-dispatched by the sweeper after this long.
 EVENT_REDISPATCH_AFTER_SECONDS = env_float("OMOI_EVENT_REDISPATCH_AFTER", 10.0)
 EVENT_MAX_ATTEMPTS = env_int("OMOI_EVENT_MAX_ATTEMPTS", 10)

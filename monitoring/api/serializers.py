@@ -10,6 +10,7 @@ from monitoring.models import (
     TASK_ID_MAX_LENGTH,
     Agent,
     AgentCommand,
+    AgentHealth,
     AgentRole,
     AgentState,
     AgentToken,
@@ -194,3 +195,56 @@ class IssuedAgentTokenSerializer(AgentTokenSerializer):
 
 class TokenRequestSerializer(serializers.Serializer):
     name = StrictCharField(max_length=100, required=False, allow_blank=True, default="")
+
+
+class HealthComponentsSerializer(serializers.Serializer):
+    latency = serializers.FloatField(help_text="Highest anomaly score of task latency, 0 to 1.")
+    errors = serializers.FloatField(
+        help_text="Highest of the error rate, its anomaly score and that of task failures."
+    )
+    heartbeat = serializers.FloatField(
+        help_text="Highest of missed heartbeats / 3, |clock skew| / the largest tolerated, "
+        "and the clock skew's anomaly score."
+    )
+    blocked = serializers.FloatField(help_text="1 when stuck, else lock wait's anomaly score.")
+
+
+class AgentHealthSerializer(serializers.ModelSerializer):
+    agent_id = serializers.CharField(read_only=True)
+    role = serializers.ChoiceField(source="agent.role", choices=AgentRole.choices, read_only=True)
+    state = serializers.ChoiceField(
+        source="agent.state", choices=AgentState.choices, read_only=True
+    )
+    components = HealthComponentsSerializer(read_only=True)
+
+    class Meta:
+        model = AgentHealth
+        fields = [
+            "agent_id",
+            "role",
+            "state",
+            "score",
+            "components",
+            "streak",
+            "anomalous",
+            "anomalous_since",
+            "evaluated_at",
+        ]
+        read_only_fields = fields
+
+
+class HealthPolicySerializer(serializers.Serializer):
+    weights = HealthComponentsSerializer()
+    threshold = serializers.FloatField()
+    consecutive = serializers.IntegerField()
+    max_clock_skew_seconds = serializers.FloatField()
+
+
+class AgentHealthDetailSerializer(AgentHealthSerializer):
+    policy = HealthPolicySerializer(
+        read_only=True, help_text="The weights, threshold and streak length in force."
+    )
+
+    class Meta(AgentHealthSerializer.Meta):
+        fields = [*AgentHealthSerializer.Meta.fields, "policy"]
+        read_only_fields = fields

@@ -52,6 +52,7 @@ urlpatterns = [
         name="detection-detail",
     ),
     path("anomalies/summary", queries.AnomalySummaryView.as_view(), name="anomaly-summary"),
+    path("agent-health", views.AgentHealthListView.as_view(), name="agent-health-list"),
     path("fleet/summary", queries.FleetSummaryView.as_view(), name="fleet-summary"),
     path("agents/<agent_id:agent_id>/tokens", token_list, name="agent-tokens"),
     path(

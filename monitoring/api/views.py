@@ -2,15 +2,17 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, status, viewsets
+from rest_framework import generics, mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from monitoring import registry, services
+from monitoring import health, registry, services
 from monitoring.api.permissions import IsAgent
 from monitoring.api.serializers import (
+    AgentHealthDetailSerializer,
+    AgentHealthSerializer,
     AgentRegistrationSerializer,
     AgentSerializer,
     AgentTokenSerializer,
@@ -22,11 +24,13 @@ from monitoring.api.serializers import (
     TokenRequestSerializer,
     TransitionSerializer,
 )
-from monitoring.filtersets import AgentFilterSet
+from monitoring.filtersets import AgentFilterSet, AgentHealthFilterSet
 from monitoring.ingest.cache import ingest_cache, remember_served
-from monitoring.models import AGENT_ID_PATTERN, Agent, AgentToken
+from monitoring.models import AGENT_ID_PATTERN, Agent, AgentHealth, AgentToken
 from omoi_console.foundation.api.permissions import ModelPermissions, require
 from omoi_console.foundation.api.problems import problem_response
+
+READ_AGENTS = "monitoring.view_agent"
 
 
 class HeartbeatView(APIView):
@@ -108,6 +112,28 @@ class AgentViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         agent = self.get_object()
         page = self.paginate_queryset(agent.transitions.order_by("-at", "-id"))
         return self.get_paginated_response(TransitionSerializer(page, many=True).data)
+
+    @extend_schema(responses=AgentHealthDetailSerializer)
+    @action(detail=True, methods=["get"], filter_backends=[])
+    def health(self, request, pk=None):
+        """The agent's composite health as last evaluated, with the policy in force."""
+        agent = self.get_object()
+        row = AgentHealth.objects.filter(agent=agent).first()
+        if row is None:
+            raise NotFound(f"Agent {agent.pk} has not been evaluated yet.")
+        row.agent = agent
+        row.policy = health.HealthPolicy.current().as_dict()
+        return Response(AgentHealthDetailSerializer(row).data)
+
+
+class AgentHealthListView(generics.ListAPIView):
+    """Every agent's composite health, worst first. ``?anomalous=true`` lists those
+    flagged; ``role`` and ``min_score`` narrow the list."""
+
+    queryset = AgentHealth.objects.select_related("agent").order_by("-score", "agent_id")
+    serializer_class = AgentHealthSerializer
+    permission_classes = [require(READ_AGENTS)]
+    filterset_class = AgentHealthFilterSet
 
 
 class AgentTokenViewSet(viewsets.GenericViewSet):

@@ -17,6 +17,8 @@ PERIODIC_JOBS = (
     # Claims due rules (each has its own evaluate_every) with SKIP LOCKED.
     PeriodicJob("evaluate alert rules", "alerting.tasks.evaluate_rules", 5.0),
     PeriodicJob("deliver notifications", "alerting.tasks.deliver_due_notifications", 5.0),
+    # Anomalous after three evaluations in a row: 30 to 45 s of a bad score.
+    PeriodicJob("evaluate agent health", "monitoring.tasks.evaluate_agent_health", 15.0),
     PeriodicJob("roll up metrics", "monitoring.tasks.roll_up_metrics", 15.0),
     # Closed minutes only: it follows the rollups, a minute behind at most.
     PeriodicJob("detect anomalies", "monitoring.tasks.detect_anomalies", 15.0),

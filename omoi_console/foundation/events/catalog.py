@@ -19,6 +19,8 @@ CATALOG: dict[str, tuple[str, ...]] = {
         "stuck_after",
         "seconds_without_progress",
     ),
+    "monitor.agent.health_anomalous": (*AGENT_FIELDS, "score", "components"),
+    "monitor.agent.health_recovered": (*AGENT_FIELDS, "score", "anomalous_seconds"),
     "monitor.anomaly.detected": (
         *ANOMALY_FIELDS,
         "score",
