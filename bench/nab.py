@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import math
 import os
 import sys
 import time
@@ -238,6 +239,7 @@ def candidates(files, jobs) -> dict:
     for label, fn in river_candidates().items():
         fixed(label, fn)
     ablation("default without the seasonal model", SEASON_GAIN=0.0)
+    ablation("default without the sustained-shift stage", SHIFT_SIGMAS=math.inf)
     ablation("default scoring every row of an excursion", DAMPING=1.0, QUIET=0)
     ablation("default with a fixed z threshold", TAIL_STEP=0.0)
     return out

@@ -112,6 +112,47 @@ def test_it_reports_a_short_excursion_once_however_it_wobbles():
     assert alarms(scores) == [2000]
 
 
+def test_it_flags_a_shift_too_small_for_any_single_sample_once():
+    values = noise(4000)
+    # Two standard deviations for 200 samples: no single sample stands out
+    # (spikes alarm from about five), only their persistence does.
+    values[2000:2200] = [v + 2.0 for v in values[2000:2200]]
+    scores = feed(get_detector(), stamps(4000), values)
+    found = alarms(scores)
+    assert len(found) == 1 and 2000 < found[0] < 2030
+    det = get_detector()
+    feed(det, stamps(found[0] + 1), values[: found[0] + 1])
+    assert det.explain()["sustained"] is True
+    assert det.direction == "up"
+
+
+def test_it_flags_a_small_sustained_dip_outside_the_range_it_reports():
+    values = noise(4000)
+    values[2000:2200] = [v - 2.0 for v in values[2000:2200]]
+    det = get_detector()
+    times = stamps(4000)
+    for i in range(4000):
+        score = det.update(times[i], values[i])
+        if score >= ALARM_SCORE:
+            break
+    assert 2000 < i < 2030
+    assert det.direction == "down"
+    assert values[i] < det.expected_low < 100.0 < det.expected_high
+    assert det.expected_low > 100.0 - 5.0  # narrower than the band for a single spike
+
+
+def test_it_starts_the_shift_stage_afresh_from_a_state_saved_before_it_existed():
+    values = noise(4000)
+    times = stamps(4000)
+    det = get_detector()
+    feed(det, times[:3000], values[:3000])
+    old = det.state()
+    for key in ("shift_n", "shift", "shift_mean", "shift_var"):
+        del old[key]
+    resumed = restore_detector(json.loads(json.dumps(old)))
+    assert alarms(feed(resumed, times[3000:], values[3000:])) == []
+
+
 def test_it_follows_a_slow_ramp_but_flags_a_steep_one():
     slow = [v + 0.005 * i for i, v in enumerate(noise(6000))]
     assert alarms(feed(get_detector(), stamps(6000), slow)) == []

@@ -14,9 +14,15 @@ learned instead of alarming forever. A gap counts as the samples it skipped.
 
 A series has its own normal amount of surprise (request counts are spikier
 than a CPU gauge), so ``z`` is divided by a running 99th percentile of past
-surprises before it becomes a score. Once a sample alarms, the excursion is
-reported once: later scores are damped until the series has been calm for a
-while (which is also how a learned new level ends the excursion).
+surprises before it becomes a score.
+
+A change too small for any single sample to stand out is caught by its
+persistence: a short moving average of the signed, clipped surprise is
+compared with that average's own long-run mean and spread (an EWMA control
+chart that calibrates itself). The score is the larger of the two. Once a
+sample alarms, the excursion is reported once: later scores are damped until
+the series has been calm for a while (which is also how a learned new level
+ends the excursion).
 """
 
 import math
@@ -42,6 +48,11 @@ TAIL_P = 0.99  # the surprise quantile a score is measured against
 TAIL_STEP = 0.05  # its step in log units
 NORMAL_TAIL = math.log(2.576)  # its start: the 99th percentile of |z| for normal noise
 DAMPING = 0.25  # scores inside an excursion that has already alarmed
+# Sustained shift: a short mean of the signed surprise (clipped at HUBER_K),
+SHIFT_RATE = 0.2  # ... over about the last five samples,
+SHIFT_MEMORY = 0.001  # ... judged by its own mean and variance over ~1000 samples,
+SHIFT_SIGMAS = 4.0  # ... alarms this many of its standard deviations away,
+SHIFT_WARMUP = 100  # ... once those have seen this many samples.
 
 
 class RobustSeasonalDetector(Detector):
@@ -71,6 +82,11 @@ class RobustSeasonalDetector(Detector):
         self.daily = [0.0] * 24
         self.weekly = [0.0] * 7
         self.tail = 0.0  # running high quantile of log(z)
+        self.shift_n = 0  # samples the sustained-shift stage has seen
+        self.shift = 0.0  # short mean of the signed, clipped surprise
+        self.shift_mean = 0.0  # its long-run mean and variance
+        self.shift_var = 0.0
+        self.sustained = False  # the last score came from the shift, not the sample
         self.alarmed = False  # inside an excursion that has alarmed
         self.calm = 0  # calm samples seen since
         self.calm_since = None  # when the current run of calm samples began
@@ -82,6 +98,7 @@ class RobustSeasonalDetector(Detector):
         if not (math.isfinite(x) and math.isfinite(t)):
             raise InvalidSample("timestamp and value must be finite numbers")
         self.expected_low = self.expected_high = self.direction = None
+        self.sustained = False
         n = self.n
         if n == 0:
             self.n = 1
@@ -136,7 +153,7 @@ class RobustSeasonalDetector(Detector):
         if n < WARMUP:
             return 0.0
         self.direction = "up" if r > 0 else "down"
-        return self._score(ar / sig, n, pred, sig, t)
+        return self._score(r / sig, n, pred, sig, t)
 
     def _step(self, dt: float, n: int) -> tuple[float, float]:
         """Learning rate for this sample, and the seconds it stands for."""
@@ -156,24 +173,71 @@ class RobustSeasonalDetector(Detector):
             a = 1.0 / (n + 1)  # warming up: a plain mean of what was seen
         return a, interval * steps
 
+    def explain(self) -> dict:
+        """Base explanation, plus whether the score came from a sustained shift."""
+        return super().explain() | {"sustained": self.sustained}
+
     @property
     def in_excursion(self) -> bool:
         return self.alarmed
 
-    def _score(self, z: float, n: int, pred: float, sig: float, t: float) -> float:
-        """Surprise relative to this series' usual high surprise, one alarm per excursion."""
+    def _score(self, zs: float, n: int, pred: float, sig: float, t: float) -> float:
+        """Surprise relative to this series' usual high surprise, one alarm per excursion.
+
+        ``zs`` is the signed surprise (residual over scale) of this sample.
+        """
+        z = zs if zs > 0 else -zs
         lz = math.log(z + 1e-12)
         tail = NORMAL_TAIL if n == WARMUP else self.tail
         ref = math.exp(tail)
         if ref < 1.0:
             ref = 1.0  # a series that is never surprised still needs z > threshold
-        band = self.threshold * ref * sig  # where the score reaches ALARM_SCORE
-        self.expected_low = pred - band
-        self.expected_high = pred + band
+        band = self.threshold * ref  # where the score reaches ALARM_SCORE, in z units
+        low, high = -band, band
         self.tail = tail + (TAIL_STEP * TAIL_P if lz > tail else -TAIL_STEP * (1.0 - TAIL_P))
-        ratio = z / (ref * self.threshold)
+        ratio = z / band
         ratio *= ratio
         score = ratio / (1.0 + ratio)
+
+        # Sustained shift: the short mean against its own long-run distribution.
+        u = HUBER_K if zs > HUBER_K else (-HUBER_K if zs < -HUBER_K else zs)
+        m = self.shift_n
+        if m == 0:
+            self.shift = self.shift_mean = u
+            self.shift_var = 0.0
+        self.shift_n = m + 1
+        kept = (1.0 - SHIFT_RATE) * self.shift
+        short = kept + SHIFT_RATE * u
+        self.shift = short
+        mean = self.shift_mean
+        d = short - mean
+        if m >= SHIFT_WARMUP and self.shift_var > 0.0:
+            limit = SHIFT_SIGMAS * math.sqrt(self.shift_var)
+            ratio = d / limit
+            ratio *= ratio
+            shifted = ratio / (1.0 + ratio)
+            if shifted > score:
+                score = shifted
+                self.sustained = True
+                self.direction = "up" if d > 0 else "down"
+            # The samples that keep the short mean within the limit, in z units.
+            # A sample moves it at most as far as HUBER_K, where it is clipped.
+            lo = (mean - limit - kept) / SHIFT_RATE
+            hi = (mean + limit - kept) / SHIFT_RATE
+            if hi > -HUBER_K and lo < HUBER_K:
+                if lo > low and lo > -HUBER_K:
+                    low = lo
+                if hi < high and hi < HUBER_K:
+                    high = hi
+                if low > high:  # no sample keeps both scores below the alarm
+                    low, high = -band, band
+        rate = SHIFT_MEMORY
+        if m + 1 < 1.0 / SHIFT_MEMORY:
+            rate = 1.0 / (m + 1)  # warming up: a plain mean and variance
+        self.shift_mean = mean + rate * d
+        self.shift_var += rate * (d * d - self.shift_var)
+        self.expected_low = pred + low * sig
+        self.expected_high = pred + high * sig
         if self.alarmed:
             if score < 0.25 * ALARM_SCORE:
                 if self.calm == 0:
@@ -202,6 +266,7 @@ class RobustSeasonalDetector(Detector):
         "spread_s",
         "tail",
     )
+    _SHIFT_FLOATS = ("shift", "shift_mean", "shift_var")
 
     def state(self) -> dict:
         out = {
@@ -211,10 +276,11 @@ class RobustSeasonalDetector(Detector):
             "alarmed": self.alarmed,
             "calm": self.calm,
             "calm_since": self.calm_since,
+            "shift_n": self.shift_n,
             "daily": list(self.daily),
             "weekly": list(self.weekly),
         }
-        out.update({key: getattr(self, key) for key in self._FLOATS})
+        out.update({key: getattr(self, key) for key in self._FLOATS + self._SHIFT_FLOATS})
         return out
 
     @classmethod
@@ -225,6 +291,10 @@ class RobustSeasonalDetector(Detector):
         det.alarmed = bool(state["alarmed"])
         since = state.get("calm_since")
         det.calm_since = None if since is None else float(since)
+        # A state saved before the sustained-shift stage existed starts that stage afresh.
+        det.shift_n = int(state.get("shift_n", 0))
+        for key in cls._SHIFT_FLOATS:
+            setattr(det, key, float(state.get(key, 0.0)))
         for key in cls._FLOATS:
             setattr(det, key, float(state[key]))
         det.daily = [float(v) for v in state["daily"]]
