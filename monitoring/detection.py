@@ -16,7 +16,7 @@ detectors see each minute once, in order.
 Anomalies follow the detector's excursions, not its scores: a row in
 ``monitor_anomalies`` opens on the sample that alarms (``monitor.anomaly.detected``)
 and closes when the detector is calm again (``monitor.anomaly.resolved``),
-ending at the first calm minute. One excursion is one row, however long.
+ending at the first minute whose value was back in range. One excursion is one row.
 """
 
 import json

@@ -198,6 +198,7 @@ class RobustSeasonalDetector(Detector):
         ratio = z / band
         ratio *= ratio
         score = ratio / (1.0 + ratio)
+        single = score  # this sample alone: is its value back in the normal range?
 
         # Sustained shift: the short mean against its own long-run distribution.
         u = HUBER_K if zs > HUBER_K else (-HUBER_K if zs < -HUBER_K else zs)
@@ -239,15 +240,19 @@ class RobustSeasonalDetector(Detector):
         self.expected_low = pred + low * sig
         self.expected_high = pred + high * sig
         if self.alarmed:
-            if score < 0.25 * ALARM_SCORE:
-                if self.calm == 0:
+            # The excursion ends after QUIET calm scores (the shift's memory included);
+            # it ended, for the record, when the values themselves came back.
+            if single < 0.25 * ALARM_SCORE:
+                if self.calm_since is None:
                     self.calm_since = t
+            else:
+                self.calm_since = None
+            if score < 0.25 * ALARM_SCORE:
                 self.calm += 1
                 if self.calm >= QUIET:
                     self.alarmed = False
             else:
                 self.calm = 0
-                self.calm_since = None
             return score * DAMPING
         if score >= ALARM_SCORE:
             self.alarmed = True
