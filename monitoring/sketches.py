@@ -20,10 +20,16 @@ class MergedSketch:
     rank rule are the library's; only the bookkeeping is ours.
     """
 
+    _reference = None  # (mapping, its message): the same for every sketch, built once
+
     def __init__(self):
-        reference = new_sketch()
-        self.mapping = reference._mapping
-        self.mapping_message = DDSketchProto.to_proto(reference).mapping
+        if MergedSketch._reference is None:
+            reference = new_sketch()
+            MergedSketch._reference = (
+                reference._mapping,
+                DDSketchProto.to_proto(reference).mapping,
+            )
+        self.mapping, self.mapping_message = MergedSketch._reference
         self.positive: dict[int, float] = {}
         self.negative: dict[int, float] = {}
         self.zero = 0.0
@@ -40,13 +46,16 @@ class MergedSketch:
             (message.positiveValues, self.positive),
             (message.negativeValues, self.negative),
         ):
-            offset, counts = store.contiguousBinIndexOffset, store.contiguousBinCounts
+            counts, sparse = store.contiguousBinCounts, store.binCounts
             found = bins.get
-            # A minute's dense store is mostly empty bins: compress() skips them in C.
-            for key in compress(range(offset, offset + len(counts)), counts):
-                bins[key] = found(key, 0.0) + counts[key - offset]
-            for key, count in store.binCounts.items():
-                bins[key] = found(key, 0.0) + count
+            if counts:
+                offset = store.contiguousBinIndexOffset
+                # A minute's dense store is mostly empty bins: compress() skips them in C.
+                for key in compress(range(offset, offset + len(counts)), counts):
+                    bins[key] = found(key, 0.0) + counts[key - offset]
+            if sparse:  # rarely used by the library's own stores: asking costs more than it saves
+                for key, count in sparse.items():
+                    bins[key] = found(key, 0.0) + count
         self.zero += message.zeroCount
 
     def add(self, value: float, weight: float = 1.0) -> None:

@@ -88,22 +88,22 @@ class ThresholdKind(RuleKind):
         return [Match(labels[key], value) for key, value in totals.items() if meets(rule, value)]
 
     def _quantile(self, rule, found, keys) -> list[Match]:
-        from monitoring.rollups import load_sketch
+        from monitoring.sketches import MergedSketch
 
-        merged: dict[tuple, object] = {}
+        merged: dict[tuple, MergedSketch] = {}
         labels: dict[tuple, dict] = {}
-        for row in found.annotate(**keys).values("sketch", *keys).iterator(chunk_size=2000):
+        for row in found.annotate(**keys).values("sketch", *keys):
             group = labels_of_row(rule, row)
             key = tuple(sorted(group.items()))
-            sketch = load_sketch(row["sketch"])
-            if key in merged:
-                merged[key].merge(sketch)
-            else:
-                merged[key], labels[key] = sketch, group
+            sketch = merged.get(key)
+            if sketch is None:
+                sketch = merged[key] = MergedSketch()
+                labels[key] = group
+            sketch.add_serialised(row["sketch"])
         q = QUANTILES[rule.aggregation]
         out = []
         for key, sketch in merged.items():
-            value = sketch.get_quantile_value(q)
+            value = sketch.quantile(q)
             if value is not None and meets(rule, value):
                 out.append(Match(labels[key], value))
         return out
