@@ -3,7 +3,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from alerting import lifecycle
-from alerting.models import Alert, AlertRule, Notification
+from alerting.models import Alert, AlertEvent, AlertRule, Notification
 
 
 @admin.register(AlertRule)
@@ -41,8 +41,25 @@ class NotificationInline(admin.TabularInline):
         return False
 
 
+class AlertEventInline(admin.TabularInline):
+    """The alert's history: written by alerting only, never edited or deleted here."""
+
+    model = AlertEvent
+    extra = 0
+    can_delete = False
+    readonly_fields = ["at", "change", "actor", "detail"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(Alert)
 class AlertAdmin(admin.ModelAdmin):
+    """Alerts change through their lifecycle (API and console), not by editing here."""
+
     list_display = ["id", "rule", "summary", "severity", "status", "started_at", "resolved_at"]
     list_filter = ["status", "severity", "rule"]
     search_fields = ["summary", "fingerprint"]
@@ -57,10 +74,18 @@ class AlertAdmin(admin.ModelAdmin):
         "fired_at",
         "acknowledged_at",
         "acknowledged_by",
+        "ack_comment",
+        "ack_expires_at",
         "resolved_at",
+        "resolution",
+        "value",
+        "last_matched_at",
         "trace_id",
     ]
-    inlines = [NotificationInline]
+    inlines = [AlertEventInline, NotificationInline]
 
     def has_add_permission(self, request):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False

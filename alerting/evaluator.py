@@ -13,7 +13,8 @@ and the alerts follow, as in Prometheus:
 - a firing alert whose condition clears stays firing for ``keep_firing_for``
   after the last evaluation that met it, then resolves.
 
-A rule whose evaluation raises is recorded (``last_error``) and retried at its
+Each run first sweeps the alerts nothing else would change (``sweep``). A
+rule whose evaluation raises is recorded (``last_error``) and retried at its
 next turn; the other rules go on.
 """
 
@@ -27,16 +28,20 @@ from django.utils import timezone
 from alerting import lifecycle
 from alerting.models import OPEN_STATUSES, Alert, AlertRule, AlertStatus
 from alerting.rules import KINDS
+from monitoring.models import Agent, AgentState
 
 log = structlog.get_logger(__name__)
 
 # Rules claimed per round trip; a worker claims again until none is due.
 CLAIM_BATCH = 50
+# Alerts the sweep changes per kind and run; the rest wait for the next run.
+SWEEP_BATCH = 500
 
 
 def evaluate_due(now: datetime | None = None, *, budget_seconds: float = 10.0) -> int:
     """Evaluate every due rule this worker can claim; how many it evaluated."""
     deadline = time.monotonic() + budget_seconds
+    sweep(now or timezone.now())
     done = 0
     while time.monotonic() < deadline:
         moment = now or timezone.now()
@@ -47,6 +52,50 @@ def evaluate_due(now: datetime | None = None, *, budget_seconds: float = 10.0) -
             evaluate_rule(rule, moment)
             done += 1
     return done
+
+
+def sweep(now: datetime) -> int:
+    """Close or wake the alerts nothing else would: how many it changed.
+
+    An acknowledgement that expired fires its alert again. An alert whose rule
+    was disabled, or whose agent was retired or deleted, is resolved with that
+    reason: nothing would ever clear it otherwise.
+    """
+    changed = 0
+    expired = Alert.objects.filter(
+        status=AlertStatus.ACKNOWLEDGED, ack_expires_at__lte=now
+    ).select_related("rule")
+    for alert in expired[:SWEEP_BATCH]:
+        lifecycle.unacknowledge_alert(alert, "expiry", reason="acknowledgement expired")
+        changed += 1
+    disabled = Alert.objects.filter(status__in=OPEN_STATUSES, rule__enabled=False)
+    for alert in disabled.select_related("rule")[:SWEEP_BATCH]:
+        changed += _close(alert, "rule disabled", now)
+    about_agents = dict(
+        Alert.objects.filter(status__in=OPEN_STATUSES, labels__has_key="agent_id")
+        .order_by("id")
+        .values_list("pk", "labels__agent_id")[:SWEEP_BATCH]
+    )
+    if about_agents:
+        states = dict(
+            Agent.objects.filter(pk__in=set(about_agents.values())).values_list("pk", "state")
+        )
+        gone = {
+            pk: "agent deleted" if agent not in states else "agent retired"
+            for pk, agent in about_agents.items()
+            if states.get(agent, AgentState.TERMINATED) == AgentState.TERMINATED
+        }
+        for alert in Alert.objects.filter(pk__in=gone).select_related("rule"):
+            changed += _close(alert, gone[alert.pk], now)
+    return changed
+
+
+def _close(alert: Alert, reason: str, now: datetime) -> int:
+    if alert.status == AlertStatus.PENDING:
+        lifecycle.drop_pending(alert, now)
+    else:
+        lifecycle.resolve_alert(alert, reason=reason)
+    return 1
 
 
 def claim(now: datetime) -> list[AlertRule]:

@@ -16,6 +16,8 @@ from alerting.delivery import notify
 from alerting.models import (
     OPEN_STATUSES,
     Alert,
+    AlertChange,
+    AlertEvent,
     AlertRule,
     AlertStatus,
     NotificationKind,
@@ -55,6 +57,13 @@ def render_template(text: str, labels: dict, value: float | None = None) -> str:
     return PLACEHOLDER.sub(lambda match: str(known.get(match.group(1), match.group(0))), text)
 
 
+def record(alert: Alert, change: str, actor: str, detail: str = "", at=None) -> None:
+    """One row of the alert's history."""
+    AlertEvent.objects.create(
+        alert=alert, change=change, actor=actor[:160], detail=detail[:500], at=at or timezone.now()
+    )
+
+
 def open_alert_for(rule: AlertRule, labels: dict) -> Alert | None:
     return Alert.objects.filter(
         fingerprint=fingerprint(rule.name, labels), status__in=OPEN_STATUSES
@@ -91,6 +100,7 @@ def fire_alert(rule: AlertRule, labels: dict, *, value: float | None = None) -> 
     except IntegrityError:
         # Lost a race with another firing of the same fingerprint: same alert.
         return open_alert_for(rule, labels)
+    record(alert, AlertChange.FIRING, "alerting", "", now)
     announce_firing(alert)
     return alert
 
@@ -100,7 +110,7 @@ def open_pending(rule: AlertRule, labels: dict, value: float | None, now) -> Ale
     trace_id, _ = current_trace_ids()
     try:
         with transaction.atomic():
-            return Alert.objects.create(
+            alert = Alert.objects.create(
                 rule=rule,
                 fingerprint=fingerprint(rule.name, labels),
                 labels=labels,
@@ -114,13 +124,17 @@ def open_pending(rule: AlertRule, labels: dict, value: float | None, now) -> Ale
             )
     except IntegrityError:
         return open_alert_for(rule, labels)
+    record(alert, AlertChange.PENDING, "evaluator", f"value {value}", now)
+    return alert
 
 
 def drop_pending(alert: Alert, now) -> None:
     """A pending alert whose condition cleared before ``for``: closed, nobody told."""
     alert.status = AlertStatus.RESOLVED
     alert.resolved_at = now
-    alert.save(update_fields=["status", "resolved_at"])
+    alert.resolution = "condition cleared before it fired"
+    alert.save(update_fields=["status", "resolved_at", "resolution"])
+    record(alert, AlertChange.DROPPED, "evaluator", alert.resolution, now)
 
 
 def promote(alert: Alert, now) -> Alert:
@@ -128,6 +142,7 @@ def promote(alert: Alert, now) -> Alert:
     alert.status = AlertStatus.FIRING
     alert.fired_at = now
     alert.save(update_fields=["status", "fired_at", "value", "last_matched_at", "summary"])
+    record(alert, AlertChange.FIRING, "evaluator", f"value {alert.value}", now)
     announce_firing(alert)
     return alert
 
@@ -151,7 +166,7 @@ def announce_firing(alert: Alert) -> None:
     log.warning("alert.fired", alert_id=alert.pk, rule=rule.name, labels=labels)
 
 
-def resolve_alert(alert: Alert, *, reason: str) -> Alert:
+def resolve_alert(alert: Alert, *, reason: str, actor: str = "alerting") -> Alert:
     """Close an open alert and notify that it is resolved."""
     with transaction.atomic():
         alert = Alert.objects.select_for_update().get(pk=alert.pk)
@@ -160,7 +175,9 @@ def resolve_alert(alert: Alert, *, reason: str) -> Alert:
         now = timezone.now()
         alert.status = AlertStatus.RESOLVED
         alert.resolved_at = now
-        alert.save(update_fields=["status", "resolved_at"])
+        alert.resolution = reason[:500]
+        alert.save(update_fields=["status", "resolved_at", "resolution"])
+        record(alert, AlertChange.RESOLVED, actor, reason, now)
         publish(
             "monitor.alert.resolved",
             {
@@ -189,18 +206,39 @@ def resolve_rule_alerts(rule: AlertRule, *, reason: str) -> int:
     return len(alerts)
 
 
-def acknowledge_alert(alert: Alert, user) -> Alert:
-    """An operator takes the alert; it keeps open until its cause recovers."""
+def acknowledge_alert(alert: Alert, user, *, comment: str = "", expires_at=None) -> Alert:
+    """An operator takes the alert; it keeps open until its cause recovers.
+
+    With ``expires_at`` the acknowledgement ends by itself then, and the alert
+    fires again if its cause has not recovered. Acknowledging an acknowledged
+    alert again replaces the comment and expiry.
+    """
     with transaction.atomic():
         alert = Alert.objects.select_for_update().get(pk=alert.pk)
         if alert.status == AlertStatus.RESOLVED:
             raise AlertClosed(f"alert {alert.pk} is already resolved")
-        if alert.status == AlertStatus.ACKNOWLEDGED:
-            return alert
+        if alert.status == AlertStatus.PENDING:
+            raise AlertClosed(f"alert {alert.pk} is pending: it has not fired")
+        again = alert.status == AlertStatus.ACKNOWLEDGED
+        now = timezone.now()
         alert.status = AlertStatus.ACKNOWLEDGED
-        alert.acknowledged_at = timezone.now()
+        if not again:
+            alert.acknowledged_at = now
         alert.acknowledged_by = user
-        alert.save(update_fields=["status", "acknowledged_at", "acknowledged_by"])
+        alert.ack_comment, alert.ack_expires_at = comment[:500], expires_at
+        alert.save(
+            update_fields=[
+                "status",
+                "acknowledged_at",
+                "acknowledged_by",
+                "ack_comment",
+                "ack_expires_at",
+            ]
+        )
+        until = f" until {expires_at.isoformat()}" if expires_at else ""
+        record(alert, AlertChange.ACKNOWLEDGED, f"user:{user.get_username()}", comment + until, now)
+        if again:
+            return alert
         publish(
             "monitor.alert.acknowledged",
             {
@@ -213,6 +251,46 @@ def acknowledge_alert(alert: Alert, user) -> Alert:
             key=f"alert.acknowledged:{alert.pk}",
         )
     return alert
+
+
+def unacknowledge_alert(alert: Alert, actor: str, *, reason: str = "") -> Alert:
+    """Withdraw an acknowledgement (by hand, or when it expires): the alert fires again."""
+    with transaction.atomic():
+        alert = Alert.objects.select_for_update().get(pk=alert.pk)
+        if alert.status != AlertStatus.ACKNOWLEDGED:
+            raise AlertClosed(f"alert {alert.pk} is not acknowledged")
+        alert.status = AlertStatus.FIRING
+        alert.acknowledged_at = alert.acknowledged_by = alert.ack_expires_at = None
+        alert.ack_comment = ""
+        alert.save(
+            update_fields=[
+                "status",
+                "acknowledged_at",
+                "acknowledged_by",
+                "ack_comment",
+                "ack_expires_at",
+            ]
+        )
+        record(alert, AlertChange.UNACKNOWLEDGED, actor, reason)
+        publish(
+            "monitor.alert.unacknowledged",
+            {
+                "alert_id": alert.pk,
+                "rule": alert.rule.name,
+                "fingerprint": alert.fingerprint,
+                "labels": alert.labels,
+                "by": actor,
+            },
+        )
+    return alert
+
+
+def resolve_by_hand(alert: Alert, user, *, comment: str) -> Alert:
+    """An operator closes an alert whose cause cannot clear it (or is known to be gone)."""
+    if not alert.is_open:
+        raise AlertClosed(f"alert {alert.pk} is already resolved")
+    name = user.get_username()
+    return resolve_alert(alert, reason=f"resolved by {name}: {comment}", actor=f"user:{name}")
 
 
 def heartbeat_rules():

@@ -167,11 +167,19 @@ class Alert(models.Model):
     # counts from then.
     value = models.FloatField(null=True, blank=True)
     last_matched_at = models.DateTimeField(null=True, blank=True)
+    # An acknowledgement may say why and end by itself; the alert fires again then.
+    ack_comment = models.CharField(max_length=500, blank=True)
+    ack_expires_at = models.DateTimeField(null=True, blank=True)
+    # Why it was resolved: the condition cleared, the agent recovered, by hand ...
+    resolution = models.CharField(max_length=500, blank=True)
     trace_id = models.CharField(max_length=32, blank=True)
 
     class Meta:
         ordering = ["-started_at"]
-        permissions = [("acknowledge_alert", "Can acknowledge alerts")]
+        permissions = [
+            ("acknowledge_alert", "Can acknowledge alerts"),
+            ("resolve_alert", "Can resolve alerts by hand"),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["fingerprint"],
@@ -187,6 +195,32 @@ class Alert(models.Model):
     @property
     def is_open(self) -> bool:
         return self.status in OPEN_STATUSES
+
+
+class AlertChange(models.TextChoices):
+    PENDING = "pending", "Pending: the condition is met, waiting for its for"
+    FIRING = "firing", "Firing"
+    ACKNOWLEDGED = "acknowledged", "Acknowledged"
+    UNACKNOWLEDGED = "unacknowledged", "Acknowledgement withdrawn or expired"
+    RESOLVED = "resolved", "Resolved"
+    DROPPED = "dropped", "Dropped: the condition cleared before its for"
+
+
+class AlertEvent(models.Model):
+    """One change of one alert: what, when, by whom and why. History: never edited."""
+
+    alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="history")
+    at = models.DateTimeField(default=timezone.now)
+    change = models.CharField(max_length=16, choices=AlertChange.choices)
+    actor = models.CharField(max_length=160, help_text="evaluator, alerting, or user:<name>")
+    detail = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+        indexes = [models.Index(fields=["alert", "at"], name="alertevent_alert_idx")]
+
+    def __str__(self):
+        return f"alert {self.alert_id} {self.change} by {self.actor}"
 
 
 class Channel(models.TextChoices):

@@ -1,4 +1,5 @@
 import re
+from datetime import timedelta
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from drf_spectacular.types import OpenApiTypes
@@ -149,6 +150,26 @@ class AlertSerializer(serializers.ModelSerializer):
             "fired_at",
             "acknowledged_at",
             "acknowledged_by",
+            "ack_comment",
+            "ack_expires_at",
             "resolved_at",
+            "resolution",
+            "value",
             "trace_id",
         ]
+
+
+class AcknowledgeSerializer(serializers.Serializer):
+    comment = serializers.CharField(max_length=500, required=False, allow_blank=True)
+    expires_in = DurationText(
+        required=False, help_text="The acknowledgement ends after this long, e.g. 2h (at most 7d)."
+    )
+
+    def validate_expires_in(self, value):
+        if not timedelta(minutes=1) <= value <= timedelta(days=7):
+            raise serializers.ValidationError("Between 1 minute and 7 days.")
+        return value
+
+
+class ResolveSerializer(serializers.Serializer):
+    comment = serializers.CharField(max_length=500, help_text="Why it is closed by hand.")

@@ -7,7 +7,13 @@ from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from alerting import lifecycle
-from alerting.api.serializers import AlertRuleSerializer, AlertSerializer, NotificationSerializer
+from alerting.api.serializers import (
+    AcknowledgeSerializer,
+    AlertRuleSerializer,
+    AlertSerializer,
+    NotificationSerializer,
+    ResolveSerializer,
+)
 from alerting.filtersets import AlertFilterSet
 from alerting.models import Alert, AlertRule, Notification
 from omoi_console.foundation.api.permissions import ModelPermissions, require
@@ -22,16 +28,53 @@ class AlertViewSet(viewsets.ReadOnlyModelViewSet):
     permission_classes = [ModelPermissions]
     filterset_class = AlertFilterSet
 
-    @extend_schema(request=None, responses={200: AlertSerializer})
+    @extend_schema(request=AcknowledgeSerializer, responses={200: AlertSerializer})
     @action(
         detail=True,
         methods=["post"],
         permission_classes=[require("alerting.acknowledge_alert")],
     )
     def acknowledge(self, request, pk=None):
+        """Take the alert, with an optional comment and an optional expiry (``expires_in``)."""
+        given = AcknowledgeSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        expires_in = given.validated_data.get("expires_in")
+        return self._change(
+            lifecycle.acknowledge_alert,
+            request.user,
+            comment=given.validated_data.get("comment", ""),
+            expires_at=timezone.now() + expires_in if expires_in else None,
+        )
+
+    @extend_schema(request=None, responses={200: AlertSerializer})
+    @action(
+        detail=True,
+        methods=["post"],
+        permission_classes=[require("alerting.acknowledge_alert")],
+    )
+    def unacknowledge(self, request, pk=None):
+        """Give the alert back: it fires again until its cause recovers."""
+        actor = f"user:{request.user.get_username()}"
+        return self._change(lifecycle.unacknowledge_alert, actor, reason="withdrawn")
+
+    @extend_schema(request=ResolveSerializer, responses={200: AlertSerializer})
+    @action(
+        detail=True,
+        methods=["post"],
+        permission_classes=[require("alerting.resolve_alert")],
+    )
+    def resolve(self, request, pk=None):
+        """Close the alert by hand, saying why (``comment``)."""
+        given = ResolveSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        return self._change(
+            lifecycle.resolve_by_hand, request.user, comment=given.validated_data["comment"]
+        )
+
+    def _change(self, change, *args, **kwargs):
         alert = self.get_object()
         try:
-            alert = lifecycle.acknowledge_alert(alert, request.user)
+            alert = change(alert, *args, **kwargs)
         except lifecycle.AlertClosed as exc:
             return problem_response(409, str(exc))
         return Response(AlertSerializer(alert).data)

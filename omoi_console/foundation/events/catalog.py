@@ -41,6 +41,7 @@ CATALOG: dict[str, tuple[str, ...]] = {
     ),
     "monitor.alert.triggered": ("alert_id", "rule", "severity", "fingerprint", "labels", "summary"),
     "monitor.alert.acknowledged": ("alert_id", "rule", "fingerprint", "labels", "by"),
+    "monitor.alert.unacknowledged": ("alert_id", "rule", "fingerprint", "labels", "by"),
     "monitor.alert.resolved": ("alert_id", "rule", "fingerprint", "labels", "duration_seconds"),
     "monitor.alert.escalated": ("alert_id", "rule", "fingerprint", "labels", "level"),
     "watchdog.action.started": ("action_id", "agent_id", "kind", "policy", "dry_run"),

@@ -1,0 +1,144 @@
+"""The alert lifecycle by hand and by sweep: history, acknowledgement with expiry, resolve."""
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import time_machine
+
+from alerting import evaluator, lifecycle
+from alerting.models import Alert, AlertRule, AlertStatus
+from monitoring.models import Agent, AgentState
+from omoi_console.models import Event
+from tests.conftest import bearer
+
+NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+LOST = {"agent_id": "w-1", "role": "worker"}
+
+
+@pytest.fixture(autouse=True)
+def frozen():
+    with time_machine.travel(NOW, tick=False) as traveller:
+        yield traveller
+
+
+@pytest.fixture
+def firing(seeded):
+    Agent.objects.create(id="w-1", role="worker", state=AgentState.FAILED, missed_heartbeats=3)
+    (alert,) = lifecycle.fire_heartbeat_alerts(LOST)
+    return alert
+
+
+@pytest.fixture
+def operator(make_operator):
+    user, token = make_operator("operator")
+    return user, bearer(token)
+
+
+def history(alert: Alert) -> list[tuple[str, str]]:
+    return list(alert.history.values_list("change", "actor"))
+
+
+@pytest.mark.django_db
+def test_it_keeps_a_history_row_for_every_change(firing, operator, api):
+    user, auth = operator
+    url = f"/api/v1/alerts/{firing.pk}"
+    for action, body in [
+        ("acknowledge", {"comment": "on it"}),
+        ("unacknowledge", {}),
+        ("resolve", {"comment": "host replaced"}),
+    ]:
+        assert api.post(f"{url}/{action}", body, format="json", **auth).status_code == 200
+
+    firing.refresh_from_db()
+    assert history(firing) == [
+        ("firing", "alerting"),
+        ("acknowledged", f"user:{user.username}"),
+        ("unacknowledged", f"user:{user.username}"),
+        ("resolved", f"user:{user.username}"),
+    ]
+    assert firing.history.get(change="acknowledged").detail == "on it"
+    assert firing.resolution == f"resolved by {user.username}: host replaced"
+    assert firing.status == AlertStatus.RESOLVED
+
+
+@pytest.mark.django_db
+def test_an_acknowledgement_that_expires_fires_the_alert_again(firing, operator, api, frozen):
+    _, auth = operator
+    response = api.post(
+        f"/api/v1/alerts/{firing.pk}/acknowledge",
+        {"comment": "looking", "expires_in": "30m"},
+        format="json",
+        **auth,
+    )
+    assert response.status_code == 200
+    assert response.json()["ack_expires_at"] == "2026-11-20T12:30:00Z"
+
+    frozen.shift(timedelta(minutes=29))
+    evaluator.sweep(NOW + timedelta(minutes=29))
+    firing.refresh_from_db()
+    assert firing.status == AlertStatus.ACKNOWLEDGED
+
+    frozen.shift(timedelta(minutes=1))
+    evaluator.sweep(NOW + timedelta(minutes=30))
+    firing.refresh_from_db()
+    assert firing.status == AlertStatus.FIRING
+    assert firing.acknowledged_by is None and firing.ack_expires_at is None
+    (event,) = Event.objects.filter(name="monitor.alert.unacknowledged")
+    assert event.payload["by"] == "expiry"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "body, field",
+    [({"expires_in": "10s"}, "expires_in"), ({"expires_in": "soon"}, "expires_in")],
+)
+def test_it_refuses_a_bad_acknowledgement(firing, operator, api, body, field):
+    _, auth = operator
+    response = api.post(f"/api/v1/alerts/{firing.pk}/acknowledge", body, format="json", **auth)
+    assert response.status_code == 422
+    assert {error["field"] for error in response.json()["errors"]} == {field}
+    firing.refresh_from_db()
+    assert firing.status == AlertStatus.FIRING
+
+
+@pytest.mark.django_db
+def test_it_resolves_by_hand_only_with_a_reason_and_the_permission(firing, api, make_operator):
+    _, viewer = make_operator("viewer")
+    _, token = make_operator("operator")
+    url = f"/api/v1/alerts/{firing.pk}/resolve"
+
+    def post(body, auth):
+        return api.post(url, body, format="json", **bearer(auth)).status_code
+
+    assert post({"comment": "x"}, viewer) == 403
+    assert post({}, token) == 422
+    assert post({"comment": "gone"}, token) == 200
+    assert post({"comment": "again"}, token) == 409
+    assert api.post(f"/api/v1/alerts/{firing.pk}/unacknowledge", **bearer(token)).status_code == 409
+    assert Event.objects.filter(name="monitor.alert.resolved").count() == 1
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("fate, reason", [("delete", "agent deleted"), ("retire", "agent retired")])
+def test_it_resolves_alerts_about_agents_that_are_gone(firing, fate, reason):
+    agent = Agent.objects.get(pk="w-1")
+    if fate == "delete":
+        agent.delete()
+    else:
+        Agent.objects.filter(pk="w-1").update(state=AgentState.TERMINATED)
+
+    assert evaluator.sweep(NOW) == 1
+
+    firing.refresh_from_db()
+    assert (firing.status, firing.resolution) == (AlertStatus.RESOLVED, reason)
+
+
+@pytest.mark.django_db
+def test_it_resolves_alerts_of_a_rule_disabled_by_any_path(firing):
+    AlertRule.objects.filter(pk=firing.rule_id).update(enabled=False)  # as a rule file would
+
+    evaluator.sweep(NOW)
+
+    firing.refresh_from_db()
+    assert (firing.status, firing.resolution) == (AlertStatus.RESOLVED, "rule disabled")
+    assert evaluator.sweep(NOW) == 0
