@@ -19,9 +19,10 @@ next turn; the other rules go on.
 """
 
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -57,7 +58,8 @@ def evaluate_due(now: datetime | None = None, *, budget_seconds: float = 10.0) -
 def sweep(now: datetime) -> int:
     """Close or wake the alerts nothing else would: how many it changed.
 
-    An acknowledgement that expired fires its alert again. An alert whose rule
+    An acknowledgement that expired fires its alert again. A firing alert
+    nobody acknowledged in time escalates one level. An alert whose rule
     was disabled, or whose agent was retired or deleted, is resolved with that
     reason: nothing would ever clear it otherwise.
     """
@@ -71,6 +73,7 @@ def sweep(now: datetime) -> int:
     disabled = Alert.objects.filter(status__in=OPEN_STATUSES, rule__enabled=False)
     for alert in disabled.select_related("rule")[:SWEEP_BATCH]:
         changed += _close(alert, "rule disabled", now)
+    changed += escalate(now)
     about_agents = dict(
         Alert.objects.filter(status__in=OPEN_STATUSES, labels__has_key="agent_id")
         .order_by("id")
@@ -88,6 +91,25 @@ def sweep(now: datetime) -> int:
         for alert in Alert.objects.filter(pk__in=gone).select_related("rule"):
             changed += _close(alert, gone[alert.pk], now)
     return changed
+
+
+def escalate(now: datetime) -> int:
+    """Raise the level of firing alerts nobody acknowledged in time; how many it raised."""
+    delays = {s: d for s, d in settings.ALERT_ESCALATE_AFTER.items() if d > 0}
+    if not delays:
+        return 0
+    candidates = Alert.objects.filter(
+        status=AlertStatus.FIRING,
+        severity__in=delays,
+        escalation_level__lt=settings.ALERT_MAX_ESCALATION,
+    ).select_related("rule")
+    raised = 0
+    for alert in candidates[:SWEEP_BATCH]:
+        since = alert.escalated_at or alert.fired_at or alert.started_at
+        if now - since >= timedelta(seconds=delays[alert.severity]):
+            lifecycle.escalate_alert(alert, now)
+            raised += 1
+    return raised
 
 
 def _close(alert: Alert, reason: str, now: datetime) -> int:

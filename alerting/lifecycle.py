@@ -285,6 +285,35 @@ def unacknowledge_alert(alert: Alert, actor: str, *, reason: str = "") -> Alert:
     return alert
 
 
+def escalate_alert(alert: Alert, now) -> Alert:
+    """One level up: nobody acknowledged the firing alert in time.
+
+    The event tells whoever listens (the route's next level, once routes
+    deliver by level); the history keeps when and to which level.
+    """
+    with transaction.atomic():
+        alert = Alert.objects.select_for_update().select_related("rule").get(pk=alert.pk)
+        if alert.status != AlertStatus.FIRING:
+            return alert
+        alert.escalation_level += 1
+        alert.escalated_at = now
+        alert.save(update_fields=["escalation_level", "escalated_at"])
+        record(alert, AlertChange.ESCALATED, "alerting", f"level {alert.escalation_level}", now)
+        publish(
+            "monitor.alert.escalated",
+            {
+                "alert_id": alert.pk,
+                "rule": alert.rule.name,
+                "fingerprint": alert.fingerprint,
+                "labels": alert.labels,
+                "level": alert.escalation_level,
+            },
+            key=f"alert.escalated:{alert.pk}:{alert.escalation_level}",
+        )
+    log.warning("alert.escalated", alert_id=alert.pk, level=alert.escalation_level)
+    return alert
+
+
 def resolve_by_hand(alert: Alert, user, *, comment: str) -> Alert:
     """An operator closes an alert whose cause cannot clear it (or is known to be gone)."""
     if not alert.is_open:
@@ -298,7 +327,11 @@ def heartbeat_rules():
 
 
 def agent_labels(payload: dict) -> dict:
-    return {"agent_id": payload["agent_id"], "role": payload["role"]}
+    """An agent's alert labels: who it is, its role and its owner (routes send teams theirs)."""
+    from monitoring.models import Agent
+
+    owner = Agent.objects.filter(pk=payload["agent_id"]).values_list("owner", flat=True).first()
+    return {"agent_id": payload["agent_id"], "role": payload["role"], "owner": owner or ""}
 
 
 def fire_heartbeat_alerts(payload: dict) -> list[Alert]:

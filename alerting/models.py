@@ -170,6 +170,9 @@ class Alert(models.Model):
     # An acknowledgement may say why and end by itself; the alert fires again then.
     ack_comment = models.CharField(max_length=500, blank=True)
     ack_expires_at = models.DateTimeField(null=True, blank=True)
+    # Raised while it fires unacknowledged (per-severity delays; see settings).
+    escalation_level = models.PositiveSmallIntegerField(default=0)
+    escalated_at = models.DateTimeField(null=True, blank=True)
     # Why it was resolved: the condition cleared, the agent recovered, by hand ...
     resolution = models.CharField(max_length=500, blank=True)
     trace_id = models.CharField(max_length=32, blank=True)
@@ -202,6 +205,7 @@ class AlertChange(models.TextChoices):
     FIRING = "firing", "Firing"
     ACKNOWLEDGED = "acknowledged", "Acknowledged"
     UNACKNOWLEDGED = "unacknowledged", "Acknowledgement withdrawn or expired"
+    ESCALATED = "escalated", "Escalated: nobody acknowledged it in time"
     RESOLVED = "resolved", "Resolved"
     DROPPED = "dropped", "Dropped: the condition cleared before its for"
 

@@ -462,6 +462,20 @@ if PRODUCTION and ALERT_EMAIL_RECIPIENTS and not MAIL_DELIVERED:
         "or EMAIL_BACKEND, or leave OMOI_ALERT_EMAIL_TO empty to turn alert mail off."
     )
 NOTIFICATION_MAX_ATTEMPTS = env_int("OMOI_NOTIFICATION_MAX_ATTEMPTS", 5)
+# A firing alert nobody acknowledged escalates one level after this many seconds,
+# per severity (0: never), and again after as long, up to ALERT_MAX_ESCALATION.
+ALERT_ESCALATE_AFTER = {
+    "critical": env_int("OMOI_ALERT_ESCALATE_AFTER_CRITICAL", 300),
+    "error": env_int("OMOI_ALERT_ESCALATE_AFTER_ERROR", 900),
+    "warning": env_int("OMOI_ALERT_ESCALATE_AFTER_WARNING", 0),
+    "info": env_int("OMOI_ALERT_ESCALATE_AFTER_INFO", 0),
+}
+for _severity, _seconds in ALERT_ESCALATE_AFTER.items():
+    if _seconds < 0:
+        raise ImproperlyConfigured(
+            f"OMOI_ALERT_ESCALATE_AFTER_{_severity.upper()} must be 0 (never) or more seconds"
+        )
+ALERT_MAX_ESCALATION = env_int("OMOI_ALERT_MAX_ESCALATION", 3)
 
 # Metrics: how long raw samples and per-minute rollups are kept (whole days of
 # partitions on PostgreSQL), the most series a metric may have, and the bounds of

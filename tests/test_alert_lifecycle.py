@@ -142,3 +142,37 @@ def test_it_resolves_alerts_of_a_rule_disabled_by_any_path(firing):
     firing.refresh_from_db()
     assert (firing.status, firing.resolution) == (AlertStatus.RESOLVED, "rule disabled")
     assert evaluator.sweep(NOW) == 0
+
+
+@pytest.mark.django_db
+def test_an_unacknowledged_critical_alert_escalates_a_level_per_delay(firing, settings):
+    settings.ALERT_ESCALATE_AFTER = {"critical": 300, "error": 0, "warning": 0, "info": 0}
+    settings.ALERT_MAX_ESCALATION = 2
+    assert firing.severity == "critical"
+
+    def level_at(seconds: int) -> int:
+        evaluator.sweep(NOW + timedelta(seconds=seconds))
+        firing.refresh_from_db()
+        return firing.escalation_level
+
+    assert level_at(299) == 0
+    assert level_at(300) == 1
+    assert level_at(599) == 1
+    assert level_at(600) == 2
+    assert level_at(900) == 2  # the highest level
+    levels = [e.payload["level"] for e in Event.objects.filter(name="monitor.alert.escalated")]
+    assert sorted(levels) == [1, 2]
+    assert firing.history.filter(change="escalated").count() == 2
+
+
+@pytest.mark.django_db
+def test_an_acknowledged_alert_does_not_escalate(firing, operator, settings):
+    settings.ALERT_ESCALATE_AFTER = {"critical": 300, "error": 0, "warning": 0, "info": 0}
+    user, _ = operator
+    lifecycle.acknowledge_alert(firing, user)
+
+    evaluator.sweep(NOW + timedelta(hours=1))
+
+    firing.refresh_from_db()
+    assert firing.escalation_level == 0
+    assert not Event.objects.filter(name="monitor.alert.escalated").exists()

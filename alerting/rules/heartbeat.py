@@ -8,7 +8,7 @@ at the next evaluation. It uses no condition fields.
 from alerting.rules import register
 from alerting.rules.base import RuleKind
 
-AGENT_LABELS = frozenset({"agent_id", "role"})
+AGENT_LABELS = frozenset({"agent_id", "role", "owner"})
 
 
 @register
