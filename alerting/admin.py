@@ -3,7 +3,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from alerting import lifecycle
-from alerting.models import Alert, AlertEvent, AlertRule, Notification
+from alerting.models import Alert, AlertEvent, AlertRule, InhibitRule, Notification, Silence
 
 
 @admin.register(AlertRule)
@@ -89,3 +89,23 @@ class AlertAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(Silence)
+class SilenceAdmin(admin.ModelAdmin):
+    """Silences are created here or over the API; to end one early, set its end to now."""
+
+    list_display = ["id", "matchers", "starts_at", "ends_at", "created_by", "comment"]
+    search_fields = ["comment"]
+    readonly_fields = ["created_by", "created_at"]
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(InhibitRule)
+class InhibitRuleAdmin(admin.ModelAdmin):
+    list_display = ["name", "source_matchers", "target_matchers", "equal", "enabled"]
+    list_filter = ["enabled"]

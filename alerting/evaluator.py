@@ -59,7 +59,8 @@ def sweep(now: datetime) -> int:
     """Close or wake the alerts nothing else would: how many it changed.
 
     An acknowledgement that expired fires its alert again. A firing alert
-    nobody acknowledged in time escalates one level. An alert whose rule
+    nobody acknowledged in time escalates one level. A held-back alert whose
+    silence ended, or whose inhibiting alert resolved, is notified. An alert whose rule
     was disabled, or whose agent was retired or deleted, is resolved with that
     reason: nothing would ever clear it otherwise.
     """
@@ -74,6 +75,9 @@ def sweep(now: datetime) -> int:
     for alert in disabled.select_related("rule")[:SWEEP_BATCH]:
         changed += _close(alert, "rule disabled", now)
     changed += escalate(now)
+    held = Alert.objects.filter(status__in=OPEN_STATUSES).exclude(suppressed_by="")
+    for alert in held.select_related("rule")[:SWEEP_BATCH]:
+        changed += lifecycle.release(alert, now)
     about_agents = dict(
         Alert.objects.filter(status__in=OPEN_STATUSES, labels__has_key="agent_id")
         .order_by("id")
@@ -102,6 +106,7 @@ def escalate(now: datetime) -> int:
         status=AlertStatus.FIRING,
         severity__in=delays,
         escalation_level__lt=settings.ALERT_MAX_ESCALATION,
+        suppressed_by="",  # silenced or inhibited: nobody was asked to acknowledge it
     ).select_related("rule")
     raised = 0
     for alert in candidates[:SWEEP_BATCH]:

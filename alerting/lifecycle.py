@@ -12,6 +12,7 @@ import structlog
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from alerting import suppression
 from alerting.delivery import notify
 from alerting.models import (
     OPEN_STATUSES,
@@ -162,8 +163,29 @@ def announce_firing(alert: Alert) -> None:
         },
         key=f"alert.triggered:{alert.pk}",
     )
+    held = suppression.reason_for(alert, timezone.now())
+    if held:
+        alert.suppressed_by = held
+        alert.save(update_fields=["suppressed_by"])
+        record(alert, AlertChange.SUPPRESSED, "alerting", held)
+    else:
+        notify(alert, NotificationKind.FIRING)
+    log.warning("alert.fired", alert_id=alert.pk, rule=rule.name, labels=labels, held=held)
+
+
+def release(alert: Alert, now) -> bool:
+    """Send a held-back alert's notification if nothing holds it back any more."""
+    held = suppression.reason_for(alert, now)
+    if held == alert.suppressed_by:
+        return False
+    alert.suppressed_by = held
+    alert.save(update_fields=["suppressed_by"])
+    if held:
+        record(alert, AlertChange.SUPPRESSED, "alerting", held, now)
+        return False
+    record(alert, AlertChange.RELEASED, "alerting", "", now)
     notify(alert, NotificationKind.FIRING)
-    log.warning("alert.fired", alert_id=alert.pk, rule=rule.name, labels=labels)
+    return True
 
 
 def resolve_alert(alert: Alert, *, reason: str, actor: str = "alerting") -> Alert:
@@ -189,7 +211,9 @@ def resolve_alert(alert: Alert, *, reason: str, actor: str = "alerting") -> Aler
             },
             key=f"alert.resolved:{alert.pk}",
         )
-        notify(alert, NotificationKind.RESOLVED)
+        if not alert.suppressed_by:
+            # Its resolution is told to whoever was told it fired, silenced or not.
+            notify(alert, NotificationKind.RESOLVED)
     log.info("alert.resolved", alert_id=alert.pk, reason=reason)
     return alert
 
@@ -310,7 +334,7 @@ def escalate_alert(alert: Alert, now) -> Alert:
             },
             key=f"alert.escalated:{alert.pk}:{alert.escalation_level}",
         )
-    log.warning("alert.escalated", alert_id=alert.pk, level=alert.escalation_level)
+    log.warning("alert.escalated", alert_id=alert.pk, escalation_level=alert.escalation_level)
     return alert
 
 

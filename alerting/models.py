@@ -1,6 +1,7 @@
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -173,6 +174,9 @@ class Alert(models.Model):
     # Raised while it fires unacknowledged (per-severity delays; see settings).
     escalation_level = models.PositiveSmallIntegerField(default=0)
     escalated_at = models.DateTimeField(null=True, blank=True)
+    # Why its notifications are held back (a silence, an inhibiting alert); empty
+    # when they went out. The sweep sends them once the reason is gone.
+    suppressed_by = models.CharField(max_length=200, blank=True)
     # Why it was resolved: the condition cleared, the agent recovered, by hand ...
     resolution = models.CharField(max_length=500, blank=True)
     trace_id = models.CharField(max_length=32, blank=True)
@@ -200,12 +204,90 @@ class Alert(models.Model):
         return self.status in OPEN_STATUSES
 
 
+def validate_matchers(value) -> None:
+    from alerting.matchers import parse_all
+
+    try:
+        parse_all(value)
+    except ValueError as exc:
+        raise ValidationError(f"{exc}.") from None
+    if not value:
+        raise ValidationError("At least one matcher.")
+
+
+class Silence(models.Model):
+    """Alerts whose labels meet every matcher send no notification from start to end.
+
+    The alerts themselves go on (events, remediation, the console); only their
+    notifications are held back, and they go out if the alert still fires when
+    the silence ends. A silence is not edited: expire it and create another.
+    """
+
+    matchers = models.JSONField(
+        validators=[validate_matchers],
+        help_text='Label matchers, all of which an alert must meet, e.g. ["agent_id=w-1"].',
+    )
+    starts_at = models.DateTimeField(default=timezone.now)
+    ends_at = models.DateTimeField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
+    )
+    comment = models.CharField(max_length=500, help_text="Why: a maintenance, a known issue.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-starts_at", "-id"]
+        indexes = [models.Index(fields=["ends_at"], name="silence_ends_idx")]
+
+    def __str__(self):
+        return f"silence {self.pk}: {', '.join(self.matchers or [])}"
+
+    def clean(self):
+        super().clean()
+        if self.ends_at and self.starts_at and self.ends_at <= self.starts_at:
+            raise ValidationError({"ends_at": "A silence ends after it starts."})
+
+    def active_at(self, moment) -> bool:
+        return self.starts_at <= moment < self.ends_at
+
+
+class InhibitRule(models.Model):
+    """While an alert meeting ``source_matchers`` fires, alerts meeting ``target_matchers``
+    with the same values of the ``equal`` labels send no notification.
+
+    As in Alertmanager: a label missing on both sides counts as equal (empty),
+    and an alert never inhibits itself.
+    """
+
+    name = models.SlugField(max_length=100, unique=True)
+    source_matchers = models.JSONField(validators=[validate_matchers])
+    target_matchers = models.JSONField(validators=[validate_matchers])
+    equal = models.JSONField(
+        default=list, blank=True, help_text='Labels that must match, e.g. ["agent_id"].'
+    )
+    enabled = models.BooleanField(default=True)
+    comment = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        super().clean()
+        if not isinstance(self.equal, list) or not all(isinstance(n, str) for n in self.equal):
+            raise ValidationError({"equal": "A list of label names."})
+
+
 class AlertChange(models.TextChoices):
     PENDING = "pending", "Pending: the condition is met, waiting for its for"
     FIRING = "firing", "Firing"
     ACKNOWLEDGED = "acknowledged", "Acknowledged"
     UNACKNOWLEDGED = "unacknowledged", "Acknowledgement withdrawn or expired"
     ESCALATED = "escalated", "Escalated: nobody acknowledged it in time"
+    SUPPRESSED = "suppressed", "Notifications held back (a silence or an inhibiting alert)"
+    RELEASED = "released", "Notifications sent after being held back"
     RESOLVED = "resolved", "Resolved"
     DROPPED = "dropped", "Dropped: the condition cleared before its for"
 

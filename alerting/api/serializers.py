@@ -7,7 +7,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from alerting import durations
-from alerting.models import Alert, AlertRule, Notification, Operator
+from alerting.models import Alert, AlertRule, InhibitRule, Notification, Operator, Silence
 
 CONDITION = re.compile(r"\s*(>=|<=|==|!=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*")
 
@@ -173,3 +173,80 @@ class AcknowledgeSerializer(serializers.Serializer):
 
 class ResolveSerializer(serializers.Serializer):
     comment = serializers.CharField(max_length=500, help_text="Why it is closed by hand.")
+
+
+def full_clean_or_422(instance, field_names: dict | None = None) -> None:
+    """The model's own checks, as a 422 naming each field."""
+    try:
+        instance.full_clean(validate_unique=False)
+    except DjangoValidationError as exc:
+        names = field_names or {}
+        raise serializers.ValidationError(
+            {names.get(field, field): messages for field, messages in exc.message_dict.items()}
+        ) from None
+
+
+class SilenceSerializer(serializers.ModelSerializer):
+    """A silence: matchers, a start (default now), an end or a duration, and why."""
+
+    duration = DurationText(
+        write_only=True, required=False, help_text="Instead of ends_at: e.g. 2h (at most 30d)."
+    )
+    created_by = serializers.CharField(
+        source="created_by.username", read_only=True, allow_null=True
+    )
+    active = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Silence
+        fields = [
+            "id",
+            "matchers",
+            "starts_at",
+            "ends_at",
+            "duration",
+            "comment",
+            "created_by",
+            "created_at",
+            "active",
+        ]
+        read_only_fields = ["id", "created_by", "created_at", "active"]
+        extra_kwargs = {"ends_at": {"required": False}}
+
+    def get_active(self, silence) -> bool:
+        from django.utils import timezone
+
+        return silence.active_at(timezone.now())
+
+    def validate(self, attrs):
+        from django.utils import timezone
+
+        duration = attrs.pop("duration", None)
+        if duration is not None:
+            if "ends_at" in attrs:
+                raise serializers.ValidationError(
+                    {"duration": "Give ends_at or duration, not both."}
+                )
+            if not timedelta(minutes=1) <= duration <= timedelta(days=30):
+                raise serializers.ValidationError({"duration": "Between 1 minute and 30 days."})
+            attrs["ends_at"] = attrs.get("starts_at") or timezone.now()
+            attrs["ends_at"] = attrs["ends_at"] + duration
+        elif "ends_at" not in attrs:
+            raise serializers.ValidationError({"ends_at": "Give ends_at or duration."})
+        full_clean_or_422(Silence(**attrs))
+        return attrs
+
+
+class InhibitRuleSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = InhibitRule
+        fields = ["id", "name", "source_matchers", "target_matchers", "equal", "enabled", "comment"]
+
+    def validate(self, attrs):
+        merged = {
+            field: getattr(self.instance, field)
+            for field in self.Meta.fields
+            if self.instance is not None and field != "id"
+        }
+        full_clean_or_422(InhibitRule(**{**merged, **attrs}))
+        return attrs

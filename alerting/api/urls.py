@@ -6,5 +6,7 @@ router = SimpleRouter(trailing_slash=False)
 router.register("alerts", views.AlertViewSet, basename="alert")
 router.register("alert-rules", views.AlertRuleViewSet, basename="alert-rule")
 router.register("notifications", views.NotificationViewSet, basename="notification")
+router.register("silences", views.SilenceViewSet, basename="silence")
+router.register("inhibit-rules", views.InhibitRuleViewSet, basename="inhibit-rule")
 
 urlpatterns = router.urls

@@ -1,9 +1,10 @@
 from django.db import transaction
-from django.db.models import ProtectedError
+from django.db.models import ProtectedError, Q
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
-from rest_framework import status, viewsets
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from alerting import lifecycle
@@ -11,11 +12,13 @@ from alerting.api.serializers import (
     AcknowledgeSerializer,
     AlertRuleSerializer,
     AlertSerializer,
+    InhibitRuleSerializer,
     NotificationSerializer,
     ResolveSerializer,
+    SilenceSerializer,
 )
 from alerting.filtersets import AlertFilterSet
-from alerting.models import Alert, AlertRule, Notification
+from alerting.models import Alert, AlertRule, InhibitRule, Notification, Silence
 from omoi_console.foundation.api.permissions import ModelPermissions, require
 from omoi_console.foundation.api.problems import problem_response
 
@@ -115,3 +118,50 @@ class NotificationViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = Notification.objects.order_by("-created_at")
     serializer_class = NotificationSerializer
     permission_classes = [ModelPermissions]
+
+
+class SilenceViewSet(
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Silences, newest first; ``?active=true`` lists those in force now. Not edited:
+    expire one (``POST .../expire``) and create another."""
+
+    queryset = Silence.objects.select_related("created_by")
+    serializer_class = SilenceSerializer
+    permission_classes = [ModelPermissions]
+    lookup_value_regex = "[0-9]{1,18}"
+
+    def get_queryset(self):
+        found = super().get_queryset()
+        active = self.request.query_params.get("active")
+        if active is None:
+            return found
+        if active not in ("true", "false"):
+            raise ValidationError({"active": "true or false"})
+        now = timezone.now()
+        current = Q(starts_at__lte=now, ends_at__gt=now)
+        return found.filter(current) if active == "true" else found.exclude(current)
+
+    def perform_create(self, serializer):
+        serializer.save(created_by=self.request.user)
+
+    @extend_schema(request=None, responses={200: SilenceSerializer})
+    @action(detail=True, methods=["post"], permission_classes=[require("alerting.change_silence")])
+    def expire(self, request, pk=None):
+        """End the silence now; held-back alerts that still fire are notified by the next sweep."""
+        silence = self.get_object()
+        now = timezone.now()
+        if silence.ends_at > now:
+            silence.ends_at = max(now, silence.starts_at)
+            silence.save(update_fields=["ends_at"])
+        return Response(SilenceSerializer(silence).data)
+
+
+class InhibitRuleViewSet(viewsets.ModelViewSet):
+    queryset = InhibitRule.objects.all()
+    serializer_class = InhibitRuleSerializer
+    permission_classes = [ModelPermissions]
+    lookup_value_regex = "[0-9]{1,18}"

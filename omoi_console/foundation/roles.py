@@ -13,7 +13,12 @@ ROLES = (VIEWER, OPERATOR, ADMIN)
 # What each role adds to the one below it. ``*`` = every permission of the product apps.
 ROLE_GRANTS: dict[str, tuple[str, ...]] = {
     VIEWER: ("view_*",),
-    OPERATOR: ("alerting.acknowledge_alert", "alerting.resolve_alert"),
+    OPERATOR: (
+        "alerting.acknowledge_alert",
+        "alerting.resolve_alert",
+        "alerting.add_silence",
+        "alerting.change_silence",
+    ),
     ADMIN: ("*",),
 }
 
