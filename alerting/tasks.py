@@ -11,3 +11,10 @@ def deliver_notification(notification_id: int) -> None:
 @shared_task(ignore_result=True, expires=5)
 def deliver_due_notifications() -> None:
     delivery.deliver_due_notifications()
+
+
+@shared_task(ignore_result=True, expires=30)
+def resend_to_alertmanager() -> None:
+    from alerting.transports.alertmanager import resend_active_alerts
+
+    resend_active_alerts()

@@ -433,6 +433,20 @@ if PRODUCTION and ALERT_EMAIL_RECIPIENTS and not MAIL_DELIVERED:
         "or EMAIL_BACKEND, or leave OMOI_ALERT_EMAIL_TO empty to turn alert mail off."
     )
 NOTIFICATION_MAX_ATTEMPTS = env_int("OMOI_NOTIFICATION_MAX_ATTEMPTS", 5)
+# Retries: exponential from the base, capped, with jitter; a receiver's Retry-After
+# is honoured up to its own cap.
+NOTIFICATION_BACKOFF_SECONDS = _seconds("OMOI_NOTIFICATION_BACKOFF", 2.0, 0.1, 3600)
+NOTIFICATION_BACKOFF_MAX_SECONDS = _seconds("OMOI_NOTIFICATION_BACKOFF_MAX", 600.0, 1, 86400)
+NOTIFICATION_RETRY_AFTER_MAX_SECONDS = _seconds("OMOI_NOTIFICATION_RETRY_AFTER_MAX", 3600, 1, 86400)
+# Default timeout of one HTTP delivery; a receiver may set its own (up to 30 s).
+NOTIFICATION_TIMEOUT_SECONDS = _seconds("OMOI_NOTIFICATION_TIMEOUT", 10.0, 0.1, 30)
+# Circuit breaker: after this many consecutive failures a receiver rests this long.
+RECEIVER_BREAKER_FAILURES = env_int("OMOI_RECEIVER_BREAKER_FAILURES", 5)
+RECEIVER_BREAKER_OPEN_SECONDS = _seconds("OMOI_RECEIVER_BREAKER_OPEN", 300.0, 1, 86400)
+# HTTP receivers on private, loopback or link-local addresses are refused unless allowed.
+WEBHOOK_ALLOW_PRIVATE = env_bool("OMOI_WEBHOOK_ALLOW_PRIVATE", False)
+# Where people reach this console: links in notifications (generatorURL, externalURL).
+EXTERNAL_URL = env_str("OMOI_EXTERNAL_URL", "http://localhost:8000").rstrip("/")
 
 # Metrics: how long raw samples and per-minute rollups are kept (whole days of
 # partitions on PostgreSQL), the most series a metric may have, and the bounds of

@@ -13,7 +13,7 @@ ROLES = (VIEWER, OPERATOR, ADMIN)
 # What each role adds to the one below it. ``*`` = every permission of the product apps.
 ROLE_GRANTS: dict[str, tuple[str, ...]] = {
     VIEWER: ("view_*",),
-    OPERATOR: ("alerting.acknowledge_alert",),
+    OPERATOR: ("alerting.acknowledge_alert", "alerting.resend_notification"),
     ADMIN: ("*",),
 }
 

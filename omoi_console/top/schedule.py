@@ -15,6 +15,8 @@ PERIODIC_JOBS = (
     PeriodicJob("check stuck agents", "monitoring.tasks.check_stuck", 2.0),
     PeriodicJob("check remediations", "watchdog.tasks.check_remediations", 2.0),
     PeriodicJob("deliver notifications", "alerting.tasks.deliver_due_notifications", 5.0),
+    # Keeps forwarded alerts alive in Alertmanager (alerting.transports.alertmanager).
+    PeriodicJob("resend to alertmanager", "alerting.tasks.resend_to_alertmanager", 60.0),
     PeriodicJob("roll up metrics", "monitoring.tasks.roll_up_metrics", 15.0),
     # Closed minutes only: it follows the rollups, a minute behind at most.
     PeriodicJob("detect anomalies", "monitoring.tasks.detect_anomalies", 15.0),
