@@ -375,6 +375,10 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
         # 401 and 429 answers are logged once per window, with a count.
         "django.request": {"filters": ["drop_counted_responses"]},
+        # httpx logs every request's full URL at INFO; receivers' URLs carry tokens
+        # (Slack's path is its secret). Delivery logs its own lines without them.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
         # The server's own lines go through the structured handler once Django is
         # set up in a worker; the access log is off on the Procfile's web line.
         "uvicorn": {"level": "INFO", "propagate": True},

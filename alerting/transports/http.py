@@ -202,9 +202,21 @@ class Outgoing:
 
 
 def redact(text: str, secrets: list[str]) -> str:
+    """``text`` without the secrets; a secret URL's path and query go too, since a
+    receiver may echo just the path it was called on."""
+    pieces = []
     for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[secret]")
+        if not secret:
+            continue
+        pieces.append(secret)
+        if secret.startswith(("http://", "https://")):
+            parts = urlsplit(secret)
+            if len(parts.path) > 1:
+                pieces.append(parts.path)
+            if parts.query:
+                pieces.append(parts.query)
+    for piece in sorted(pieces, key=len, reverse=True):
+        text = text.replace(piece, "[secret]")
     return text
 
 
