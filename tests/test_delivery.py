@@ -152,7 +152,9 @@ def test_it_renders_a_templated_body_in_the_sandbox(
 )
 def test_it_refuses_templates_that_escape_the_sandbox_or_do_not_render_json(template):
     with pytest.raises(ValidationError) as caught:
-        REGISTRY["webhook"].validate_config({"url": "https://hooks.example.com", "template": template})
+        REGISTRY["webhook"].validate_config(
+            {"url": "https://hooks.example.com", "template": template}
+        )
     assert "template" in caught.value.message_dict
 
 
@@ -398,7 +400,7 @@ def test_it_refuses_private_targets_when_not_allowed(settings, url):
         ("169.254.169.254", "link-local"),
         ("fe80::1", "link-local"),
         ("224.0.0.1", "multicast"),
-        ("0.0.0.0", "unspecified"),
+        ("0.0.0.0", "unspecified"),  # noqa: S104
         ("93.184.216.34", None),
     ],
 )
