@@ -541,3 +541,41 @@ def test_it_names_each_bad_setting(settings):
     with pytest.raises(ValidationError) as caught:
         REGISTRY["email"].validate_config({"to": ["not-an-address"]})
     assert set(caught.value.message_dict) == {"to"}
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_it_resends_a_dead_notification_once_when_two_operators_race(
+    builtins_quiet, http_receiver, monkeypatch
+):
+    import threading
+
+    from django.db import connections
+
+    http_receiver.answers = [Answer(400)]
+    monkeypatch.setattr(delivery, "enqueue_delivery", lambda notification_id: None)
+    make_receiver("hook", "webhook", {"url": http_receiver.url})
+    lifecycle.fire_alert(AlertRule.objects.get(name="agent-heartbeat"), LABELS)
+    dead = Notification.objects.get()
+    delivery.deliver_notification(dead.pk)
+    barrier = threading.Barrier(2)
+    outcomes = []
+
+    def resend():
+        try:
+            barrier.wait(10)
+            delivery.resend_notification(dead.pk)
+            outcomes.append("resent")
+        except delivery.NotResendable:
+            outcomes.append("refused")
+        finally:
+            connections.close_all()
+
+    workers = [threading.Thread(target=resend) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(20)
+
+    assert sorted(outcomes) == ["refused", "resent"]
+    assert Notification.objects.filter(resent_from=dead).count() == 1
