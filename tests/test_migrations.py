@@ -14,7 +14,7 @@ def test_it_moves_existing_notifications_to_receivers_named_after_their_channel(
 
     executor = MigrationExecutor(connection)
     before = [("alerting", "0003_notification_created_index")]
-    after = [("alerting", "0005_notification_receiver_required")]
+    after = [("alerting", "0006_notification_receiver_required")]
     executor.migrate(before)
     old = executor.loader.project_state(before).apps
     rule = old.get_model("alerting", "AlertRule").objects.create(

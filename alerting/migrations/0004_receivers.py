@@ -1,28 +1,9 @@
-# Receivers as rows; every notification belongs to one. Existing notifications
-# move to a receiver named after their channel (the built-ins, console and email),
-# and failed ones become dead letters.
+# Receivers as rows; notifications gain a receiver, the dead letter, and links
+# to the notification they re-send or fall back from.
 
 import django.db.models.deletion
 import django.utils.timezone
 from django.db import migrations, models
-
-
-def attach_receivers(apps, schema_editor):
-    Notification = apps.get_model("alerting", "Notification")
-    Receiver = apps.get_model("alerting", "Receiver")
-    for channel in Notification.objects.values_list("channel", flat=True).distinct():
-        receiver, _ = Receiver.objects.get_or_create(
-            name=channel, defaults={"kind": channel, "config": {}, "default": True}
-        )
-        Notification.objects.filter(channel=channel).update(receiver=receiver)
-    Notification.objects.filter(status="failed").update(
-        status="dead", dead_at=models.F("next_attempt_at")
-    )
-
-
-def detach_receivers(apps, schema_editor):
-    Notification = apps.get_model("alerting", "Notification")
-    Notification.objects.filter(status="dead").update(status="failed")
 
 
 class Migration(migrations.Migration):
@@ -148,5 +129,4 @@ class Migration(migrations.Migration):
                 to="alerting.receiver",
             ),
         ),
-        migrations.RunPython(attach_receivers, detach_receivers),
     ]

@@ -7,7 +7,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("alerting", "0004_receivers"),
+        ("alerting", "0005_notification_receivers_data"),
     ]
 
     operations = [
