@@ -3,9 +3,10 @@ from django.db.models.signals import post_migrate
 
 
 def _seed(sender, **kwargs):
-    from alerting.builtins import ensure_builtin_rules
+    from alerting.builtins import ensure_builtin_receivers, ensure_builtin_rules
 
     ensure_builtin_rules()
+    ensure_builtin_receivers()
 
 
 class AlertingConfig(AppConfig):

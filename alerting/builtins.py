@@ -1,13 +1,16 @@
-"""Rules every installation has. Created when missing after migrate; never overwritten,
-so an operator's edits (disabling, re-wording, other thresholds) stick.
+"""Rules and receivers every installation has. Created when missing after migrate; never
+overwritten, so an operator's edits (disabling, re-wording, re-pointing) stick.
 
 Each default rule links its runbook (docs/runbooks/) in ``runbook_url``.
 """
 
-from alerting.models import AlertRule
+from alerting.models import AlertRule, Receiver
 
 HEARTBEAT_RULE = "agent-heartbeat"
 RUNBOOKS = "docs/runbooks"
+CONSOLE_RECEIVER = "console"
+# Without recipients of its own, it mails OMOI_ALERT_EMAIL_TO (and is skipped while that is empty).
+EMAIL_RECEIVER = "email"
 
 DEFAULT_RULES = [
     {
@@ -89,3 +92,10 @@ def ensure_builtin_rules() -> None:
         serializer = AlertRuleSerializer(data={**document, "annotations": annotations})
         serializer.is_valid(raise_exception=True)
         serializer.save()
+
+
+def ensure_builtin_receivers() -> None:
+    for name, kind in ((CONSOLE_RECEIVER, "console"), (EMAIL_RECEIVER, "email")):
+        Receiver.objects.get_or_create(
+            name=name, defaults={"kind": kind, "config": {}, "default": True}
+        )

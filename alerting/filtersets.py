@@ -1,6 +1,13 @@
 import django_filters
 
-from alerting.models import OPEN_STATUSES, Alert, AlertStatus
+from alerting.models import (
+    OPEN_STATUSES,
+    Alert,
+    AlertStatus,
+    Notification,
+    NotificationKind,
+    NotificationStatus,
+)
 
 OPEN = "open"
 
@@ -19,3 +26,15 @@ class AlertFilterSet(django_filters.FilterSet):
         if value == OPEN:
             return queryset.filter(status__in=OPEN_STATUSES)
         return queryset.filter(status=value)
+
+
+class NotificationFilterSet(django_filters.FilterSet):
+    status = django_filters.ChoiceFilter(choices=NotificationStatus.choices)
+    kind = django_filters.ChoiceFilter(choices=NotificationKind.choices)
+    channel = django_filters.CharFilter(max_length=32)
+    receiver = django_filters.CharFilter(field_name="receiver__name", max_length=100)
+    alert = django_filters.NumberFilter(field_name="alert_id", min_value=1)
+
+    class Meta:
+        model = Notification
+        fields = ["status", "kind", "channel", "receiver", "alert"]

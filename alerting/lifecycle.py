@@ -211,9 +211,9 @@ def resolve_alert(alert: Alert, *, reason: str, actor: str = "alerting") -> Aler
             },
             key=f"alert.resolved:{alert.pk}",
         )
-        if not alert.suppressed_by:
-            # Its resolution is told to whoever was told it fired, silenced or not.
-            notify(alert, NotificationKind.RESOLVED)
+        # Told to whoever was told it fired; an alert held back the whole time only
+        # to receivers that ask for it (send_resolved_when_silenced).
+        notify(alert, NotificationKind.RESOLVED)
     log.info("alert.resolved", alert_id=alert.pk, reason=reason)
     return alert
 

@@ -280,6 +280,119 @@ class InhibitRule(models.Model):
             raise ValidationError({"equal": "A list of label names."})
 
 
+class Receiver(models.Model):
+    """Somewhere notifications go: a kind (one transport) and its configuration.
+
+    ``config`` is validated by the kind's transport in ``clean()``; the keys the
+    transport names as secrets are never shown back. ``default`` receivers get
+    every alert until routing by labels fills ``delivery.receivers_for``.
+    """
+
+    name = models.SlugField(max_length=100, unique=True)
+    kind = models.CharField(max_length=32)
+    config = models.JSONField(default=dict, blank=True)
+    enabled = models.BooleanField(default=True)
+    default = models.BooleanField(
+        default=False, help_text="Receives every alert (until routes decide per alert)."
+    )
+    send_resolved = models.BooleanField(default=True, help_text="Also announce resolutions.")
+    send_resolved_when_silenced = models.BooleanField(
+        default=False,
+        help_text="Announce the resolution of an alert that was silenced while it fired.",
+    )
+    fallback = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="fallback_for",
+        help_text="Gets the notification when a delivery here fails for good.",
+    )
+    # Circuit breaker: consecutive failed attempts, and when attempts may resume.
+    consecutive_failures = models.PositiveIntegerField(default=0, editable=False)
+    circuit_open_until = models.DateTimeField(null=True, blank=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    @property
+    def transport(self):
+        from alerting.transports import transport_for
+
+        return transport_for(self.kind)
+
+    def secret_keys(self) -> frozenset[str]:
+        from alerting.transports import REGISTRY
+
+        transport = REGISTRY.get(self.kind)
+        return transport.secret_keys if transport else frozenset()
+
+    def public_config(self) -> dict:
+        """The configuration without its secrets."""
+        secret = self.secret_keys()
+        return {k: v for k, v in self.config.items() if k not in secret}
+
+    def transport_secrets(self) -> list[str]:
+        """The secret values, to scrub from anything written down."""
+        return [str(self.config[k]) for k in self.secret_keys() if self.config.get(k)]
+
+    def secrets_set(self) -> list[str]:
+        return sorted(k for k in self.secret_keys() if self.config.get(k))
+
+    def merged_config(self, incoming: dict, kind: str | None = None) -> dict:
+        """``incoming`` with the stored secrets kept where it leaves them out.
+
+        Secrets are never shown, so an edit that does not mention one keeps it;
+        ``null`` or ``""`` clears it. A change of kind keeps nothing.
+        """
+        if not isinstance(incoming, dict):
+            return incoming
+        if kind is not None and kind != self.kind:
+            return dict(incoming)
+        merged = dict(incoming)
+        for key in self.secret_keys():
+            if key not in incoming and key in self.config:
+                merged[key] = self.config[key]
+        return {k: v for k, v in merged.items() if v is not None}
+
+    def clean(self):
+        from alerting.transports import transport_for
+
+        try:
+            transport = transport_for(self.kind)
+        except ValidationError as exc:
+            raise ValidationError({"kind": exc.message_dict["kind"]}) from None
+        try:
+            self.config = transport.validate_config(self.config)
+        except ValidationError as exc:
+            messages = exc.message_dict if hasattr(exc, "error_dict") else {"": exc.messages}
+            raise ValidationError(
+                {
+                    "config": [
+                        f"{key}: {message}" if key and key != "config" else message
+                        for key, items in messages.items()
+                        for message in items
+                    ]
+                }
+            ) from None
+        if self.fallback_id is not None:
+            self.check_fallback_chain()
+
+    def check_fallback_chain(self):
+        seen = {self.pk} if self.pk else set()
+        current = self.fallback
+        while current is not None:
+            if current.pk in seen or current.pk == self.pk:
+                raise ValidationError({"fallback": "fallbacks may not form a cycle"})
+            seen.add(current.pk)
+            current = current.fallback
+
+
 class AlertChange(models.TextChoices):
     PENDING = "pending", "Pending: the condition is met, waiting for its for"
     FIRING = "firing", "Firing"
@@ -309,11 +422,6 @@ class AlertEvent(models.Model):
         return f"alert {self.alert_id} {self.change} by {self.actor}"
 
 
-class Channel(models.TextChoices):
-    CONSOLE = "console", "Console"
-    EMAIL = "email", "Email"
-
-
 class NotificationKind(models.TextChoices):
     FIRING = "firing", "Firing"
     RESOLVED = "resolved", "Resolved"
@@ -322,15 +430,21 @@ class NotificationKind(models.TextChoices):
 class NotificationStatus(models.TextChoices):
     PENDING = "pending", "Pending"
     SENT = "sent", "Sent"
-    FAILED = "failed", "Failed"
+    # Dead letter: failed for good (a permanent error or the last attempt); can be re-sent.
+    DEAD = "dead", "Dead letter"
 
 
 class Notification(models.Model):
-    """One delivery of one alert state over one channel; saved before it is sent."""
+    """One delivery of one alert state to one receiver; saved before it is sent.
+
+    An audit record: a re-send is a new row pointing at the dead one.
+    """
 
     alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="notifications")
     kind = models.CharField(max_length=16, choices=NotificationKind.choices)
-    channel = models.CharField(max_length=16, choices=Channel.choices)
+    receiver = models.ForeignKey(Receiver, on_delete=models.PROTECT, related_name="notifications")
+    # The receiver's kind and where it pointed when the notification was made.
+    channel = models.CharField(max_length=32)
     target = models.CharField(max_length=500, blank=True)
     status = models.CharField(
         max_length=16, choices=NotificationStatus.choices, default=NotificationStatus.PENDING
@@ -340,14 +454,24 @@ class Notification(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     next_attempt_at = models.DateTimeField(default=timezone.now)
     sent_at = models.DateTimeField(null=True, blank=True)
+    dead_at = models.DateTimeField(null=True, blank=True)
     latency_ms = models.PositiveIntegerField(null=True, blank=True)
     trace_id = models.CharField(max_length=32, blank=True)
+    resent_from = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="resent_as"
+    )
+    fallback_from = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="fallbacks"
+    )
 
     class Meta:
         ordering = ["created_at", "id"]
+        permissions = [("resend_notification", "Can re-send dead notifications")]
         constraints = [
             models.UniqueConstraint(
-                fields=["alert", "kind", "channel"], name="notification_once_per_channel"
+                fields=["alert", "kind", "receiver"],
+                condition=Q(resent_from__isnull=True),
+                name="notification_once_per_receiver",
             )
         ]
         indexes = [
@@ -358,7 +482,12 @@ class Notification(models.Model):
             ),
             # Retention walks notifications oldest first.
             models.Index(fields=["created_at"], name="notification_created_idx"),
+            models.Index(
+                fields=["receiver", "next_attempt_at"],
+                condition=Q(status="pending"),
+                name="notification_receiver_due_idx",
+            ),
         ]
 
     def __str__(self):
-        return f"{self.kind} alert {self.alert_id} via {self.channel} ({self.status})"
+        return f"{self.kind} alert {self.alert_id} via {self.receiver_id} ({self.status})"

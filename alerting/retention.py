@@ -1,6 +1,6 @@
 """How long notifications are kept. Imported by ``AlertingConfig.ready()``.
 
-A notification goes only once it is finished (sent, or failed for good; a
+A notification goes only once it is finished (sent, or dead; a
 pending one may still be retrying) and its alert is no longer open: an open
 alert keeps the record of how it was announced.
 """
@@ -10,7 +10,7 @@ from django.db.models import Q
 from alerting.models import OPEN_STATUSES, Notification, NotificationStatus
 from omoi_console.foundation.retention import RowRetention, days_kept, register
 
-FINISHED = (NotificationStatus.SENT, NotificationStatus.FAILED)
+FINISHED = (NotificationStatus.SENT, NotificationStatus.DEAD)
 
 NOTIFICATIONS = register(
     RowRetention(

@@ -16,3 +16,10 @@ def deliver_due_notifications() -> None:
 @shared_task(ignore_result=True, expires=5)
 def evaluate_rules() -> None:
     evaluator.evaluate_due()
+
+
+@shared_task(ignore_result=True, expires=30)
+def resend_to_alertmanager() -> None:
+    from alerting.transports.alertmanager import resend_active_alerts
+
+    resend_active_alerts()

@@ -375,6 +375,10 @@ LOGGING = {
         "django.db.backends": {"level": "INFO"},
         # 401 and 429 answers are logged once per window, with a count.
         "django.request": {"filters": ["drop_counted_responses"]},
+        # httpx logs every request's full URL at INFO; receivers' URLs carry tokens
+        # (Slack's path is its secret). Delivery logs its own lines without them.
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
         # The server's own lines go through the structured handler once Django is
         # set up in a worker; the access log is off on the Procfile's web line.
         "uvicorn": {"level": "INFO", "propagate": True},
@@ -470,12 +474,26 @@ ALERT_ESCALATE_AFTER = {
     "warning": env_int("OMOI_ALERT_ESCALATE_AFTER_WARNING", 0),
     "info": env_int("OMOI_ALERT_ESCALATE_AFTER_INFO", 0),
 }
-for _severity, _seconds in ALERT_ESCALATE_AFTER.items():
-    if _seconds < 0:
+for _severity, _delay in ALERT_ESCALATE_AFTER.items():
+    if _delay < 0:
         raise ImproperlyConfigured(
             f"OMOI_ALERT_ESCALATE_AFTER_{_severity.upper()} must be 0 (never) or more seconds"
         )
 ALERT_MAX_ESCALATION = env_int("OMOI_ALERT_MAX_ESCALATION", 3)
+# Retries: exponential from the base, capped, with jitter; a receiver's Retry-After
+# is honoured up to its own cap.
+NOTIFICATION_BACKOFF_SECONDS = _seconds("OMOI_NOTIFICATION_BACKOFF", 2.0, 0.1, 3600)
+NOTIFICATION_BACKOFF_MAX_SECONDS = _seconds("OMOI_NOTIFICATION_BACKOFF_MAX", 600.0, 1, 86400)
+NOTIFICATION_RETRY_AFTER_MAX_SECONDS = _seconds("OMOI_NOTIFICATION_RETRY_AFTER_MAX", 3600, 1, 86400)
+# Default timeout of one HTTP delivery; a receiver may set its own (up to 30 s).
+NOTIFICATION_TIMEOUT_SECONDS = _seconds("OMOI_NOTIFICATION_TIMEOUT", 10.0, 0.1, 30)
+# Circuit breaker: after this many consecutive failures a receiver rests this long.
+RECEIVER_BREAKER_FAILURES = env_int("OMOI_RECEIVER_BREAKER_FAILURES", 5)
+RECEIVER_BREAKER_OPEN_SECONDS = _seconds("OMOI_RECEIVER_BREAKER_OPEN", 300.0, 1, 86400)
+# HTTP receivers on private, loopback or link-local addresses are refused unless allowed.
+WEBHOOK_ALLOW_PRIVATE = env_bool("OMOI_WEBHOOK_ALLOW_PRIVATE", False)
+# Where people reach this console: links in notifications (generatorURL, externalURL).
+EXTERNAL_URL = env_str("OMOI_EXTERNAL_URL", "http://localhost:8000").rstrip("/")
 
 # Metrics: how long raw samples and per-minute rollups are kept (whole days of
 # partitions on PostgreSQL), the most series a metric may have, and the bounds of

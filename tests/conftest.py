@@ -138,12 +138,13 @@ def empty_metric_tables(request):
 def seeded(db):
     """What migrate seeds (roles, built-in rule, default policy); transactional tests
     flush the database, so it is re-seeded per test."""
-    from alerting.builtins import ensure_builtin_rules
+    from alerting.builtins import ensure_builtin_receivers, ensure_builtin_rules
     from omoi_console.foundation.roles import sync_roles
     from watchdog.builtins import ensure_default_policies
 
     sync_roles()
     ensure_builtin_rules()
+    ensure_builtin_receivers()
     ensure_default_policies()
 
 

@@ -10,7 +10,14 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils.module_loading import import_string
 
-from alerting.models import Alert, AlertRule, AlertStatus, Notification, NotificationStatus
+from alerting.models import (
+    Alert,
+    AlertRule,
+    AlertStatus,
+    Notification,
+    NotificationStatus,
+    Receiver,
+)
 from monitoring.models import AgentState, AgentTransition, MetricSeries, MonitorAnomaly
 from omoi_console.foundation.events import bus
 from omoi_console.foundation.retention import (
@@ -288,8 +295,14 @@ def alert(status: str) -> Alert:
 
 
 def notification(for_alert: Alert, status: str, channel: str) -> Notification:
+    receiver, _ = Receiver.objects.get_or_create(name=channel, defaults={"kind": channel})
     return Notification.objects.create(
-        alert=for_alert, kind="firing", channel=channel, status=status, created_at=NOW - 60 * DAY
+        alert=for_alert,
+        kind="firing",
+        receiver=receiver,
+        channel=channel,
+        status=status,
+        created_at=NOW - 60 * DAY,
     )
 
 
@@ -297,7 +310,7 @@ def notification(for_alert: Alert, status: str, channel: str) -> Notification:
 def test_it_keeps_notifications_still_retrying_or_of_an_open_alert(seeded):
     resolved = alert(AlertStatus.RESOLVED)
     sent = notification(resolved, NotificationStatus.SENT, "console")
-    failed = notification(resolved, NotificationStatus.FAILED, "email")
+    failed = notification(resolved, NotificationStatus.DEAD, "email")
     open_alert = alert(AlertStatus.FIRING)
     of_open = notification(open_alert, NotificationStatus.SENT, "console")
     retrying_alert = alert(AlertStatus.RESOLVED)

@@ -5,6 +5,7 @@ from alerting.api import views
 router = SimpleRouter(trailing_slash=False)
 router.register("alerts", views.AlertViewSet, basename="alert")
 router.register("alert-rules", views.AlertRuleViewSet, basename="alert-rule")
+router.register("receivers", views.ReceiverViewSet, basename="receiver")
 router.register("notifications", views.NotificationViewSet, basename="notification")
 router.register("silences", views.SilenceViewSet, basename="silence")
 router.register("inhibit-rules", views.InhibitRuleViewSet, basename="inhibit-rule")

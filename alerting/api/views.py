@@ -7,18 +7,20 @@ from rest_framework.decorators import action
 from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
-from alerting import lifecycle
+from alerting import delivery, lifecycle
 from alerting.api.serializers import (
     AcknowledgeSerializer,
     AlertRuleSerializer,
     AlertSerializer,
     InhibitRuleSerializer,
     NotificationSerializer,
+    ReceiverSerializer,
+    ReceiverTestSerializer,
     ResolveSerializer,
     SilenceSerializer,
 )
-from alerting.filtersets import AlertFilterSet
-from alerting.models import Alert, AlertRule, InhibitRule, Notification, Silence
+from alerting.filtersets import AlertFilterSet, NotificationFilterSet
+from alerting.models import Alert, AlertRule, InhibitRule, Notification, Receiver, Silence
 from omoi_console.foundation.api.permissions import ModelPermissions, require
 from omoi_console.foundation.api.problems import problem_response
 
@@ -114,10 +116,74 @@ class AlertRuleViewSet(viewsets.ModelViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+class ReceiverViewSet(viewsets.ModelViewSet):
+    """Where notifications go. Secrets in ``config`` are write-only."""
+
+    queryset = Receiver.objects.select_related("fallback")
+    serializer_class = ReceiverSerializer
+    permission_classes = [ModelPermissions]
+    http_method_names = ["get", "post", "put", "patch", "delete", "head", "options"]
+
+    def perform_create(self, serializer):
+        with transaction.atomic():
+            serializer.save()
+
+    def perform_update(self, serializer):
+        with transaction.atomic():
+            serializer.save()
+
+    def destroy(self, request, *args, **kwargs):
+        receiver = self.get_object()
+        try:
+            receiver.delete()
+        except ProtectedError:
+            return problem_response(
+                409,
+                f"receiver {receiver.name} has notifications on record; disable it instead",
+            )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=None, responses={200: ReceiverTestSerializer})
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path="test",
+        permission_classes=[require("alerting.change_receiver")],
+    )
+    def send_test(self, request, pk=None):
+        """Send a made-up alert to this receiver now; nothing is recorded."""
+        receiver = self.get_object()
+        delivered, error, latency_ms = delivery.send_test(receiver)
+        return Response(
+            ReceiverTestSerializer(
+                {"delivered": delivered, "error": error, "latency_ms": latency_ms}
+            ).data
+        )
+
+
 class NotificationViewSet(viewsets.ReadOnlyModelViewSet):
-    queryset = Notification.objects.order_by("-created_at")
+    """Every delivery, newest first; filter by status (``dead`` is the dead letter),
+    kind, channel, receiver (name) and alert."""
+
+    queryset = Notification.objects.select_related("receiver").order_by("-created_at", "-id")
     serializer_class = NotificationSerializer
     permission_classes = [ModelPermissions]
+    filterset_class = NotificationFilterSet
+
+    @extend_schema(request=None, responses={201: NotificationSerializer})
+    @action(
+        detail=True,
+        methods=["post"],
+        permission_classes=[require("alerting.resend_notification")],
+    )
+    def resend(self, request, pk=None):
+        """Try a dead notification again, as a new notification pointing at it."""
+        notification = self.get_object()
+        try:
+            again = delivery.resend_notification(notification.pk)
+        except delivery.NotResendable as exc:
+            return problem_response(409, str(exc))
+        return Response(NotificationSerializer(again).data, status=status.HTTP_201_CREATED)
 
 
 class SilenceViewSet(

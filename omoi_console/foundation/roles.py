@@ -18,6 +18,7 @@ ROLE_GRANTS: dict[str, tuple[str, ...]] = {
         "alerting.resolve_alert",
         "alerting.add_silence",
         "alerting.change_silence",
+        "alerting.resend_notification",
     ),
     ADMIN: ("*",),
 }

@@ -19,6 +19,8 @@ PERIODIC_JOBS = (
     PeriodicJob("deliver notifications", "alerting.tasks.deliver_due_notifications", 5.0),
     # Anomalous after three evaluations in a row: 30 to 45 s of a bad score.
     PeriodicJob("evaluate agent health", "monitoring.tasks.evaluate_agent_health", 15.0),
+    # Keeps forwarded alerts alive in Alertmanager (alerting.transports.alertmanager).
+    PeriodicJob("resend to alertmanager", "alerting.tasks.resend_to_alertmanager", 60.0),
     PeriodicJob("roll up metrics", "monitoring.tasks.roll_up_metrics", 15.0),
     # Closed minutes only: it follows the rollups, a minute behind at most.
     PeriodicJob("detect anomalies", "monitoring.tasks.detect_anomalies", 15.0),
