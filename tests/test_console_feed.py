@@ -1,4 +1,4 @@
-"""The console websocket: authenticated operators only, every event forwarded."""
+"""The console websocket: authenticated operators only, every event forwarded unless filtered."""
 
 import pytest
 import websockets
@@ -212,3 +212,83 @@ def test_it_forwards_a_batch_of_events_as_one_message(make_operator):
     assert message["type"] == "events"
     assert [e["id"] for e in message["events"]] == [str(e.id) for e in events]
     assert message["events"][7]["payload"]["agent_id"] == "worker-007"
+
+
+def test_a_feed_filter_passes_what_its_subscriber_asked_for():
+    from omoi_console.top.consumers import FeedFilter
+
+    wanted = FeedFilter.parse(
+        {
+            "type": "filter",
+            "events": ["monitor.alert.*"],
+            "labels": {"owner": "team-a"},
+            "min_severity": "error",
+        }
+    )
+
+    def alert(name="monitor.alert.triggered", owner="team-a", severity="critical"):
+        return {"name": name, "payload": {"labels": {"owner": owner}, "severity": severity}}
+
+    assert wanted.admits(alert())
+    assert wanted.admits(alert(name="monitor.alert.resolved", severity=None))
+    assert not wanted.admits(alert(owner="team-b"))
+    assert not wanted.admits(alert(severity="warning"))
+    assert not wanted.admits(alert(name="monitor.agent.heartbeat_lost"))
+    agents = FeedFilter.parse({"type": "filter", "labels": {"role": "worker"}})
+    assert agents.admits({"name": "monitor.agent.stuck", "payload": {"role": "worker"}})
+    assert not agents.admits({"name": "monitor.agent.stuck", "payload": {"role": "monitor"}})
+    assert FeedFilter().admits(alert(owner="anyone"))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"type": "filter", "events": "monitor.*"},
+        {"type": "filter", "events": [""]},
+        {"type": "filter", "labels": {"bad name!": "x"}},
+        {"type": "filter", "labels": {"owner": 7}},
+        {"type": "filter", "min_severity": "loud"},
+        {"type": "filter", "colour": "red"},
+    ],
+)
+def test_it_refuses_a_filter_it_cannot_apply(message):
+    from omoi_console.top.consumers import FeedFilter
+
+    with pytest.raises(ValueError):
+        FeedFilter.parse(message)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_each_subscriber_gets_only_the_alert_changes_it_filtered_for(make_operator):
+    _, token = make_operator("viewer")
+    critical = {
+        "alert_id": 1,
+        "rule": "r",
+        "severity": "critical",
+        "fingerprint": "f",
+        "labels": {"owner": "team-a"},
+        "summary": "s",
+    }
+    other_team = {**critical, "alert_id": 2, "labels": {"owner": "team-b"}}
+
+    async def scenario():
+        narrow, everything = communicator(token), communicator(token)
+        await narrow.connect()
+        await everything.connect()
+        await narrow.send_json_to({"type": "filter", "labels": {"owner": "team-a"}})
+        assert (await narrow.receive_json_from(timeout=5))["type"] == "filter.accepted"
+        await narrow.send_json_to({"type": "filter", "min_severity": "loud"})
+        assert (await narrow.receive_json_from(timeout=5))["type"] == "filter.refused"
+        for payload in (other_team, critical):
+            await database_sync_to_async(publish)("monitor.alert.triggered", payload)
+        first = await receive_event(narrow, "monitor.alert.triggered")
+        seen = [await receive_event(everything, "monitor.alert.triggered") for _ in range(2)]
+        nothing_more = await narrow.receive_nothing(timeout=0.3)
+        await narrow.disconnect()
+        await everything.disconnect()
+        return first, seen, nothing_more
+
+    first, seen, nothing_more = run(scenario())
+    assert first["payload"]["alert_id"] == 1
+    assert sorted(e["payload"]["alert_id"] for e in seen) == [1, 2]
+    assert nothing_more
