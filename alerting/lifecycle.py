@@ -82,32 +82,16 @@ def fire_alert(rule: AlertRule, labels: dict, *, value: float | None = None) -> 
     if existing is not None:
         return existing
     now = timezone.now()
-    trace_id, _ = current_trace_ids()
-    try:
-        with transaction.atomic():
-            alert = Alert.objects.create(
-                rule=rule,
-                fingerprint=fingerprint(rule.name, labels),
-                labels=labels,
-                severity=rule.severity,
-                summary=render_template(rule.summary, labels, value)[:500],
-                status=AlertStatus.FIRING,
-                started_at=now,
-                fired_at=now,
-                value=value,
-                last_matched_at=now,
-                trace_id=trace_id,
-            )
-    except IntegrityError:
-        # Lost a race with another firing of the same fingerprint: same alert.
-        return open_alert_for(rule, labels)
+    alert, new = _create(rule, labels, value, now, AlertStatus.FIRING)
+    if not new:
+        return alert  # lost a race with another firing of the same fingerprint
     record(alert, AlertChange.FIRING, "alerting", "", now)
     announce_firing(alert)
     return alert
 
 
-def open_pending(rule: AlertRule, labels: dict, value: float | None, now) -> Alert:
-    """A new alert whose condition has just been met; it fires after the rule's ``for``."""
+def _create(rule: AlertRule, labels: dict, value, now, status: str) -> tuple[Alert, bool]:
+    """A new open alert, or the open one that won a race for its fingerprint (False)."""
     trace_id, _ = current_trace_ids()
     try:
         with transaction.atomic():
@@ -117,14 +101,23 @@ def open_pending(rule: AlertRule, labels: dict, value: float | None, now) -> Ale
                 labels=labels,
                 severity=rule.severity,
                 summary=render_template(rule.summary, labels, value)[:500],
-                status=AlertStatus.PENDING,
+                status=status,
                 started_at=now,
+                fired_at=now if status == AlertStatus.FIRING else None,
                 value=value,
                 last_matched_at=now,
                 trace_id=trace_id,
             )
     except IntegrityError:
-        return open_alert_for(rule, labels)
+        return open_alert_for(rule, labels), False
+    return alert, True
+
+
+def open_pending(rule: AlertRule, labels: dict, value: float | None, now) -> Alert:
+    """A new alert whose condition has just been met; it fires after the rule's ``for``."""
+    alert, new = _create(rule, labels, value, now, AlertStatus.PENDING)
+    if not new:
+        return alert
     record(alert, AlertChange.PENDING, "evaluator", f"value {value}", now)
     return alert
 

@@ -1,12 +1,11 @@
 """Rule kinds, their checks, label matchers and the evaluator's alert lifecycle."""
 
-import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
 from django.core.exceptions import ValidationError
-from django.db import connection, connections, transaction
+from django.db import connection
 
 from alerting import evaluator, matchers
 from alerting.models import Alert, AlertRule, AlertStatus, Notification
@@ -14,6 +13,7 @@ from alerting.rules import KINDS
 from monitoring.models import Agent, AgentState, MetricSeries, MonitorAnomaly
 from omoi_console.models import Event
 from tests.rollup_rows import make_series, write_rollups
+from tests.row_locks import held_by_another_worker
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 START = NOW - timedelta(minutes=10)
@@ -410,25 +410,10 @@ def test_it_leaves_a_rule_another_worker_has_claimed():
     if connection.vendor != "postgresql":
         pytest.skip("row locks need PostgreSQL")
     taken, free = saved(name="taken"), saved(name="free")
-    holding, release = threading.Event(), threading.Event()
 
-    def other_worker():
-        try:
-            with transaction.atomic():
-                AlertRule.objects.select_for_update().get(pk=taken.pk)
-                holding.set()
-                release.wait(10)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=other_worker)
-    thread.start()
-    try:
-        assert holding.wait(10)
+    with held_by_another_worker(AlertRule.objects.filter(pk=taken.pk)):
         claimed = evaluator.claim(NOW)
-    finally:
-        release.set()
-        thread.join()
+
     assert [r.name for r in claimed] == [free.name]
 
 

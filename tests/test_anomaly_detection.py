@@ -2,13 +2,12 @@
 
 import json
 import random
-import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
 import time_machine
 from django.core.exceptions import ValidationError
-from django.db import connection, connections, transaction
+from django.db import connection
 
 from monitoring import catalog, detection, rollups, samples
 from monitoring.detectors import get_detector, restore_detector
@@ -22,6 +21,7 @@ from monitoring.models import (
 from omoi_console.models import Event
 from tests import rollup_rows
 from tests.conftest import bearer
+from tests.row_locks import held_by_another_worker
 
 START = datetime(2026, 11, 20, 0, 0, tzinfo=UTC)
 MINUTE = timedelta(minutes=1)
@@ -329,26 +329,11 @@ def test_it_leaves_the_minutes_to_the_worker_that_holds_the_cursor():
     write_rollups(series, {m: [v] for m, v in enumerate(noisy(60))})
     rolled_until(60)
     RollupCursor.objects.create(name="detectors", rolled_until=START)
-    holding, release = threading.Event(), threading.Event()
 
-    def other_worker():
-        try:
-            with transaction.atomic():
-                RollupCursor.objects.select_for_update().get(name="detectors")
-                holding.set()
-                release.wait(10)
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=other_worker)
-    thread.start()
-    try:
-        assert holding.wait(10)
+    with held_by_another_worker(RollupCursor.objects.filter(name="detectors")):
         assert detection.detect() == 0
         assert not SeriesDetector.objects.exists()
-    finally:
-        release.set()
-        thread.join()
+
     assert detection.detect() == 60
     assert stored_state(series)["n"] == 60
 
