@@ -194,7 +194,11 @@ class Alert(models.Model):
                 name="alert_one_open_per_fingerprint",
             )
         ]
-        indexes = [models.Index(fields=["status", "started_at"], name="alert_status_idx")]
+        indexes = [
+            models.Index(fields=["status", "started_at"], name="alert_status_idx"),
+            # Flap damping counts a label set's recent resolutions.
+            models.Index(fields=["fingerprint", "resolved_at"], name="alert_flap_idx"),
+        ]
 
     def __str__(self):
         return f"{self.rule_id}:{self.fingerprint[:8]} ({self.status})"

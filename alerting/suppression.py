@@ -1,13 +1,18 @@
-"""Silences and inhibition: whether an alert's notifications are held back, and why.
+"""Flapping, silences and inhibition: whether an alert's notifications are held back, and why.
 
-Both only hold back notifications. The alert is still raised, published and
-remediated; the console still shows it. A held-back alert remembers why
-(``Alert.suppressed_by``), and the sweep sends its notification once the
-reason is gone (the silence ended, the inhibiting alert resolved) if it is
-still firing. An alert that never notified does not notify its resolution.
+An alert flaps when its label set resolved ``ALERT_FLAP_COUNT`` times within
+``ALERT_FLAP_WINDOW_SECONDS``: a condition hovering at its threshold would
+otherwise notify at every crossing. All three only hold back notifications:
+the alert is still raised, published and remediated, and the console still
+shows it. A held-back alert remembers why (``Alert.suppressed_by``), and the
+sweep sends its notification once the reason is gone (calm again, the silence
+ended, the inhibiting alert resolved) if it is still firing. Its resolution is
+told only to receivers that ask for it (``send_resolved_when_silenced``).
 """
 
-from datetime import datetime
+from datetime import datetime, timedelta
+
+from django.conf import settings
 
 from alerting import matchers as matcher_text
 from alerting.models import Alert, AlertStatus, InhibitRule, Silence
@@ -18,6 +23,9 @@ INHIBITING = (AlertStatus.FIRING, AlertStatus.ACKNOWLEDGED)
 
 def reason_for(alert: Alert, now: datetime) -> str:
     """Why this alert's notifications are held back now, or "" when they are not."""
+    flaps = flapping(alert, now)
+    if flaps:
+        return f"flapping: resolved {flaps} times in the last {settings.ALERT_FLAP_WINDOW_SECONDS}s"
     silence = silenced_by(alert.labels, now)
     if silence is not None:
         return f"silence {silence.pk}"
@@ -25,6 +33,22 @@ def reason_for(alert: Alert, now: datetime) -> str:
     if source is not None:
         return f"inhibited by alert {source.pk}"
     return ""
+
+
+def flapping(alert: Alert, now: datetime) -> int:
+    """How often this alert's label set resolved recently, when that is often enough to
+    call it flapping (else 0). A flapping alert notifies once it has calmed down."""
+    if settings.ALERT_FLAP_COUNT <= 0:
+        return 0
+    since = now - timedelta(seconds=settings.ALERT_FLAP_WINDOW_SECONDS)
+    resolved = (
+        Alert.objects.filter(
+            fingerprint=alert.fingerprint, status=AlertStatus.RESOLVED, resolved_at__gte=since
+        )
+        .exclude(pk=alert.pk)
+        .count()
+    )
+    return resolved if resolved >= settings.ALERT_FLAP_COUNT else 0
 
 
 def silenced_by(labels: dict, now: datetime) -> Silence | None:

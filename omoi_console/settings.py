@@ -480,6 +480,10 @@ for _severity, _delay in ALERT_ESCALATE_AFTER.items():
             f"OMOI_ALERT_ESCALATE_AFTER_{_severity.upper()} must be 0 (never) or more seconds"
         )
 ALERT_MAX_ESCALATION = env_int("OMOI_ALERT_MAX_ESCALATION", 3)
+# A label set that resolved this many times within the window flaps: its next alerts
+# notify only once it has calmed down (0 turns flap damping off).
+ALERT_FLAP_COUNT = env_int("OMOI_ALERT_FLAP_COUNT", 3)
+ALERT_FLAP_WINDOW_SECONDS = env_int("OMOI_ALERT_FLAP_WINDOW", 1800)
 # Retries: exponential from the base, capped, with jitter; a receiver's Retry-After
 # is honoured up to its own cap.
 NOTIFICATION_BACKOFF_SECONDS = _seconds("OMOI_NOTIFICATION_BACKOFF", 2.0, 0.1, 3600)

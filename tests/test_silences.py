@@ -205,3 +205,27 @@ def test_viewers_see_silences_but_cannot_make_them(api, make_operator):
     body = {"matchers": ["a=b"], "duration": "1h", "comment": "x"}
     response = api.post("/api/v1/silences", body, format="json", **bearer(token))
     assert response.status_code == 403
+
+
+@pytest.mark.django_db
+def test_a_flapping_alert_waits_until_it_calms_down(seeded, frozen, settings):
+    settings.ALERT_FLAP_COUNT, settings.ALERT_FLAP_WINDOW_SECONDS = 3, 1800
+    for n in range(3):
+        alert = lose("w-1")
+        assert alert.suppressed_by == "" and notified(alert), n
+        frozen.shift(timedelta(minutes=2))
+        lifecycle.resolve_alert(alert, reason="agent recovered")
+        frozen.shift(timedelta(minutes=2))
+
+    flapping = lose("w-1")  # the fourth time in twelve minutes
+
+    flapping.refresh_from_db()
+    assert flapping.suppressed_by.startswith("flapping: resolved 3 times")
+    assert not notified(flapping)
+    # The resolutions were at 2, 6 and 10 minutes: the window holds all three until 32.
+    evaluator.sweep(NOW + timedelta(minutes=32))
+    assert not notified(flapping)
+    evaluator.sweep(NOW + timedelta(minutes=33))
+    flapping.refresh_from_db()
+    assert flapping.suppressed_by == ""
+    assert notified(flapping)
