@@ -5,7 +5,8 @@ rollups, ``--rules`` threshold rules (each selects one queue with a matcher,
 groups by agent, and reduces a 5 minute window with avg, max or p95, in turn),
 then times ``--ticks`` evaluator ticks, each evaluating every rule once (as the
 periodic job does when all are due). The ceiling in the same run is the bare
-SQL read of the window's rollups of the metric, once per rule.
+SQL read of the rows each rule reads (its queue's rollups in the window), with
+no reduction and no alert bookkeeping.
 
 Runs against the database the environment names (DATABASE_URL; migrated; use a
 scratch database: everything the bench stores is deleted afterwards). Writes
@@ -97,14 +98,17 @@ def make_rules(count: int, tag: str) -> list[AlertRule]:
 
 
 def bare_reads(rules: list[AlertRule], now: datetime) -> float:
+    """The rows every rule reads (its queue's rollups in the window), fetched raw."""
     began = time.perf_counter()
     with connection.cursor() as cursor:
-        for _ in rules:
+        for rule in rules:
+            queue = rule.matchers[0].split("=", 1)[1]
             cursor.execute(
-                "SELECT series_id, sum, count FROM monitor_rollups WHERE minute >= %s "
-                "AND minute < %s AND series_id IN (SELECT id FROM monitoring_metricseries "
-                "WHERE metric = 'queue_depth')",
-                [now - timedelta(minutes=5), now],
+                "SELECT r.series_id, r.sum, r.count, r.max, r.sketch FROM monitor_rollups r "
+                "JOIN monitoring_metricseries s ON s.id = r.series_id "
+                "WHERE s.metric = 'queue_depth' AND s.labels ->> 'queue' = %s "
+                "AND r.minute >= %s AND r.minute < %s",
+                [queue, now - timedelta(minutes=5), now],
             )
             cursor.fetchall()
     return time.perf_counter() - began
