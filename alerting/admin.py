@@ -12,6 +12,7 @@ from alerting.models import (
     Notification,
     NotificationStatus,
     Receiver,
+    Route,
     Silence,
 )
 from alerting.transports import kind_choices
@@ -218,3 +219,10 @@ class SilenceAdmin(admin.ModelAdmin):
 class InhibitRuleAdmin(admin.ModelAdmin):
     list_display = ["name", "source_matchers", "target_matchers", "equal", "enabled"]
     list_filter = ["enabled"]
+
+
+@admin.register(Route)
+class RouteAdmin(admin.ModelAdmin):
+    list_display = ["name", "parent", "position", "matchers", "continue_matching", "enabled"]
+    list_filter = ["enabled"]
+    filter_horizontal = ["receivers"]

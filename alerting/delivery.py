@@ -27,6 +27,7 @@ from alerting.models import (
     NotificationStatus,
     Receiver,
 )
+from alerting.routing import route
 from alerting.transports import TransportError
 from alerting.transports.http import redact
 from omoi_console.foundation.events.tracing import current_trace_ids
@@ -50,10 +51,17 @@ def is_silenced(alert: Alert) -> bool:
 
 
 def receivers_for(alert: Alert) -> list[Receiver]:
-    """Where an alert's notifications go. Routing by labels will decide this per alert;
-    today it is every enabled ``default`` receiver that has somewhere to deliver."""
+    """Where an alert's notifications go: the routing tree's answer for its labels
+    (``alerting.routing``), or every enabled ``default`` receiver when no route takes
+    it; only receivers that have somewhere to deliver."""
+    routed = route(alert.labels)
+    candidates = (
+        routed if routed is not None else list(Receiver.objects.filter(enabled=True, default=True))
+    )
     chosen = []
-    for receiver in Receiver.objects.filter(enabled=True, default=True):
+    for receiver in candidates:
+        if not receiver.enabled:
+            continue
         try:
             transport = receiver.transport
         except ValidationError:

@@ -397,6 +397,58 @@ class Receiver(models.Model):
             current = current.fallback
 
 
+def validate_route_matchers(value) -> None:
+    from alerting.matchers import parse_all
+
+    try:
+        parse_all(value)
+    except ValueError as exc:
+        raise ValidationError(f"{exc}.") from None
+
+
+class Route(models.Model):
+    """A node of the routing tree: alerts meeting its matchers go to its receivers.
+
+    As in Alertmanager: from the top, an alert goes down the first child (by
+    ``position``) whose matchers it meets, or down every matching child while
+    they say ``continue_matching``; the deepest routes it reaches deliver it. A
+    route without receivers of its own uses its parent's. An alert no top-level
+    route takes goes to the ``default`` receivers.
+    """
+
+    name = models.SlugField(max_length=100, unique=True)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="children"
+    )
+    position = models.PositiveIntegerField(default=0, help_text="Order among its siblings.")
+    matchers = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_route_matchers],
+        help_text='Label matchers, e.g. ["owner=team-a"]; empty: every alert.',
+    )
+    receivers = models.ManyToManyField(Receiver, blank=True, related_name="routes")
+    continue_matching = models.BooleanField(
+        default=False, help_text="After this route takes an alert, try its next siblings too."
+    )
+    enabled = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["parent_id", "position", "name"]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        super().clean()
+        seen, current = {self.pk}, self.parent
+        while current is not None:
+            if current.pk in seen:
+                raise ValidationError({"parent": "Routes may not form a cycle."})
+            seen.add(current.pk)
+            current = current.parent
+
+
 class AlertChange(models.TextChoices):
     PENDING = "pending", "Pending: the condition is met, waiting for its for"
     FIRING = "firing", "Firing"

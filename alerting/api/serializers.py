@@ -14,6 +14,7 @@ from alerting.models import (
     Notification,
     Operator,
     Receiver,
+    Route,
     Silence,
 )
 from alerting.transports import kind_choices, transport_for
@@ -339,4 +340,40 @@ class InhibitRuleSerializer(serializers.ModelSerializer):
             if self.instance is not None and field != "id"
         }
         full_clean_or_422(InhibitRule(**{**merged, **attrs}))
+        return attrs
+
+
+class RouteSerializer(serializers.ModelSerializer):
+    """A route of the tree; parent and receivers by name."""
+
+    parent = serializers.SlugRelatedField(
+        slug_field="name", queryset=Route.objects.all(), allow_null=True, required=False
+    )
+    receivers = serializers.SlugRelatedField(
+        slug_field="name", queryset=Receiver.objects.all(), many=True, required=False
+    )
+
+    class Meta:
+        model = Route
+        fields = [
+            "id",
+            "name",
+            "parent",
+            "position",
+            "matchers",
+            "receivers",
+            "continue_matching",
+            "enabled",
+        ]
+
+    def validate(self, attrs):
+        fields = {k: v for k, v in attrs.items() if k != "receivers"}
+        probe = Route(pk=self.instance.pk if self.instance else None, **fields)
+        if self.instance is not None:
+            for name in ("name", "position", "matchers", "continue_matching", "enabled"):
+                if name not in fields:
+                    setattr(probe, name, getattr(self.instance, name))
+            if "parent" not in fields:
+                probe.parent = self.instance.parent
+        full_clean_or_422(probe)
         return attrs

@@ -9,5 +9,6 @@ router.register("receivers", views.ReceiverViewSet, basename="receiver")
 router.register("notifications", views.NotificationViewSet, basename="notification")
 router.register("silences", views.SilenceViewSet, basename="silence")
 router.register("inhibit-rules", views.InhibitRuleViewSet, basename="inhibit-rule")
+router.register("routes", views.RouteViewSet, basename="route")
 
 urlpatterns = router.urls

@@ -17,10 +17,19 @@ from alerting.api.serializers import (
     ReceiverSerializer,
     ReceiverTestSerializer,
     ResolveSerializer,
+    RouteSerializer,
     SilenceSerializer,
 )
 from alerting.filtersets import AlertFilterSet, NotificationFilterSet
-from alerting.models import Alert, AlertRule, InhibitRule, Notification, Receiver, Silence
+from alerting.models import (
+    Alert,
+    AlertRule,
+    InhibitRule,
+    Notification,
+    Receiver,
+    Route,
+    Silence,
+)
 from omoi_console.foundation.api.permissions import ModelPermissions, require
 from omoi_console.foundation.api.problems import problem_response
 
@@ -229,5 +238,14 @@ class SilenceViewSet(
 class InhibitRuleViewSet(viewsets.ModelViewSet):
     queryset = InhibitRule.objects.all()
     serializer_class = InhibitRuleSerializer
+    permission_classes = [ModelPermissions]
+    lookup_value_regex = "[0-9]{1,18}"
+
+
+class RouteViewSet(viewsets.ModelViewSet):
+    """The routing tree, a route per row: which receivers alerts with given labels go to."""
+
+    queryset = Route.objects.select_related("parent").prefetch_related("receivers")
+    serializer_class = RouteSerializer
     permission_classes = [ModelPermissions]
     lookup_value_regex = "[0-9]{1,18}"
