@@ -144,7 +144,7 @@ def main() -> None:
         with connection.cursor() as cursor:
             cursor.execute("DELETE FROM monitor_rollups WHERE series_id = ANY(%s)", [ids])
         MetricSeries.objects.filter(pk__in=ids).delete()
-    cuts = statistics.quantiles(ticks, n=100) if len(ticks) > 1 else ticks * 99
+    cuts = statistics.quantiles(ticks, n=100, method="inclusive") if len(ticks) > 1 else ticks * 99
     result = {
         "series": args.series,
         "rules": args.rules,
