@@ -5,6 +5,7 @@ from django.utils import timezone
 
 from alerting import delivery, lifecycle
 from alerting.models import (
+    NOTIFICATION_FIELDS,
     Alert,
     AlertEvent,
     AlertRule,
@@ -16,25 +17,6 @@ from alerting.models import (
     Silence,
 )
 from alerting.transports import kind_choices
-
-NOTIFICATION_FIELDS = [
-    "alert",
-    "kind",
-    "receiver",
-    "channel",
-    "target",
-    "status",
-    "attempts",
-    "last_error",
-    "created_at",
-    "next_attempt_at",
-    "sent_at",
-    "dead_at",
-    "latency_ms",
-    "trace_id",
-    "resent_from",
-    "fallback_from",
-]
 
 
 @admin.register(AlertRule)

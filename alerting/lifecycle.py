@@ -30,6 +30,21 @@ from omoi_console.foundation.events.tracing import current_trace_ids
 log = structlog.get_logger(__name__)
 
 
+# What acknowledging and giving an alert back change.
+ACK_FIELDS = ["status", "acknowledged_at", "acknowledged_by", "ack_comment", "ack_expires_at"]
+
+
+def about(alert: Alert, **more) -> dict:
+    """The fields every ``monitor.alert.*`` event carries, and the event's own."""
+    return {
+        "alert_id": alert.pk,
+        "rule": alert.rule.name,
+        "fingerprint": alert.fingerprint,
+        "labels": alert.labels,
+        **more,
+    }
+
+
 class AlertClosed(Exception):
     """The alert is resolved; it can no longer be acknowledged."""
 
@@ -195,13 +210,7 @@ def resolve_alert(alert: Alert, *, reason: str, actor: str = "alerting") -> Aler
         record(alert, AlertChange.RESOLVED, actor, reason, now)
         publish(
             "monitor.alert.resolved",
-            {
-                "alert_id": alert.pk,
-                "rule": alert.rule.name,
-                "fingerprint": alert.fingerprint,
-                "labels": alert.labels,
-                "duration_seconds": (now - alert.started_at).total_seconds(),
-            },
+            about(alert, duration_seconds=(now - alert.started_at).total_seconds()),
             key=f"alert.resolved:{alert.pk}",
         )
         # Told to whoever was told it fired; an alert held back the whole time only
@@ -243,28 +252,14 @@ def acknowledge_alert(alert: Alert, user, *, comment: str = "", expires_at=None)
             alert.acknowledged_at = now
         alert.acknowledged_by = user
         alert.ack_comment, alert.ack_expires_at = comment[:500], expires_at
-        alert.save(
-            update_fields=[
-                "status",
-                "acknowledged_at",
-                "acknowledged_by",
-                "ack_comment",
-                "ack_expires_at",
-            ]
-        )
+        alert.save(update_fields=ACK_FIELDS)
         until = f" until {expires_at.isoformat()}" if expires_at else ""
         record(alert, AlertChange.ACKNOWLEDGED, f"user:{user.get_username()}", comment + until, now)
         if again:
             return alert
         publish(
             "monitor.alert.acknowledged",
-            {
-                "alert_id": alert.pk,
-                "rule": alert.rule.name,
-                "fingerprint": alert.fingerprint,
-                "labels": alert.labels,
-                "by": user.get_username(),
-            },
+            about(alert, by=user.get_username()),
             key=f"alert.acknowledged:{alert.pk}",
         )
     return alert
@@ -279,25 +274,11 @@ def unacknowledge_alert(alert: Alert, actor: str, *, reason: str = "") -> Alert:
         alert.status = AlertStatus.FIRING
         alert.acknowledged_at = alert.acknowledged_by = alert.ack_expires_at = None
         alert.ack_comment = ""
-        alert.save(
-            update_fields=[
-                "status",
-                "acknowledged_at",
-                "acknowledged_by",
-                "ack_comment",
-                "ack_expires_at",
-            ]
-        )
+        alert.save(update_fields=ACK_FIELDS)
         record(alert, AlertChange.UNACKNOWLEDGED, actor, reason)
         publish(
             "monitor.alert.unacknowledged",
-            {
-                "alert_id": alert.pk,
-                "rule": alert.rule.name,
-                "fingerprint": alert.fingerprint,
-                "labels": alert.labels,
-                "by": actor,
-            },
+            about(alert, by=actor),
         )
     return alert
 
@@ -318,13 +299,7 @@ def escalate_alert(alert: Alert, now) -> Alert:
         record(alert, AlertChange.ESCALATED, "alerting", f"level {alert.escalation_level}", now)
         publish(
             "monitor.alert.escalated",
-            {
-                "alert_id": alert.pk,
-                "rule": alert.rule.name,
-                "fingerprint": alert.fingerprint,
-                "labels": alert.labels,
-                "level": alert.escalation_level,
-            },
+            about(alert, level=alert.escalation_level),
             key=f"alert.escalated:{alert.pk}:{alert.escalation_level}",
         )
     log.warning("alert.escalated", alert_id=alert.pk, escalation_level=alert.escalation_level)

@@ -478,6 +478,27 @@ class AlertEvent(models.Model):
         return f"alert {self.alert_id} {self.change} by {self.actor}"
 
 
+# A notification's fields as the API and the admin show them: an audit record.
+NOTIFICATION_FIELDS = [
+    "alert",
+    "kind",
+    "receiver",
+    "channel",
+    "target",
+    "status",
+    "attempts",
+    "last_error",
+    "created_at",
+    "next_attempt_at",
+    "sent_at",
+    "dead_at",
+    "latency_ms",
+    "trace_id",
+    "resent_from",
+    "fallback_from",
+]
+
+
 class NotificationKind(models.TextChoices):
     FIRING = "firing", "Firing"
     RESOLVED = "resolved", "Resolved"

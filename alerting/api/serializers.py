@@ -8,6 +8,7 @@ from rest_framework import serializers
 
 from alerting import durations
 from alerting.models import (
+    NOTIFICATION_FIELDS,
     Alert,
     AlertRule,
     InhibitRule,
@@ -200,25 +201,7 @@ class NotificationSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Notification
-        fields = [
-            "id",
-            "alert",
-            "kind",
-            "receiver",
-            "channel",
-            "target",
-            "status",
-            "attempts",
-            "last_error",
-            "created_at",
-            "next_attempt_at",
-            "sent_at",
-            "dead_at",
-            "latency_ms",
-            "trace_id",
-            "resent_from",
-            "fallback_from",
-        ]
+        fields = ["id", *NOTIFICATION_FIELDS]
 
 
 class AlertSerializer(serializers.ModelSerializer):
