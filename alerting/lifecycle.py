@@ -260,7 +260,8 @@ def acknowledge_alert(alert: Alert, user, *, comment: str = "", expires_at=None)
         publish(
             "monitor.alert.acknowledged",
             about(alert, by=user.get_username()),
-            key=f"alert.acknowledged:{alert.pk}",
+            # Each acknowledgement is its own event: one given back and taken again too.
+            key=f"alert.acknowledged:{alert.pk}:{alert.acknowledged_at.timestamp()}",
         )
     return alert
 

@@ -8,6 +8,10 @@ periodic job does when all are due). The ceiling in the same run is the bare
 SQL read of the rows each rule reads (its queue's rollups in the window), with
 no reduction and no alert bookkeeping.
 
+``ws_push_p99_s`` is the time from an alert's change (acknowledged, then given
+back, in turn: each publishes its event) to the message on a console websocket
+that filtered for it, over the configured channel layer, ``--pushes`` times.
+
 Runs against the database the environment names (DATABASE_URL; migrated; use a
 scratch database: everything the bench stores is deleted afterwards). Writes
 bench/results/rules.json.
@@ -28,6 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "omoi_console.settings")
+# The websocket part connects as a browser on this machine would.
+os.environ.setdefault("ALLOWED_HOSTS", "localhost")
 
 import django
 
@@ -114,11 +120,72 @@ def bare_reads(rules: list[AlertRule], now: datetime) -> float:
     return time.perf_counter() - began
 
 
+def ws_push(pushes: int) -> list[float]:
+    """Seconds from an alert's change (acknowledged, then given back, in turn) to the
+    message on a console websocket, over the configured channel layer."""
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+    from channels.testing import WebsocketCommunicator
+    from django.contrib.auth import get_user_model
+
+    from alerting import lifecycle
+    from alerting.builtins import HEARTBEAT_RULE
+    from omoi_console.asgi import application
+
+    # Dispatch in this process: the push is what is measured, not a worker's queue.
+    from omoi_console.foundation.events.tasks import dispatch_events
+    from omoi_console.foundation.roles import VIEWER, grant_role, sync_roles
+    from omoi_console.models import OperatorToken
+
+    dispatch_events.app.conf.task_always_eager = True
+    sync_roles()
+    user = get_user_model().objects.create_user(f"bench-{secrets.token_hex(4)}")
+    grant_role(user, VIEWER)
+    _, token = OperatorToken.issue(user=user, name="bench")
+    rule = AlertRule.objects.get(name=HEARTBEAT_RULE)
+    alert = lifecycle.fire_alert(rule, {"agent_id": f"bench-{secrets.token_hex(4)}"})
+
+    def change(n: int) -> None:
+        if n % 2 == 0:
+            lifecycle.acknowledge_alert(alert, user)
+        else:
+            lifecycle.unacknowledge_alert(alert, "bench")
+
+    async def run() -> list[float]:
+        headers = [
+            (b"origin", b"http://localhost"),
+            (b"host", b"localhost"),
+            (b"authorization", f"Bearer {token}".encode()),
+        ]
+        feed = WebsocketCommunicator(application, "/ws/console/", headers=headers)
+        connected, _ = await feed.connect()
+        assert connected
+        await feed.send_json_to({"type": "filter", "events": ["monitor.alert.*acknowledged"]})
+        await feed.receive_json_from(timeout=10)
+        spent = []
+        for n in range(pushes):
+            began = time.perf_counter()
+            await sync_to_async(change, thread_sensitive=False)(n)
+            await feed.receive_json_from(timeout=10)
+            spent.append(time.perf_counter() - began)
+        await feed.disconnect()
+        return spent
+
+    try:
+        return asyncio.run(run())
+    finally:
+        lifecycle.resolve_alert(alert, reason="bench over")
+        Alert.objects.filter(pk=alert.pk).delete()
+        user.delete()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--series", type=int, default=10_000)
     parser.add_argument("--rules", type=int, default=1_000)
     parser.add_argument("--ticks", type=int, default=20)
+    parser.add_argument("--pushes", type=int, default=200)
     args = parser.parse_args()
     if connection.vendor != "postgresql":
         raise SystemExit("the rules bench runs on PostgreSQL (set DATABASE_URL)")
@@ -144,6 +211,8 @@ def main() -> None:
         with connection.cursor() as cursor:
             cursor.execute("DELETE FROM monitor_rollups WHERE series_id = ANY(%s)", [ids])
         MetricSeries.objects.filter(pk__in=ids).delete()
+    pushes = ws_push(args.pushes)
+    push_cuts = statistics.quantiles(pushes, n=100, method="inclusive")
     cuts = statistics.quantiles(ticks, n=100, method="inclusive") if len(ticks) > 1 else ticks * 99
     result = {
         "series": args.series,
@@ -155,6 +224,9 @@ def main() -> None:
         "tick_max_s": round(max(ticks), 3),
         "ceiling_bare_reads_s": round(ceiling, 3),
         "ratio_to_ceiling": round(ceiling / statistics.median(ticks), 3),
+        "ws_push_p50_s": round(statistics.median(pushes), 4),
+        "ws_push_p99_s": round(push_cuts[98], 4),
+        "ws_pushes": len(pushes),
     }
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

@@ -176,3 +176,15 @@ def test_an_acknowledged_alert_does_not_escalate(firing, operator, settings):
     firing.refresh_from_db()
     assert firing.escalation_level == 0
     assert not Event.objects.filter(name="monitor.alert.escalated").exists()
+
+
+@pytest.mark.django_db
+def test_an_alert_taken_again_after_it_was_given_back_publishes_again(firing, operator, frozen):
+    user, _ = operator
+    lifecycle.acknowledge_alert(firing, user)
+    lifecycle.unacknowledge_alert(firing, f"user:{user.username}")
+    frozen.shift(timedelta(seconds=5))
+
+    lifecycle.acknowledge_alert(firing, user)
+
+    assert Event.objects.filter(name="monitor.alert.acknowledged").count() == 2
