@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 import structlog
 from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from alerting import lifecycle
@@ -78,11 +79,13 @@ def sweep(now: datetime) -> int:
     held = Alert.objects.filter(status__in=OPEN_STATUSES).exclude(suppressed_by="")
     for alert in held.select_related("rule")[:SWEEP_BATCH]:
         changed += lifecycle.release(alert, now)
-    about_agents = dict(
-        Alert.objects.filter(status__in=OPEN_STATUSES, labels__has_key="agent_id")
+    about_agents = {
+        pk: by_id or by_metric_label
+        for pk, by_id, by_metric_label in Alert.objects.filter(status__in=OPEN_STATUSES)
+        .filter(Q(labels__has_key="agent_id") | Q(labels__has_key="agent"))
         .order_by("id")
-        .values_list("pk", "labels__agent_id")[:SWEEP_BATCH]
-    )
+        .values_list("pk", "labels__agent_id", "labels__agent")[:SWEEP_BATCH]
+    }
     if about_agents:
         states = dict(
             Agent.objects.filter(pk__in=set(about_agents.values())).values_list("pk", "state")
@@ -153,11 +156,26 @@ def evaluate_rule(rule: AlertRule, now: datetime) -> None:
     AlertRule.objects.filter(pk=rule.pk).update(last_evaluated_at=now, last_error=error)
 
 
+def with_agent_labels(matches) -> list[dict]:
+    """Each match's labels, plus the owner and role of the agent a metric's ``agent``
+    label names (one query for all), so routes can send a team its own agents' alerts."""
+    agents = {m.labels["agent"] for m in matches if m.labels.get("agent")}
+    known = {}
+    if agents:
+        known = {
+            pk: {"owner": owner, "role": role}
+            for pk, owner, role in Agent.objects.filter(pk__in=agents).values_list(
+                "pk", "owner", "role"
+            )
+        }
+    return [{**known.get(m.labels.get("agent"), {}), **m.labels} for m in matches]
+
+
 def apply(rule: AlertRule, matches, now: datetime) -> None:
     """Move the rule's alerts to what the evaluation found."""
     wanted = {}
-    for match in matches:
-        labels = {**rule.labels, **match.labels}
+    for match, found in zip(matches, with_agent_labels(matches), strict=True):
+        labels = {**rule.labels, **found}
         wanted[lifecycle.fingerprint(rule.name, labels)] = (labels, match.value)
     open_now = {
         alert.fingerprint: alert

@@ -188,3 +188,15 @@ def test_an_alert_taken_again_after_it_was_given_back_publishes_again(firing, op
     lifecycle.acknowledge_alert(firing, user)
 
     assert Event.objects.filter(name="monitor.alert.acknowledged").count() == 2
+
+
+@pytest.mark.django_db
+def test_it_resolves_metric_alerts_about_an_agent_that_was_retired(seeded):
+    rule = AlertRule.objects.get(name="queue-depth-high")
+    Agent.objects.create(id="w-9", role="worker", state=AgentState.TERMINATED)
+    alert = lifecycle.fire_alert(rule, {"agent": "w-9", "queue": "inbox"}, value=2000.0)
+
+    evaluator.sweep(NOW)
+
+    alert.refresh_from_db()
+    assert (alert.status, alert.resolution) == (AlertStatus.RESOLVED, "agent retired")

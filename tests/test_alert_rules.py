@@ -203,6 +203,18 @@ def test_it_groups_by_labels_and_alerts_per_group():
 
 
 @pytest.mark.django_db
+def test_alerts_grouped_by_agent_carry_its_owner_and_role():
+    Agent.objects.create(id="a-1", role="worker", owner="team-a")
+    depth([150.0] * 10)
+    target = saved(summary="Queue {queue} of {owner}'s {role} {agent} is deep")
+
+    (alert,) = evaluate(target)
+
+    assert alert.labels == {"agent": "a-1", "queue": "inbox", "owner": "team-a", "role": "worker"}
+    assert alert.summary == "Queue inbox of team-a's worker a-1 is deep"
+
+
+@pytest.mark.django_db
 def test_it_reduces_the_window_as_asked():
     # Minutes 0..9 before NOW; a 5 minute window sees minutes 5..9 only.
     depth([1000.0] * 5 + [10.0, 20.0, 30.0, 40.0, 50.0])

@@ -51,8 +51,12 @@ class RuleKind:
     event_driven = False
 
     def labels_of(self, rule) -> set[str]:
-        """The labels an alert of this rule carries (for checking summary placeholders)."""
-        return set(rule.group_by or [])
+        """The labels an alert of this rule carries (for checking summary placeholders).
+
+        Grouped by ``agent``, an alert also carries the agent's ``owner`` and ``role``.
+        """
+        labels = set(rule.group_by or [])
+        return labels | {"owner", "role"} if "agent" in labels else labels
 
     def clean(self, rule) -> dict[str, list[str]]:
         """Checks beyond presence: return problems by field name."""
