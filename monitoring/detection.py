@@ -194,7 +194,7 @@ def _oldest_rollup_minute() -> datetime | None:
 
 @dataclass
 class Found:
-    """What one run found: anomalies to open, update and close, and the events to publish."""
+    """What one run found: anomalies to open, and open ones that changed (peak or end)."""
 
     opened: list[MonitorAnomaly] = field(default_factory=list)
     changed: dict[int, MonitorAnomaly] = field(default_factory=dict)
