@@ -205,6 +205,15 @@ class InhibitRuleAdmin(admin.ModelAdmin):
 
 @admin.register(Route)
 class RouteAdmin(admin.ModelAdmin):
-    list_display = ["name", "parent", "position", "matchers", "continue_matching", "enabled"]
+    list_display = [
+        "name",
+        "parent",
+        "position",
+        "matchers",
+        "continue_matching",
+        "group_by",
+        "group_wait",
+        "enabled",
+    ]
     list_filter = ["enabled"]
     filter_horizontal = ["receivers"]

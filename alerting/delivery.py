@@ -20,14 +20,17 @@ from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from alerting import grouping
 from alerting.models import (
     Alert,
+    AlertGroup,
+    AlertStatus,
     Notification,
     NotificationKind,
     NotificationStatus,
     Receiver,
 )
-from alerting.routing import route
+from alerting.routing import Destination, destinations, top_grouping
 from alerting.transports import TransportError
 from alerting.transports.http import redact
 from omoi_console.foundation.events.tracing import current_trace_ids
@@ -50,17 +53,33 @@ def is_silenced(alert: Alert) -> bool:
     return bool(alert.suppressed_by)
 
 
-def receivers_for(alert: Alert) -> list[Receiver]:
-    """Where an alert's notifications go: the routing tree's answer for its labels
-    (``alerting.routing``), or every enabled ``default`` receiver when no route takes
-    it; only receivers that have somewhere to deliver."""
-    routed = route(alert.labels)
-    candidates = (
-        routed if routed is not None else list(Receiver.objects.filter(enabled=True, default=True))
-    )
-    chosen = []
-    for receiver in candidates:
-        if not receiver.enabled:
+def routing_labels(alert: Alert) -> dict:
+    """What routes match and groups split on: the alert's labels with its ``alertname``
+    and ``severity``, as Alertmanager sees them."""
+    labels = dict(alert.labels)
+    if alert.rule_id is not None:
+        labels.setdefault("alertname", alert.rule.name)
+    if alert.severity:
+        labels.setdefault("severity", alert.severity)
+    return labels
+
+
+def destinations_for(alert: Alert) -> list[Destination]:
+    """Where an alert's notifications go, and how each destination groups them: the
+    routing tree's answer for its labels (``alerting.routing``), or every enabled
+    ``default`` receiver when no route takes it; only receivers that have somewhere
+    to deliver, each once (the first route that reaches it groups it)."""
+    routed = destinations(routing_labels(alert))
+    if routed is None:
+        top = top_grouping()
+        routed = [
+            Destination(receiver, None, top)
+            for receiver in Receiver.objects.filter(enabled=True, default=True)
+        ]
+    chosen: dict[int, Destination] = {}
+    for destination in routed:
+        receiver = destination.receiver
+        if not receiver.enabled or receiver.pk in chosen:
             continue
         try:
             transport = receiver.transport
@@ -68,8 +87,12 @@ def receivers_for(alert: Alert) -> list[Receiver]:
             log.warning("receiver.unknown_kind", receiver=receiver.name, kind=receiver.kind)
             continue
         if transport.addressable(receiver):
-            chosen.append(receiver)
-    return chosen
+            chosen[receiver.pk] = destination
+    return list(chosen.values())
+
+
+def receivers_for(alert: Alert) -> list[Receiver]:
+    return [destination.receiver for destination in destinations_for(alert)]
 
 
 def wants(receiver: Receiver, alert: Alert, kind: str) -> bool:
@@ -81,21 +104,40 @@ def wants(receiver: Receiver, alert: Alert, kind: str) -> bool:
 
 
 def notify(alert: Alert, kind: str) -> list[Notification]:
-    """Save one Notification per receiver now; send them after the transaction commits."""
+    """Save one Notification per receiver now, due when its group goes out
+    (``alerting.grouping``); each is sent after the transaction commits, once due."""
     created = []
-    for receiver in receivers_for(alert):
-        if wants(receiver, alert, kind):
-            notification = create_notification(alert, kind, receiver)
-            if notification is not None:
-                created.append(notification)
+    now = timezone.now()
+    for destination in destinations_for(alert):
+        receiver = destination.receiver
+        if not wants(receiver, alert, kind):
+            continue
+        group, due = None, None
+        if receiver.transport.groups:
+            if kind == NotificationKind.RESOLVED and grouping.cancel_unsent(alert, receiver):
+                # It resolved before its group went out: this receiver never hears of it.
+                log.info("notification.cancelled", alert_id=alert.pk, receiver=receiver.name)
+                continue
+            labels = routing_labels(alert)
+            group, due = grouping.schedule(alert, kind, destination, now, labels)
+        notification = create_notification(alert, kind, receiver, group=group, due=due)
+        if notification is not None:
+            created.append(notification)
     return created
 
 
 def create_notification(
-    alert: Alert, kind: str, receiver: Receiver, *, fallback_from: Notification | None = None
+    alert: Alert,
+    kind: str,
+    receiver: Receiver,
+    *,
+    fallback_from: Notification | None = None,
+    group: AlertGroup | None = None,
+    due=None,
 ) -> Notification | None:
     """The receiver's notification of this alert state, or None if it already has one."""
     trace_id, _ = current_trace_ids()
+    now = timezone.now()
     notification, new = Notification.objects.get_or_create(
         alert=alert,
         kind=kind,
@@ -106,23 +148,36 @@ def create_notification(
             "target": receiver.transport.target(receiver),
             "trace_id": trace_id,
             "fallback_from": fallback_from,
+            "group": group,
+            "next_attempt_at": due or now,
         },
     )
     if not new:
         return None
-    transaction.on_commit(functools.partial(enqueue_delivery, notification.pk), robust=True)
+    wait = (notification.next_attempt_at - now).total_seconds()
+    send = functools.partial(enqueue_delivery, notification.pk)
+    if wait > 0:
+        send = functools.partial(enqueue_delivery, notification.pk, countdown=wait)
+    transaction.on_commit(send, robust=True)
     return notification
 
 
-def enqueue_delivery(notification_id: int) -> None:
+def enqueue_delivery(notification_id: int, countdown: float = 0.0) -> None:
     from alerting.tasks import deliver_notification
 
-    deliver_notification.delay(notification_id)
+    if countdown > 0:
+        # The periodic sweep (deliver_due_notifications) sends it too, should this be lost.
+        deliver_notification.apply_async((notification_id,), countdown=countdown)
+    else:
+        deliver_notification.delay(notification_id)
 
 
 def claim_notification(notification_id: int) -> Notification | None:
     """Take a due notification for one attempt; None when someone else has it, it is
-    done, or its receiver's circuit is open (then it waits until the circuit may close)."""
+    done, or its receiver's circuit is open (then it waits until the circuit may close).
+
+    A grouped notification takes with it every due notification of its group: its
+    ``batch`` is what goes out in this attempt, itself first."""
     now = timezone.now()
     with transaction.atomic():
         notification = (
@@ -147,33 +202,110 @@ def claim_notification(notification_id: int) -> Notification | None:
         notification.attempts += 1
         notification.next_attempt_at = now + DELIVERY_LEASE
         notification.save(update_fields=["attempts", "next_attempt_at"])
+        notification.batch = [notification, *_claim_group_mates(notification, now)]
     return notification
+
+
+def _claim_group_mates(notification: Notification, now) -> list[Notification]:
+    """The other due notifications of the notification's group, leased for this attempt;
+    the group is marked as gone out (its next changes wait for the group interval)."""
+    if notification.group_id is None:
+        return []
+    mates = list(
+        Notification.objects.select_for_update(skip_locked=True, of=("self",))
+        .select_related("alert", "alert__rule")
+        .filter(
+            group_id=notification.group_id,
+            status=NotificationStatus.PENDING,
+            next_attempt_at__lte=now,
+        )
+        .exclude(pk=notification.pk)
+        .order_by("pk")[: grouping.MAX_BATCH - 1]
+    )
+    if mates:
+        Notification.objects.filter(pk__in=[mate.pk for mate in mates]).update(
+            attempts=F("attempts") + 1, next_attempt_at=now + DELIVERY_LEASE
+        )
+    for mate in mates:
+        mate.attempts += 1
+        mate.receiver = notification.receiver
+    group = (
+        AlertGroup.objects.select_for_update().select_related("route").get(pk=notification.group_id)
+    )
+    grouping.flushed(group, grouping.grouping_of(group), now)
+    notification.group = group
+    return mates
+
+
+def _still_current(batch: list[Notification]) -> list[Notification]:
+    """The batch without firing notifications whose alert was silenced or ended while
+    they waited for their group; those are cancelled (nobody is told of them)."""
+    current, stale = [], []
+    for notification in batch:
+        alert = notification.alert
+        gone = alert.suppressed_by or alert.status == AlertStatus.RESOLVED
+        if notification.kind in grouping.FIRING_KINDS and notification.group_id and gone:
+            stale.append(notification.pk)
+        else:
+            current.append(notification)
+    if stale:
+        Notification.objects.filter(pk__in=stale).update(status=NotificationStatus.CANCELLED)
+    return current
+
+
+def members(notification: Notification, batch: list[Notification]) -> list[tuple[Alert, str]]:
+    """(alert, "firing" | "resolved") for every alert this delivery tells of: the batch,
+    then its group's other alerts that still fire (as Alertmanager sends a whole group)."""
+    told = [
+        (item.alert, "resolved" if item.kind == NotificationKind.RESOLVED else "firing")
+        for item in batch
+    ]
+    if notification.group_id is None:
+        return told
+    ids = {item.alert_id for item in batch}
+    return told + [(alert, "firing") for alert in grouping.still_firing(notification.group, ids)]
 
 
 def deliver_notification(notification_id: int) -> str | None:
     """One delivery attempt; returns the resulting status, or None if not due."""
-    notification = claim_notification(notification_id)
-    if notification is None:
+    claimed = claim_notification(notification_id)
+    if claimed is None:
         return None
+    batch = _still_current(claimed.batch)
+    if not batch:
+        return NotificationStatus.CANCELLED
+    notification = batch[0]
+    notification.group = claimed.group if claimed.group_id else None
+    notification.batch = batch
+    notification.members = members(notification, batch)
     receiver = notification.receiver
     if not receiver.enabled:
-        return record_delivery_failure(
-            notification, TransportError("receiver is disabled", permanent=True)
-        )
+        return record_batch_failure(batch, TransportError("receiver is disabled", permanent=True))
     started = time.monotonic()
     try:
         receiver.transport.send(notification)
     except TransportError as exc:
-        return record_delivery_failure(notification, exc)
+        return record_batch_failure(batch, exc)
     except ValidationError:
-        return record_delivery_failure(
-            notification, TransportError(f"unknown kind {receiver.kind!r}", permanent=True)
+        return record_batch_failure(
+            batch, TransportError(f"unknown kind {receiver.kind!r}", permanent=True)
         )
     except Exception as exc:
         # A bug in a transport must not leave the notification leased forever.
         log.exception("notification.transport_crashed", notification_id=notification.pk)
-        return record_delivery_failure(notification, TransportError(type(exc).__name__))
-    return record_delivery_success(notification, round((time.monotonic() - started) * 1000))
+        return record_batch_failure(batch, TransportError(type(exc).__name__))
+    attempt_ms = round((time.monotonic() - started) * 1000)
+    for item in batch:
+        status = record_delivery_success(item, attempt_ms)
+    return status
+
+
+def record_batch_failure(batch: list[Notification], exc: TransportError) -> str:
+    """A failed attempt at a batch: every notification in it retried together."""
+    delay = backoff_seconds(batch[0].attempts)
+    for index, item in enumerate(batch):
+        status = record_delivery_failure(item, exc, delay=delay, count=index == 0)
+    return status
 
 
 def record_delivery_success(notification: Notification, attempt_ms: int) -> str:
@@ -212,7 +344,13 @@ def backoff_seconds(attempts: int) -> float:
     return _jitter.uniform(ceiling / 2, ceiling)
 
 
-def record_delivery_failure(notification: Notification, exc: TransportError) -> str:
+def record_delivery_failure(
+    notification: Notification,
+    exc: TransportError,
+    *,
+    delay: float | None = None,
+    count: bool = True,
+) -> str:
     now = timezone.now()
     receiver = notification.receiver
     error = redact(str(exc), receiver.transport_secrets())[:2000]
@@ -222,7 +360,8 @@ def record_delivery_failure(notification: Notification, exc: TransportError) -> 
         notification.status = NotificationStatus.DEAD
         notification.dead_at = now
     else:
-        delay = backoff_seconds(notification.attempts)
+        if delay is None:
+            delay = backoff_seconds(notification.attempts)
         if exc.retry_after is not None:
             delay = max(delay, exc.retry_after)
         notification.next_attempt_at = now + timedelta(seconds=delay)
@@ -237,7 +376,7 @@ def record_delivery_failure(notification: Notification, exc: TransportError) -> 
         dead=gave_up,
         error=error,
     )
-    if not exc.permanent:
+    if count and not exc.permanent:
         # A permanent refusal means the receiver answered: it is not down.
         count_receiver_failure(receiver.pk, now)
     if gave_up:
@@ -322,7 +461,9 @@ def resend_notification(notification_id: int) -> Notification:
 
 
 def deliver_due_notifications(limit: int = 200) -> int:
-    """Retry every pending notification whose next attempt is due."""
+    """Send every pending notification whose time has come (a group's wait over, a retry
+    due), after making the repeats that are due; how many attempts were made."""
+    grouping.repeat_due()
     due = (
         Notification.objects.filter(
             status=NotificationStatus.PENDING, next_attempt_at__lte=timezone.now()

@@ -8,7 +8,12 @@ from django.utils import timezone
 
 # One severity scale for anomalies and alerts; alerting names it as its own.
 from monitoring.models import Severity
-from omoi_console.foundation.labels import validate_annotations, validate_labels
+from omoi_console.foundation.labels import (
+    LABEL_NAME,
+    LABEL_NAME_RULE,
+    validate_annotations,
+    validate_labels,
+)
 
 
 class RuleKind(models.TextChoices):
@@ -406,6 +411,26 @@ def validate_route_matchers(value) -> None:
         raise ValidationError(f"{exc}.") from None
 
 
+# In a route's group_by: every label, so each alert is a group of its own.
+GROUP_BY_ALL = "..."
+
+
+def validate_group_by(value) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(isinstance(name, str) for name in value):
+        raise ValidationError('A list of label names, e.g. ["alertname", "owner"].')
+    if GROUP_BY_ALL in value:
+        if len(value) > 1:
+            raise ValidationError(f'"{GROUP_BY_ALL}" groups by every label and stands alone.')
+        return
+    for name in value:
+        if not LABEL_NAME.fullmatch(name):
+            raise ValidationError(f"{name[:40]!r}: label names are {LABEL_NAME_RULE}.")
+    if len(set(value)) != len(value):
+        raise ValidationError("Each label may appear once.")
+
+
 class Route(models.Model):
     """A node of the routing tree: alerts meeting its matchers go to its receivers.
 
@@ -432,6 +457,32 @@ class Route(models.Model):
         default=False, help_text="After this route takes an alert, try its next siblings too."
     )
     enabled = models.BooleanField(default=True)
+    # Grouping, as in Alertmanager; empty inherits the parent's (the settings at the top).
+    group_by = models.JSONField(
+        null=True,
+        blank=True,
+        validators=[validate_group_by],
+        help_text='Labels whose values make a group, e.g. ["alertname", "owner"]; '
+        f'["{GROUP_BY_ALL}"]: every label (no grouping); empty: the parent\'s.',
+    )
+    group_wait = models.DurationField(
+        null=True,
+        blank=True,
+        help_text="How long a new group waits for more alerts before it is first "
+        "notified; empty: the parent's.",
+    )
+    group_interval = models.DurationField(
+        null=True,
+        blank=True,
+        help_text="How long a notified group waits before telling of alerts added to it "
+        "or resolved in it; empty: the parent's.",
+    )
+    repeat_interval = models.DurationField(
+        null=True,
+        blank=True,
+        help_text="How long before a group's unacknowledged firing alerts are notified "
+        "again; counted in group intervals; empty: the parent's.",
+    )
 
     class Meta:
         ordering = ["parent_id", "position", "name"]
@@ -447,6 +498,21 @@ class Route(models.Model):
                 raise ValidationError({"parent": "Routes may not form a cycle."})
             seen.add(current.pk)
             current = current.parent
+        errors = {}
+        for name in ("group_wait", "group_interval", "repeat_interval"):
+            value = getattr(self, name)
+            if value is not None and value < timedelta(0):
+                errors[name] = "Cannot be negative."
+        if self.group_interval is not None and self.group_interval < timedelta(seconds=1):
+            errors.setdefault("group_interval", "At least 1s.")
+        if (
+            self.repeat_interval is not None
+            and self.group_interval is not None
+            and self.repeat_interval < self.group_interval
+        ):
+            errors.setdefault("repeat_interval", "Cannot be shorter than the group interval.")
+        if errors:
+            raise ValidationError(errors)
 
 
 class AlertChange(models.TextChoices):
@@ -502,6 +568,8 @@ NOTIFICATION_FIELDS = [
 class NotificationKind(models.TextChoices):
     FIRING = "firing", "Firing"
     RESOLVED = "resolved", "Resolved"
+    # Still firing, told again after the route's repeat interval.
+    REPEAT = "repeat", "Still firing (repeat)"
 
 
 class NotificationStatus(models.TextChoices):
@@ -509,6 +577,44 @@ class NotificationStatus(models.TextChoices):
     SENT = "sent", "Sent"
     # Dead letter: failed for good (a permanent error or the last attempt); can be re-sent.
     DEAD = "dead", "Dead letter"
+    # Never sent: its alert resolved first (within its group's wait), so nobody is told.
+    CANCELLED = "cancelled", "Cancelled (resolved before it was sent)"
+
+
+class AlertGroup(models.Model):
+    """Alerts that one receiver hears about together: Alertmanager's aggregation group.
+
+    One per route, receiver and values of the route's ``group_by`` labels. A new
+    group waits ``group_wait`` before its first notification; after that, what
+    changes in it waits for the next ``group_interval``; and its firing alerts are
+    told again every ``repeat_interval`` (see ``alerting.grouping``).
+    """
+
+    key = models.CharField(max_length=64, unique=True)
+    receiver = models.ForeignKey(Receiver, on_delete=models.CASCADE, related_name="groups")
+    route = models.ForeignKey(
+        Route, null=True, blank=True, on_delete=models.SET_NULL, related_name="groups"
+    )
+    labels = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now)
+    # When what is waiting in the group goes out; None: nothing waits.
+    flush_at = models.DateTimeField(null=True, blank=True)
+    flushed_at = models.DateTimeField(null=True, blank=True)
+    # When its firing alerts are told again; None: nothing to repeat.
+    repeat_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [
+            models.Index(
+                fields=["repeat_at"], condition=Q(repeat_at__isnull=False), name="group_repeat_idx"
+            ),
+            # Retention walks groups oldest first.
+            models.Index(fields=["created_at"], name="group_created_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.receiver_id}:{self.labels}"
 
 
 class Notification(models.Model):
@@ -540,6 +646,13 @@ class Notification(models.Model):
     fallback_from = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="fallbacks"
     )
+    group = models.ForeignKey(
+        AlertGroup,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="notifications",
+    )
 
     class Meta:
         ordering = ["created_at", "id"]
@@ -547,7 +660,8 @@ class Notification(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["alert", "kind", "receiver"],
-                condition=Q(resent_from__isnull=True),
+                # Repeats are many by design; the group's flush makes them once each.
+                condition=Q(resent_from__isnull=True) & ~Q(kind="repeat"),
                 name="notification_once_per_receiver",
             )
         ]

@@ -484,6 +484,14 @@ ALERT_MAX_ESCALATION = env_int("OMOI_ALERT_MAX_ESCALATION", 3)
 # notify only once it has calmed down (0 turns flap damping off).
 ALERT_FLAP_COUNT = env_int("OMOI_ALERT_FLAP_COUNT", 3)
 ALERT_FLAP_WINDOW_SECONDS = env_int("OMOI_ALERT_FLAP_WINDOW", 1800)
+# Grouping at the top of the route tree (and for alerts no route takes), as
+# Alertmanager's root route: group by these labels, wait, interval, repeat.
+ALERT_GROUP_BY = env_list("OMOI_ALERT_GROUP_BY", ["alertname"])
+ALERT_GROUP_WAIT_SECONDS = _seconds("OMOI_ALERT_GROUP_WAIT", 30.0, 0, 86400)
+ALERT_GROUP_INTERVAL_SECONDS = _seconds("OMOI_ALERT_GROUP_INTERVAL", 300.0, 0, 86400)
+ALERT_REPEAT_INTERVAL_SECONDS = _seconds("OMOI_ALERT_REPEAT_INTERVAL", 14400.0, 1, 30 * 86400)
+if ALERT_REPEAT_INTERVAL_SECONDS < ALERT_GROUP_INTERVAL_SECONDS:
+    raise ImproperlyConfigured("OMOI_ALERT_REPEAT_INTERVAL cannot be shorter than OMOI_ALERT_GROUP_INTERVAL")
 # Retries: exponential from the base, capped, with jitter; a receiver's Retry-After
 # is honoured up to its own cap.
 NOTIFICATION_BACKOFF_SECONDS = _seconds("OMOI_NOTIFICATION_BACKOFF", 2.0, 0.1, 3600)

@@ -101,6 +101,15 @@ def eager_celery():
 
 
 @pytest.fixture(autouse=True)
+def ungrouped_notifications(settings):
+    """Each alert its own group, told at once: tests of delivery see every notification
+    as it is made. The grouping tests set the group_by and timers they test."""
+    settings.ALERT_GROUP_BY = ["..."]
+    settings.ALERT_GROUP_WAIT_SECONDS = 0
+    settings.ALERT_GROUP_INTERVAL_SECONDS = 0
+
+
+@pytest.fixture(autouse=True)
 def empty_ingest_cache():
     """Each test starts with a lean heartbeat path that knows no token or agent."""
     from monitoring import partitions, samples

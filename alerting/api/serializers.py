@@ -18,6 +18,7 @@ from alerting.models import (
     Route,
     Silence,
 )
+from alerting.routing import GROUPING_FIELDS
 from alerting.transports import kind_choices, transport_for
 from monitoring.api.serializers import KnownFieldsOnly
 
@@ -335,6 +336,9 @@ class RouteSerializer(serializers.ModelSerializer):
     receivers = serializers.SlugRelatedField(
         slug_field="name", queryset=Receiver.objects.all(), many=True, required=False
     )
+    group_wait = DurationText(required=False, allow_null=True)
+    group_interval = DurationText(required=False, allow_null=True)
+    repeat_interval = DurationText(required=False, allow_null=True)
 
     class Meta:
         model = Route
@@ -347,13 +351,24 @@ class RouteSerializer(serializers.ModelSerializer):
             "receivers",
             "continue_matching",
             "enabled",
+            "group_by",
+            "group_wait",
+            "group_interval",
+            "repeat_interval",
         ]
 
     def validate(self, attrs):
         fields = {k: v for k, v in attrs.items() if k != "receivers"}
         probe = Route(pk=self.instance.pk if self.instance else None, **fields)
         if self.instance is not None:
-            for name in ("name", "position", "matchers", "continue_matching", "enabled"):
+            for name in (
+                "name",
+                "position",
+                "matchers",
+                "continue_matching",
+                "enabled",
+                *GROUPING_FIELDS,
+            ):
                 if name not in fields:
                     setattr(probe, name, getattr(self.instance, name))
             if "parent" not in fields:

@@ -42,6 +42,8 @@ def firing_ends_at():
 @register
 class AlertmanagerTransport(HttpTransport):
     kind = "alertmanager"
+    # Alertmanager groups what it receives by itself.
+    groups = False
     label = "Alertmanager"
     secret_keys = frozenset({"bearer_token"})
 

@@ -34,6 +34,9 @@ class Transport:
     label: ClassVar[str]
     # Configuration keys never shown back (API, admin, target, logs).
     secret_keys: ClassVar[frozenset[str]] = frozenset()
+    # Whether its notifications wait for their group (``alerting.grouping``); a channel
+    # that groups by itself, or that people watch live, sends each one at once.
+    groups: ClassVar[bool] = True
 
     def validate_config(self, config: dict) -> dict:
         """The cleaned configuration; ValidationError mapping each bad key to its message."""
@@ -86,19 +89,44 @@ def kind_choices() -> list[tuple[str, str]]:
     return sorted((kind, transport.label) for kind, transport in REGISTRY.items())
 
 
+def members(notification: Notification) -> list[tuple]:
+    """(alert, "firing" | "resolved") for every alert a notification tells of: those
+    of its group that delivery sent together (``delivery.members``), else its own."""
+    found = getattr(notification, "members", None)
+    if found:
+        return found
+    status = "resolved" if notification.kind == "resolved" else "firing"
+    return [(notification.alert, status)]
+
+
+def headline(notification: Notification) -> tuple[str, list[tuple]]:
+    """ "FIRING", "RESOLVED" or "FIRING:3" (several alerts), and the alerts told."""
+    told = members(notification)
+    state = "firing" if any(status == "firing" for _, status in told) else "resolved"
+    if notification.kind == "repeat":
+        state = "repeat"
+    firing = sum(1 for _, status in told if status == "firing")
+    count = firing if state != "resolved" else len(told)
+    return (f"{state.upper()}:{count}" if len(told) > 1 else state.upper()), told
+
+
 def describe(notification: Notification) -> tuple[str, str]:
-    """Subject and body shared by the text channels."""
-    alert = notification.alert
-    state = notification.kind.upper()
+    """Subject and body shared by the text channels: one section per alert told."""
+    state, told = headline(notification)
+    alert = told[0][0]
     subject = f"[{state}] {alert.rule.name}: {alert.summary} ({alert.severity})"
-    labels = "\n".join(f"  {k}={v}" for k, v in sorted(alert.labels.items()))
-    when = alert.resolved_at if notification.kind == "resolved" else alert.fired_at
-    body = (
-        f"{alert.summary}\n\nstatus: {state.lower()}\nseverity: {alert.severity}\n"
-        f"at: {(when or timezone.now()).isoformat()}\nlabels:\n{labels}\n"
-        f"alert id: {alert.pk}\ntrace id: {alert.trace_id or '-'}\n"
-    )
-    return subject, body
+    if len(told) > 1:
+        subject = f"[{state}] {alert.rule.name} and {len(told) - 1} more: {alert.summary}"
+    sections = []
+    for item, status in told:
+        labels = "\n".join(f"  {k}={v}" for k, v in sorted(item.labels.items()))
+        when = item.resolved_at if status == "resolved" else item.fired_at
+        sections.append(
+            f"{item.summary}\n\nstatus: {status}\nseverity: {item.severity}\n"
+            f"at: {(when or timezone.now()).isoformat()}\nlabels:\n{labels}\n"
+            f"alert id: {item.pk}\ntrace id: {item.trace_id or '-'}\n"
+        )
+    return subject, "\n".join(sections)
 
 
 def require_text(config: dict, key: str, *, max_length: int = 2000) -> str:

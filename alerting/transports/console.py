@@ -7,6 +7,8 @@ from omoi_console.foundation.events.broadcast import send_to_console
 @register
 class ConsoleTransport(Transport):
     kind = "console"
+    # People watch the console live: each alert change shows at once.
+    groups = False
     label = "Console (in-app)"
 
     def target(self, receiver) -> str:

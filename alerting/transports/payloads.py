@@ -1,5 +1,6 @@
 """Alerts as Alertmanager sees them: the webhook payload (version 4) and postable alerts."""
 
+import json
 from datetime import UTC, datetime
 
 from django.conf import settings
@@ -44,23 +45,43 @@ def webhook_alert(alert, status: str) -> dict:
 
 
 def webhook_payload(notification) -> dict:
-    """One alert per payload: the route tree that will group alerts comes later."""
-    alert = notification.alert
-    status = "resolved" if notification.kind == "resolved" else "firing"
-    labels = alert_labels(alert)
-    group_labels = {"alertname": labels["alertname"]}
+    """The group's alerts as Alertmanager's webhook sends them: the alerts told in this
+    delivery and the group's others still firing; groupLabels are the route's group_by
+    labels, commonLabels and commonAnnotations what every alert shares."""
+    from alerting.transports.base import members
+
+    told = members(notification)
+    status = "firing" if any(state == "firing" for _, state in told) else "resolved"
+    labels = [alert_labels(alert) for alert, _ in told]
+    annotations = [alert_annotations(alert) for alert, _ in told]
+    group = getattr(notification, "group", None)
+    if group is not None:
+        group_labels = dict(group.labels)
+    else:
+        group_labels = {"alertname": labels[0]["alertname"]}
+    route = f"{{}}/{group.route.name}" if group is not None and group.route else "{}"
+    pairs = sorted(group_labels.items())
+    matchers = ",".join(f"{name}={json.dumps(value)}" for name, value in pairs)
     return {
         "version": "4",
-        "groupKey": f'{{}}:{{alertname="{labels["alertname"]}"}}',
+        "groupKey": f"{route}:{{{matchers}}}",
         "truncatedAlerts": 0,
         "status": status,
         "receiver": notification.receiver.name,
         "groupLabels": group_labels,
-        "commonLabels": labels,
-        "commonAnnotations": alert_annotations(alert),
+        "commonLabels": common(labels),
+        "commonAnnotations": common(annotations),
         "externalURL": settings.EXTERNAL_URL,
-        "alerts": [webhook_alert(alert, status)],
+        "alerts": [webhook_alert(alert, state) for alert, state in told],
     }
+
+
+def common(dicts: list[dict[str, str]]) -> dict[str, str]:
+    """The pairs every one of ``dicts`` has."""
+    shared = dict(dicts[0])
+    for other in dicts[1:]:
+        shared = {key: value for key, value in shared.items() if other.get(key) == value}
+    return shared
 
 
 def postable_alert(alert, *, ends_at: datetime) -> dict:

@@ -1,6 +1,6 @@
 """Slack incoming webhooks: a Block Kit message. The webhook URL is the secret."""
 
-from alerting.transports.base import describe, register
+from alerting.transports.base import describe, headline, register
 from alerting.transports.http import (
     HttpTransport,
     Outgoing,
@@ -18,41 +18,49 @@ SECTION_CHARS = 3000
 MAX_FIELDS = 10
 
 
+# Block Kit allows 50 blocks a message: a header, then three blocks per alert.
+MAX_ALERTS = 15
+
+
 def slack_message(notification) -> dict:
-    alert = notification.alert
-    state = "resolved" if notification.kind == "resolved" else "firing"
     subject, _ = describe(notification)
+    state, told = headline(notification)
+    first = told[0][0]
+    title = first.rule.name if len(told) == 1 else f"{first.rule.name} and {len(told) - 1} more"
+    blocks = [
+        {
+            "type": "header",
+            "text": {"type": "plain_text", "text": f"[{state}] {title}"[:HEADER_CHARS]},
+        }
+    ]
+    for alert, status in told[:MAX_ALERTS]:
+        blocks.extend(alert_blocks(alert, status))
+    if len(told) > MAX_ALERTS:
+        more = f"and {len(told) - MAX_ALERTS} more alerts"
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": more}]})
+    return {"text": subject[:SECTION_CHARS], "blocks": blocks}
+
+
+def alert_blocks(alert, status: str) -> list[dict]:
     labels = alert_labels(alert)
     fields = [
         {"type": "mrkdwn", "text": f"*{key}*\n{value}"[:2000]}
         for key, value in sorted(labels.items())[:MAX_FIELDS]
     ]
-    return {
-        "text": subject[:SECTION_CHARS],
-        "blocks": [
-            {
-                "type": "header",
-                "text": {
-                    "type": "plain_text",
-                    "text": f"[{state.upper()}] {alert.rule.name}"[:HEADER_CHARS],
-                },
+    return [
+        {
+            "type": "section",
+            "text": {
+                "type": "mrkdwn",
+                "text": f"{EMOJI[status]} *{alert.summary}* ({alert.severity})"[:SECTION_CHARS],
             },
-            {
-                "type": "section",
-                "text": {
-                    "type": "mrkdwn",
-                    "text": f"{EMOJI[state]} *{alert.summary}* ({alert.severity})"[:SECTION_CHARS],
-                },
-            },
-            {"type": "section", "fields": fields},
-            {
-                "type": "context",
-                "elements": [
-                    {"type": "mrkdwn", "text": f"<{generator_url(alert)}|alert {alert.pk}>"}
-                ],
-            },
-        ],
-    }
+        },
+        {"type": "section", "fields": fields},
+        {
+            "type": "context",
+            "elements": [{"type": "mrkdwn", "text": f"<{generator_url(alert)}|alert {alert.pk}>"}],
+        },
+    ]
 
 
 @register
