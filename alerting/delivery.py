@@ -30,7 +30,7 @@ from alerting.models import (
     NotificationStatus,
     Receiver,
 )
-from alerting.routing import Destination, destinations, top_grouping
+from alerting.routing import Destination, destinations, held, top_grouping
 from alerting.transports import TransportError
 from alerting.transports.http import redact
 from omoi_console.foundation.events.tracing import current_trace_ids
@@ -72,10 +72,10 @@ def destinations_for(alert: Alert) -> list[Destination]:
     routed = destinations(routing_labels(alert))
     if routed is None:
         top = top_grouping()
-        routed = [
-            Destination(receiver, None, top)
-            for receiver in Receiver.objects.filter(enabled=True, default=True)
-        ]
+        defaults = held(
+            "defaults", lambda: list(Receiver.objects.filter(enabled=True, default=True))
+        )
+        routed = [Destination(receiver, None, top) for receiver in defaults]
     chosen: dict[int, Destination] = {}
     for destination in routed:
         receiver = destination.receiver
@@ -89,6 +89,10 @@ def destinations_for(alert: Alert) -> list[Destination]:
         if transport.addressable(receiver):
             chosen[receiver.pk] = destination
     return list(chosen.values())
+
+
+def _default_receivers() -> list[Receiver]:
+    return list(Receiver.objects.filter(enabled=True, default=True))
 
 
 def receivers_for(alert: Alert) -> list[Receiver]:

@@ -4,18 +4,21 @@ Batch handlers: a mass outage is one task; each event is acted on in its own tra
 """
 
 from alerting import lifecycle
+from alerting.routing import tree_held
 from omoi_console.foundation.events import event_trace, subscribe
 
 
 @subscribe("monitor.agent.heartbeat_lost", handler_id="alerting.heartbeat_lost", batch=True)
 def on_heartbeat_lost(events):
-    for event in events:
-        with event_trace(event):
-            lifecycle.fire_heartbeat_alerts(event.payload)
+    with tree_held():
+        for event in events:
+            with event_trace(event):
+                lifecycle.fire_heartbeat_alerts(event.payload)
 
 
 @subscribe("monitor.agent.recovered", handler_id="alerting.agent_recovered", batch=True)
 def on_agent_recovered(events):
-    for event in events:
-        with event_trace(event):
-            lifecycle.resolve_heartbeat_alerts(event.payload)
+    with tree_held():
+        for event in events:
+            with event_trace(event):
+                lifecycle.resolve_heartbeat_alerts(event.payload)

@@ -4,6 +4,8 @@ Routes are read once per call (a small table) and walked in memory. See
 ``Route`` for the rules, which are Alertmanager's.
 """
 
+import contextvars
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -54,14 +56,44 @@ def inherit(node: Route, parent: Grouping) -> Grouping:
     )
 
 
-def destinations(labels: dict) -> list[Destination] | None:
-    """Where the tree sends these labels, or None when no top-level route takes them."""
+_held: contextvars.ContextVar[dict | None] = contextvars.ContextVar("route_tree", default=None)
+
+
+@contextmanager
+def tree_held():
+    """Read the tree (and the default receivers) once for everything routed inside:
+    an evaluator tick or a batch of events that changes many alerts at once. A route
+    edited meanwhile applies from the next tick."""
+    token = _held.set({})
+    try:
+        yield
+    finally:
+        _held.reset(token)
+
+
+def held(name: str, load):
+    """``load()``, or what it gave earlier inside the same ``tree_held``."""
+    memo = _held.get()
+    if memo is None:
+        return load()
+    if name not in memo:
+        memo[name] = load()
+    return memo[name]
+
+
+def _tree() -> dict[int | None, list[Route]]:
     routes = list(Route.objects.filter(enabled=True).prefetch_related("receivers"))
     children: dict[int | None, list[Route]] = {}
     for node in routes:
         children.setdefault(node.parent_id, []).append(node)
     for siblings in children.values():
         siblings.sort(key=lambda node: (node.position, node.name))
+    return children
+
+
+def destinations(labels: dict) -> list[Destination] | None:
+    """Where the tree sends these labels, or None when no top-level route takes them."""
+    children = held("tree", _tree)
     found = _descend(None, [], top_grouping(), labels, children)
     if found is None:
         return None

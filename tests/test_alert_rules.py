@@ -397,7 +397,12 @@ def test_it_records_a_broken_rule_and_goes_on_with_the_others(monkeypatch):
             raise RuntimeError("boom")
         return real(self_rule, now)
 
+    def explode_together(rules, now):
+        raise RuntimeError("boom")
+
     monkeypatch.setattr(KINDS["threshold"], "evaluate", explode)
+    # The two share their read; failing together, each is evaluated alone.
+    monkeypatch.setattr(KINDS["threshold"], "evaluate_many", explode_together)
 
     assert evaluator.evaluate_due(NOW) == 2
 
@@ -601,3 +606,27 @@ def test_it_lets_viewers_read_rules_but_not_write_them(api, make_operator):
     assert api.get("/api/v1/alert-rules", **viewer).status_code == 200
     response = api.post("/api/v1/alert-rules", {"name": "x"}, format="json", **viewer)
     assert response.status_code == 403
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("aggregation", ["avg", "max", "sum", "count", "rate", "p50", "p95"])
+def test_rules_that_share_a_read_find_what_each_finds_alone(aggregation):
+    depth([10.0, 50.0, 150.0, 200.0, 90.0] * 2)
+    depth([120.0, 130.0, 0.0, 400.0, 110.0] * 2, agent="a-2", queue="inbox")
+    depth([5.0] * 10, agent="a-3", queue="outbox")
+    rules = [
+        saved(name=f"r{n}", aggregation=aggregation, operator=operator, threshold=threshold)
+        for n, (operator, threshold) in enumerate(
+            [(">", 0.0), (">=", 100.0), ("<", 100.0), ("!=", 1.0), ("==", 0.0)]
+        )
+    ]
+    kind = KINDS["threshold"]
+
+    together = kind.evaluate_many(rules, NOW)
+
+    for rule in rules:
+        alone = kind.evaluate(rule, NOW)
+        assert sorted((m.labels["agent"], m.value) for m in together[rule.pk]) == sorted(
+            (m.labels["agent"], m.value) for m in alone
+        ), rule.name
+    assert any(together[rule.pk] for rule in rules)

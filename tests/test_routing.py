@@ -110,3 +110,25 @@ def test_admins_edit_the_tree_over_the_api_and_bad_routes_are_refused(api, make_
     assert api.get("/api/v1/routes", **bearer(viewer)).status_code == 200
     refused = api.post("/api/v1/routes", {"name": "y"}, format="json", **bearer(viewer))
     assert refused.status_code == 403
+
+
+@pytest.mark.django_db
+def test_inside_a_tick_the_tree_is_read_once_and_edits_apply_from_the_next(hooks):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from alerting.routing import tree_held
+
+    add("a", receivers=[hooks["team-a"]], matchers=["owner=team-a"])
+    with CaptureQueriesContext(connection) as alone:
+        route({"owner": "team-a"})
+    with tree_held():
+        assert names(route({"owner": "team-a"})) == ["team-a"]
+        add("b", receivers=[hooks["team-b"]], matchers=["owner=team-b"])
+        with CaptureQueriesContext(connection) as held:
+            for _ in range(5):
+                assert route({"owner": "team-b"}) is None
+
+    assert len(alone) >= 1
+    assert len(held) == 0
+    assert names(route({"owner": "team-b"})) == ["team-b"]

@@ -64,3 +64,9 @@ class RuleKind:
 
     def evaluate(self, rule, now: datetime) -> list[Match]:
         raise NotImplementedError
+
+    def evaluate_many(self, rules, now: datetime) -> dict[int, list[Match]]:
+        """Several rules of this kind at once, by rule id: a kind whose rules can share
+        their reads overrides it (see ``ThresholdKind``). If it raises, the evaluator
+        evaluates each rule alone, so one broken rule still fails alone."""
+        return {rule.pk: self.evaluate(rule, now) for rule in rules}
