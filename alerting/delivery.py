@@ -30,7 +30,7 @@ from alerting.models import (
     NotificationStatus,
     Receiver,
 )
-from alerting.routing import Destination, destinations, held, top_grouping
+from alerting.routing import Destination, destinations, escalation_of, held, top_grouping
 from alerting.transports import TransportError
 from alerting.transports.http import redact
 from omoi_console.foundation.events.tracing import current_trace_ids
@@ -127,6 +127,22 @@ def notify(alert: Alert, kind: str) -> list[Notification]:
         notification = create_notification(alert, kind, receiver, group=group, due=due)
         if notification is not None:
             created.append(notification)
+    return created
+
+
+def notify_escalation(alert: Alert, level: int) -> list[Notification]:
+    """Tell the receivers of escalation level ``level`` of the routes that deliver the
+    alert (``Route.escalation``; ``OMOI_ALERT_ESCALATE_TO`` for alerts no route takes).
+    At once: nobody acknowledged it, so no group waits."""
+    routed = destinations(routing_labels(alert))
+    chains = [escalation_of(None)] if routed is None else [escalation_of(d.route) for d in routed]
+    names = {name for chain in chains if len(chain) >= level for name in chain[level - 1]}
+    created = []
+    for receiver in Receiver.objects.filter(name__in=names, enabled=True).order_by("name"):
+        if receiver.transport.addressable(receiver):
+            notification = create_notification(alert, NotificationKind.ESCALATED, receiver)
+            if notification is not None:
+                created.append(notification)
     return created
 
 

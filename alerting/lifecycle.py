@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from alerting import suppression
-from alerting.delivery import notify
+from alerting.delivery import notify, notify_escalation
 from alerting.models import (
     OPEN_STATUSES,
     Alert,
@@ -287,8 +287,8 @@ def unacknowledge_alert(alert: Alert, actor: str, *, reason: str = "") -> Alert:
 def escalate_alert(alert: Alert, now) -> Alert:
     """One level up: nobody acknowledged the firing alert in time.
 
-    The event tells whoever listens (the route's next level, once routes
-    deliver by level); the history keeps when and to which level.
+    The receivers of that level of its routes are told (``Route.escalation``),
+    the event tells whoever listens, and the history keeps when and to which level.
     """
     with transaction.atomic():
         alert = Alert.objects.select_for_update().select_related("rule").get(pk=alert.pk)
@@ -303,6 +303,7 @@ def escalate_alert(alert: Alert, now) -> Alert:
             about(alert, level=alert.escalation_level),
             key=f"alert.escalated:{alert.pk}:{alert.escalation_level}",
         )
+        notify_escalation(alert, alert.escalation_level)
     log.warning("alert.escalated", alert_id=alert.pk, escalation_level=alert.escalation_level)
     return alert
 

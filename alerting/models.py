@@ -431,6 +431,16 @@ def validate_group_by(value) -> None:
         raise ValidationError("Each label may appear once.")
 
 
+def validate_escalation(value) -> None:
+    if not isinstance(value, list) or not all(
+        isinstance(level, list) and level and all(isinstance(name, str) for name in level)
+        for level in value
+    ):
+        raise ValidationError(
+            'A list of levels, each a list of receiver names: [["oncall-secondary"], ["lead"]].'
+        )
+
+
 class Route(models.Model):
     """A node of the routing tree: alerts meeting its matchers go to its receivers.
 
@@ -457,6 +467,13 @@ class Route(models.Model):
         default=False, help_text="After this route takes an alert, try its next siblings too."
     )
     enabled = models.BooleanField(default=True)
+    escalation = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_escalation],
+        help_text="Who hears of an alert nobody acknowledged in time, level by level: "
+        'e.g. [["oncall-secondary"], ["team-lead"]] (receiver names); empty: the parent\'s.',
+    )
     # Grouping, as in Alertmanager; empty inherits the parent's (the settings at the top).
     group_by = models.JSONField(
         null=True,
@@ -490,6 +507,14 @@ class Route(models.Model):
     def __str__(self):
         return self.name
 
+    def _unknown_escalation_receivers(self) -> set[str]:
+        try:
+            validate_escalation(self.escalation)
+        except ValidationError:
+            return set()  # the field's own validator says what is wrong
+        named = {name for level in self.escalation for name in level}
+        return named - set(Receiver.objects.filter(name__in=named).values_list("name", flat=True))
+
     def clean(self):
         super().clean()
         seen, current = {self.pk}, self.parent
@@ -499,6 +524,9 @@ class Route(models.Model):
             seen.add(current.pk)
             current = current.parent
         errors = {}
+        unknown = self._unknown_escalation_receivers()
+        if unknown:
+            errors["escalation"] = f"No receiver named {', '.join(sorted(unknown))}."
         for name in ("group_wait", "group_interval", "repeat_interval"):
             value = getattr(self, name)
             if value is not None and value < timedelta(0):
@@ -570,6 +598,8 @@ class NotificationKind(models.TextChoices):
     RESOLVED = "resolved", "Resolved"
     # Still firing, told again after the route's repeat interval.
     REPEAT = "repeat", "Still firing (repeat)"
+    # Nobody acknowledged it in time: told to the route's next escalation level.
+    ESCALATED = "escalated", "Escalated"
 
 
 class NotificationStatus(models.TextChoices):
@@ -660,8 +690,9 @@ class Notification(models.Model):
         constraints = [
             models.UniqueConstraint(
                 fields=["alert", "kind", "receiver"],
-                # Repeats are many by design; the group's flush makes them once each.
-                condition=Q(resent_from__isnull=True) & ~Q(kind="repeat"),
+                # Repeats and escalations are many by design; the group's flush and the
+                # alert's escalation level make them once each.
+                condition=Q(resent_from__isnull=True) & ~Q(kind__in=["repeat", "escalated"]),
                 name="notification_once_per_receiver",
             )
         ]

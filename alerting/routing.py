@@ -115,6 +115,18 @@ def route(labels: dict) -> list[Receiver] | None:
     return list(unique.values())
 
 
+def escalation_of(node: Route | None) -> list[list[str]]:
+    """A route's escalation levels (receiver names per level): its own, else its
+    parent's; for alerts no route takes, the settings (one receiver per level)."""
+    if node is None:
+        return [[name] for name in settings.ALERT_ESCALATE_TO]
+    while node is not None:
+        if node.escalation:
+            return node.escalation
+        node = node.parent
+    return []
+
+
 def _descend(parent_id, inherited: list[Receiver], grouping: Grouping, labels: dict, children):
     """Destinations from the children of ``parent_id`` that take the labels; None if none does."""
     taken = None

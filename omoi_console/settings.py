@@ -480,6 +480,9 @@ for _severity, _delay in ALERT_ESCALATE_AFTER.items():
             f"OMOI_ALERT_ESCALATE_AFTER_{_severity.upper()} must be 0 (never) or more seconds"
         )
 ALERT_MAX_ESCALATION = env_int("OMOI_ALERT_MAX_ESCALATION", 3)
+# Receiver names, one per escalation level, for alerts that no route takes (a route
+# names its own levels).
+ALERT_ESCALATE_TO = env_list("OMOI_ALERT_ESCALATE_TO")
 # A label set that resolved this many times within the window flaps: its next alerts
 # notify only once it has calmed down (0 turns flap damping off).
 ALERT_FLAP_COUNT = env_int("OMOI_ALERT_FLAP_COUNT", 3)

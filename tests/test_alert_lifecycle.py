@@ -200,3 +200,65 @@ def test_it_resolves_metric_alerts_about_an_agent_that_was_retired(seeded):
 
     alert.refresh_from_db()
     assert (alert.status, alert.resolution) == (AlertStatus.RESOLVED, "agent retired")
+
+
+@pytest.mark.django_db
+def test_each_escalation_level_tells_that_levels_receivers_of_the_alerts_route(
+    firing, settings, django_capture_on_commit_callbacks
+):
+    from alerting.models import Notification, Receiver, Route
+
+    settings.ALERT_ESCALATE_AFTER = {"critical": 300, "error": 0, "warning": 0, "info": 0}
+    settings.ALERT_MAX_ESCALATION = 3
+    for name in ("oncall", "secondary", "lead"):
+        Receiver.objects.create(name=name, kind="console")
+    team = Route.objects.create(
+        name="workers", matchers=["role=worker"], escalation=[["secondary"], ["lead"]]
+    )
+    team.receivers.set(Receiver.objects.filter(name="oncall"))
+    Route.objects.create(name="workers-child", parent=team, matchers=["agent_id=~.+"])
+
+    def told_at(seconds: int) -> list[str]:
+        with django_capture_on_commit_callbacks(execute=True):
+            evaluator.sweep(NOW + timedelta(seconds=seconds))
+        escalated = Notification.objects.filter(alert=firing, kind="escalated")
+        return sorted(escalated.values_list("receiver__name", flat=True))
+
+    assert told_at(299) == []
+    assert told_at(300) == ["secondary"]  # inherited by the child route that delivers it
+    assert told_at(600) == ["lead", "secondary"]
+    assert told_at(900) == ["lead", "secondary"]  # no third level: nobody more to tell
+    assert Notification.objects.get(alert=firing, receiver__name="lead").status == "sent"
+
+
+@pytest.mark.django_db
+def test_alerts_no_route_takes_escalate_to_the_configured_receivers(
+    firing, settings, django_capture_on_commit_callbacks
+):
+    from alerting.models import Notification, Receiver
+
+    settings.ALERT_ESCALATE_AFTER = {"critical": 300, "error": 0, "warning": 0, "info": 0}
+    settings.ALERT_ESCALATE_TO = ["secondary"]
+    Receiver.objects.create(name="secondary", kind="console")
+
+    with django_capture_on_commit_callbacks(execute=True):
+        evaluator.sweep(NOW + timedelta(seconds=300))
+
+    [told] = Notification.objects.filter(alert=firing, kind="escalated")
+    assert told.receiver.name == "secondary"
+
+
+@pytest.mark.django_db
+def test_a_route_refuses_escalation_to_receivers_that_do_not_exist(seeded):
+    from django.core.exceptions import ValidationError
+
+    from alerting.models import Route
+
+    for escalation, message in [
+        ([["nobody"]], "No receiver named nobody"),
+        ([["console"], []], "A list of levels"),
+        ("console", "A list of levels"),
+    ]:
+        with pytest.raises(ValidationError) as caught:
+            Route(name="r", escalation=escalation).full_clean()
+        assert message in str(caught.value.message_dict["escalation"])

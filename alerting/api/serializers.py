@@ -351,6 +351,7 @@ class RouteSerializer(serializers.ModelSerializer):
             "receivers",
             "continue_matching",
             "enabled",
+            "escalation",
             "group_by",
             "group_wait",
             "group_interval",
@@ -367,6 +368,7 @@ class RouteSerializer(serializers.ModelSerializer):
                 "matchers",
                 "continue_matching",
                 "enabled",
+                "escalation",
                 *GROUPING_FIELDS,
             ):
                 if name not in fields:

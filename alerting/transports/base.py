@@ -103,8 +103,8 @@ def headline(notification: Notification) -> tuple[str, list[tuple]]:
     """ "FIRING", "RESOLVED" or "FIRING:3" (several alerts), and the alerts told."""
     told = members(notification)
     state = "firing" if any(status == "firing" for _, status in told) else "resolved"
-    if notification.kind == "repeat":
-        state = "repeat"
+    if notification.kind in ("repeat", "escalated"):
+        state = notification.kind
     firing = sum(1 for _, status in told if status == "firing")
     count = firing if state != "resolved" else len(told)
     return (f"{state.upper()}:{count}" if len(told) > 1 else state.upper()), told
