@@ -2,10 +2,13 @@ from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
 
 from alerting import delivery, lifecycle
+from alerting.admin_forms import AlertRuleForm
 from alerting.models import (
     NOTIFICATION_FIELDS,
+    OPEN_STATUSES,
     Alert,
     AlertEvent,
     AlertRule,
@@ -16,15 +19,53 @@ from alerting.models import (
     Route,
     Silence,
 )
+from alerting.rules.base import KIND_FIELDS
 from alerting.transports import kind_choices
+
+# Label sets the rule preview lists.
+PREVIEW_ROWS = 20
 
 
 @admin.register(AlertRule)
 class AlertRuleAdmin(admin.ModelAdmin):
+    form = AlertRuleForm
     list_display = ["name", "kind", "severity", "enabled", "last_evaluated_at", "updated_at"]
     list_filter = ["kind", "severity", "enabled"]
     search_fields = ["name", "summary"]
-    readonly_fields = ["last_evaluated_at", "last_error"]
+    readonly_fields = ["preview", "last_evaluated_at", "last_error"]
+    fieldsets = [
+        (None, {"fields": ["name", "kind", "severity", "enabled", "summary"]}),
+        ("What it watches", {"fields": [*KIND_FIELDS, "params"]}),
+        ("When it fires", {"fields": ["for_duration", "keep_firing_for", "evaluate_every"]}),
+        ("What alerts carry", {"fields": ["labels", "annotations"]}),
+        ("Now", {"fields": ["preview", "last_evaluated_at", "last_error"]}),
+    ]
+
+    @admin.display(description="What it would match now")
+    def preview(self, obj):
+        """The label sets (and values) the saved rule meets right now, read-only."""
+        if obj is None or obj.pk is None:
+            return "Save the rule to see what it would match."
+        if obj.rule_kind.event_driven:
+            open_alerts = obj.alerts.filter(status__in=OPEN_STATUSES).count()
+            return f"Evaluated as its events arrive; {open_alerts} alert(s) open now."
+        try:
+            matches = obj.rule_kind.evaluate(obj, timezone.now())
+        except Exception as exc:  # a preview must not break the page
+            return f"Cannot evaluate now: {type(exc).__name__}: {str(exc)[:200]}"
+        if not matches:
+            return "Nothing meets the condition now."
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td></tr>",
+            (
+                (", ".join(f"{k}={v}" for k, v in sorted(m.labels.items())) or "(all)", m.value)
+                for m in matches[:PREVIEW_ROWS]
+            ),
+        )
+        more = len(matches) - PREVIEW_ROWS
+        tail = format_html("<p>and {} more</p>", more) if more > 0 else ""
+        return format_html("<table><tr><th>Labels</th><th>Value</th></tr>{}</table>{}", rows, tail)
 
     def save_model(self, request, obj, form, change):
         with transaction.atomic():

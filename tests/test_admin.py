@@ -116,12 +116,14 @@ def test_the_admin_refuses_rule_labels_it_could_not_store(make_operator):
         "kind": rule.kind,
         "severity": rule.severity,
         "summary": rule.summary,
-        "labels": '{"team": 7}',
-        "annotations": '{"runbook": "' + "x" * 2001 + '"}',
+        "labels__key": ["team", "bad key!"],
+        "labels__value": ["core", "x"],
+        "annotations__key": ["runbook"],
+        "annotations__value": ["x" * 2001],
         "enabled": "on",
-        "for_duration": "0",
-        "keep_firing_for": "0",
-        "evaluate_every": "15",
+        "for_duration": "0s",
+        "keep_firing_for": "0s",
+        "evaluate_every": "15s",
     }
 
     form = admin_form(AlertRule, user, rule, data)

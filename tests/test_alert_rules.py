@@ -630,3 +630,109 @@ def test_rules_that_share_a_read_find_what_each_finds_alone(aggregation):
             (m.labels["agent"], m.value) for m in alone
         ), rule.name
     assert any(together[rule.pk] for rule in rules)
+
+
+@pytest.fixture
+def staff(client, make_operator):
+    user, _ = make_operator("admin")
+    client.force_login(user)
+    return client
+
+
+ADMIN_RULES = "/admin/alerting/alertrule/"
+
+
+@pytest.mark.django_db
+def test_the_admin_form_takes_rows_lines_and_durations_as_operators_write_them(staff):
+    response = staff.post(
+        f"{ADMIN_RULES}add/",
+        {
+            "name": "queue-deep",
+            "kind": "threshold",
+            "severity": "warning",
+            "enabled": "on",
+            "summary": "Queue {queue} of {agent} is {value} deep",
+            "metric": "queue_depth",
+            "matchers": "queue=inbox\nagent=~a-.*\n",
+            "aggregation": "avg",
+            "window": "5m",
+            "group_by": "agent\nqueue",
+            "operator": ">",
+            "threshold": "100",
+            "for_duration": "2m",
+            "keep_firing_for": "0s",
+            "evaluate_every": "15s",
+            "labels__key": ["team", ""],
+            "labels__value": ["core", ""],
+            "annotations__key": ["runbook_url", "description"],
+            "annotations__value": ["https://runbooks.example.org/q", "Deep {queue}"],
+            "params__key": [""],
+            "params__value": [""],
+        },
+    )
+
+    assert response.status_code == 302, response.content.decode()[:3000]
+    made = AlertRule.objects.get(name="queue-deep")
+    assert made.matchers == ["queue=inbox", "agent=~a-.*"]
+    assert made.group_by == ["agent", "queue"]
+    assert (made.window, made.for_duration) == (timedelta(minutes=5), timedelta(minutes=2))
+    assert made.labels == {"team": "core"}
+    assert made.annotations["description"] == "Deep {queue}"
+
+
+@pytest.mark.django_db
+def test_the_admin_form_names_each_bad_row_and_duration(staff):
+    rule = saved()
+    response = staff.post(
+        f"{ADMIN_RULES}{rule.pk}/change/",
+        {
+            "name": rule.name,
+            "kind": "threshold",
+            "severity": "warning",
+            "summary": rule.summary,
+            "metric": "queue_depth",
+            "aggregation": "avg",
+            "window": "five minutes",
+            "group_by": "agent",
+            "operator": ">",
+            "threshold": "100",
+            "for_duration": "0s",
+            "keep_firing_for": "0s",
+            "evaluate_every": "15s",
+            "labels__key": ["team", "team", ""],
+            "labels__value": ["a", "b", "orphan"],
+        },
+    )
+
+    assert response.status_code == 200
+    errors = response.context["adminform"].form.errors
+    assert "is not a duration" in errors["window"][0]
+    assert "appears twice" in " ".join(errors["labels"])
+    assert "has no key" in " ".join(errors["labels"])
+    rule.refresh_from_db()
+    assert rule.window == timedelta(minutes=5)
+
+
+@pytest.mark.django_db
+def test_the_admin_shows_each_kinds_fields_and_a_preview_of_what_it_matches(staff):
+    depth([150.0] * 10)
+    depth([5.0] * 10, agent="a-2", queue="inbox")
+    rule = saved()
+
+    page = staff.get(f"{ADMIN_RULES}{rule.pk}/change/").content.decode()
+
+    assert 'name="labels__key"' in page
+    assert "admin/alerting/rule_form.js" in page
+    assert "data-kind-fields" in page
+    assert "agent=a-1, queue=inbox" in page  # the preview: a-1 is over 100 now
+    assert "agent=a-2" not in page
+    assert "lookback:" in page  # the parameters of each kind are explained
+
+
+@pytest.mark.django_db
+def test_the_admin_preview_of_an_event_driven_rule_counts_its_open_alerts(staff, seeded):
+    rule = AlertRule.objects.get(name="agent-heartbeat")
+
+    page = staff.get(f"{ADMIN_RULES}{rule.pk}/change/").content.decode()
+
+    assert "Evaluated as its events arrive; 0 alert(s) open now." in page

@@ -127,3 +127,24 @@ def test_it_keeps_people_without_a_role_out(seeded, console_errors, page):
     assert page.locator("body").inner_text().strip().startswith("403")
     assert any("403" in error for error in console_errors)
     console_errors.clear()
+
+
+def test_the_rule_form_shows_only_the_fields_of_the_chosen_kind(seeded, make_operator, page):
+    from alerting.models import AlertRule
+
+    off_thread(make_operator, "admin", "ada")
+    rule = off_thread(lambda: AlertRule.objects.get(name="agent-heartbeat"))
+    page.goto(f"/admin/alerting/alertrule/{rule.pk}/change/")
+    page.fill("input[name=username]", "ada")
+    page.fill("input[name=password]", "pw-1234-x")
+    page.click("[type=submit]")
+    page.wait_for_selector("select[data-kind-fields]", timeout=WAIT_MS)
+
+    # A heartbeat rule watches no metric: the metric's fields are hidden.
+    assert page.locator(".form-row.field-metric").is_hidden()
+    assert page.locator(".form-row.field-summary").is_visible()
+
+    page.select_option("select[name=kind]", "absent")
+    assert page.locator(".form-row.field-metric").is_visible()
+    assert page.locator(".form-row.field-params").is_visible()
+    assert page.locator(".form-row.field-threshold").is_hidden()
