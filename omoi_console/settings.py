@@ -494,7 +494,9 @@ ALERT_GROUP_WAIT_SECONDS = _seconds("OMOI_ALERT_GROUP_WAIT", 30.0, 0, 86400)
 ALERT_GROUP_INTERVAL_SECONDS = _seconds("OMOI_ALERT_GROUP_INTERVAL", 300.0, 0, 86400)
 ALERT_REPEAT_INTERVAL_SECONDS = _seconds("OMOI_ALERT_REPEAT_INTERVAL", 14400.0, 1, 30 * 86400)
 if ALERT_REPEAT_INTERVAL_SECONDS < ALERT_GROUP_INTERVAL_SECONDS:
-    raise ImproperlyConfigured("OMOI_ALERT_REPEAT_INTERVAL cannot be shorter than OMOI_ALERT_GROUP_INTERVAL")
+    raise ImproperlyConfigured(
+        "OMOI_ALERT_REPEAT_INTERVAL cannot be shorter than OMOI_ALERT_GROUP_INTERVAL"
+    )
 # Retries: exponential from the base, capped, with jitter; a receiver's Retry-After
 # is honoured up to its own cap.
 NOTIFICATION_BACKOFF_SECONDS = _seconds("OMOI_NOTIFICATION_BACKOFF", 2.0, 0.1, 3600)

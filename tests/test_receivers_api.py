@@ -40,8 +40,10 @@ def test_it_never_shows_a_secret_back(api, admin_token):
     )
     assert response.status_code == 201, response.json()
     body = response.json()
-    assert body["config"] == {"url": "https://hooks.example.com/omoi"}
-    assert body["secrets_set"] == ["secret"]
+    # The URL is a secret too: many services carry their credential in it.
+    assert body["config"] == {}
+    assert body["secrets_set"] == ["secret", "url"]
+    assert body["target"] == "https://hooks.example.com"
     chat = create(api, admin_token, {"name": "chat", "kind": "slack", "config": {"url": SLACK_URL}})
     assert chat.status_code == 201
     assert chat.json()["config"] == {}
@@ -62,15 +64,16 @@ def test_it_never_shows_a_secret_back(api, admin_token):
         **bearer(admin_token),
     )
     assert patched.status_code == 200
-    assert patched.json()["secrets_set"] == ["secret"]
+    assert patched.json()["secrets_set"] == ["secret", "url"]
     assert Receiver.objects.get(name="hook").config["secret"] == SECRET
+    assert Receiver.objects.get(name="hook").config["url"] == "https://hooks.example.com/v2"
     cleared = api.patch(
         url,
         {"config": {"url": "https://hooks.example.com/v2", "secret": None}},
         format="json",
         **bearer(admin_token),
     )
-    assert cleared.json()["secrets_set"] == []
+    assert cleared.json()["secrets_set"] == ["url"]
     assert "secret" not in Receiver.objects.get(name="hook").config
 
 
@@ -175,7 +178,11 @@ def test_it_sends_a_test_notification_and_reports_the_outcome(api, admin_token):
         hook = create(
             api,
             admin_token,
-            {"name": "hook", "kind": "webhook", "config": {"url": server.url, "secret": SECRET}},
+            {
+                "name": "hook",
+                "kind": "webhook",
+                "config": {"url": server.url + "/hook/t0ken", "secret": SECRET},
+            },
         ).json()
         url = f"/api/v1/receivers/{hook['id']}/test"
         first = api.post(url, **bearer(admin_token)).json()

@@ -135,6 +135,9 @@ class ReceiverSerializer(KnownFieldsOnly, serializers.ModelSerializer):
         slug_field="name", queryset=Receiver.objects.all(), allow_null=True, required=False
     )
     secrets_set = serializers.SerializerMethodField()
+    target = serializers.SerializerMethodField(
+        help_text="Where its notifications go, for people to read (never a secret)."
+    )
 
     class Meta:
         model = Receiver
@@ -144,6 +147,7 @@ class ReceiverSerializer(KnownFieldsOnly, serializers.ModelSerializer):
             "kind",
             "config",
             "secrets_set",
+            "target",
             "enabled",
             "default",
             "send_resolved",
@@ -158,6 +162,12 @@ class ReceiverSerializer(KnownFieldsOnly, serializers.ModelSerializer):
 
     def get_secrets_set(self, receiver) -> list[str]:
         return receiver.secrets_set()
+
+    def get_target(self, receiver) -> str:
+        try:
+            return receiver.transport.target(receiver)
+        except DjangoValidationError:
+            return ""
 
     def to_representation(self, receiver):
         data = super().to_representation(receiver)

@@ -43,6 +43,10 @@ SAMPLE_PAYLOAD = {
 class WebhookTransport(HttpTransport):
     kind = "webhook"
     label = "Webhook (Alertmanager format)"
+    # Many webhook services carry their credential in the URL (a path token or a query
+    # parameter), so the URL is kept as Alertmanager keeps it: a secret. Its origin
+    # (``target``) shows where notifications go.
+    secret_keys = frozenset({"url", "secret"})
 
     def config_keys(self):
         return ("url", "secret", "timeout", "template")
