@@ -136,7 +136,12 @@ def escalate(now: datetime) -> int:
     ).select_related("rule")
     raised = 0
     for alert in candidates[:SWEEP_BATCH]:
-        since = alert.escalated_at or alert.fired_at or alert.started_at
+        # From its last escalation, or from when people were last asked to act on it.
+        since = max(
+            moment
+            for moment in (alert.escalated_at, alert.announced_at, alert.fired_at, alert.started_at)
+            if moment is not None
+        )
         if now - since >= timedelta(seconds=delays[alert.severity]):
             lifecycle.escalate_alert(alert, now)
             raised += 1

@@ -149,8 +149,10 @@ def drop_pending(alert: Alert, now) -> None:
 def promote(alert: Alert, now) -> Alert:
     """A pending alert whose condition held for the rule's ``for``: it fires now."""
     alert.status = AlertStatus.FIRING
-    alert.fired_at = now
-    alert.save(update_fields=["status", "fired_at", "value", "last_matched_at", "summary"])
+    alert.fired_at = alert.announced_at = now
+    alert.save(
+        update_fields=["status", "fired_at", "announced_at", "value", "last_matched_at", "summary"]
+    )
     record(alert, AlertChange.FIRING, "evaluator", f"value {alert.value}", now)
     announce_firing(alert)
     return alert
@@ -192,6 +194,8 @@ def release(alert: Alert, now) -> bool:
         record(alert, AlertChange.SUPPRESSED, "alerting", held, now)
         return False
     record(alert, AlertChange.RELEASED, "alerting", "", now)
+    alert.announced_at = now
+    alert.save(update_fields=["announced_at"])
     notify(alert, NotificationKind.FIRING)
     return True
 
@@ -275,7 +279,8 @@ def unacknowledge_alert(alert: Alert, actor: str, *, reason: str = "") -> Alert:
         alert.status = AlertStatus.FIRING
         alert.acknowledged_at = alert.acknowledged_by = alert.ack_expires_at = None
         alert.ack_comment = ""
-        alert.save(update_fields=ACK_FIELDS)
+        alert.announced_at = timezone.now()
+        alert.save(update_fields=[*ACK_FIELDS, "announced_at"])
         record(alert, AlertChange.UNACKNOWLEDGED, actor, reason)
         publish(
             "monitor.alert.unacknowledged",

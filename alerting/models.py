@@ -179,6 +179,9 @@ class Alert(models.Model):
     # Raised while it fires unacknowledged (per-severity delays; see settings).
     escalation_level = models.PositiveSmallIntegerField(default=0)
     escalated_at = models.DateTimeField(null=True, blank=True)
+    # When people were last asked to act on it: it fired, a hold on its notification
+    # ended, or an acknowledgement was given back. Escalation counts from here.
+    announced_at = models.DateTimeField(null=True, blank=True)
     # Why its notifications are held back (a silence, an inhibiting alert); empty
     # when they went out. The sweep sends them once the reason is gone.
     suppressed_by = models.CharField(max_length=200, blank=True)

@@ -262,3 +262,23 @@ def test_a_route_refuses_escalation_to_receivers_that_do_not_exist(seeded):
         with pytest.raises(ValidationError) as caught:
             Route(name="r", escalation=escalation).full_clean()
         assert message in str(caught.value.message_dict["escalation"])
+
+
+@pytest.mark.django_db
+def test_escalation_counts_from_when_people_were_last_asked_to_act(firing, operator, settings):
+    settings.ALERT_ESCALATE_AFTER = {"critical": 300, "error": 0, "warning": 0, "info": 0}
+    user, _ = operator
+    with time_machine.travel(NOW + timedelta(seconds=100), tick=False):
+        lifecycle.acknowledge_alert(firing, user)
+    with time_machine.travel(NOW + timedelta(hours=1), tick=False):
+        lifecycle.unacknowledge_alert(firing, f"user:{user.username}")
+
+    def level_at(seconds: int) -> int:
+        evaluator.sweep(NOW + timedelta(hours=1, seconds=seconds))
+        firing.refresh_from_db()
+        return firing.escalation_level
+
+    # Given back after an hour: nobody has been asked for 300 s yet.
+    assert level_at(1) == 0
+    assert level_at(299) == 0
+    assert level_at(300) == 1
