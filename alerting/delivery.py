@@ -112,21 +112,23 @@ def notify(alert: Alert, kind: str) -> list[Notification]:
     (``alerting.grouping``); each is sent after the transaction commits, once due."""
     created = []
     now = timezone.now()
-    for destination in destinations_for(alert):
-        receiver = destination.receiver
-        if not wants(receiver, alert, kind):
-            continue
-        group, due = None, None
-        if receiver.transport.groups:
-            if kind == NotificationKind.RESOLVED and grouping.cancel_unsent(alert, receiver):
-                # It resolved before its group went out: this receiver never hears of it.
-                log.info("notification.cancelled", alert_id=alert.pk, receiver=receiver.name)
+    # Atomic: a group's row is locked while its notifications join it.
+    with transaction.atomic():
+        for destination in destinations_for(alert):
+            receiver = destination.receiver
+            if not wants(receiver, alert, kind):
                 continue
-            labels = routing_labels(alert)
-            group, due = grouping.schedule(alert, kind, destination, now, labels)
-        notification = create_notification(alert, kind, receiver, group=group, due=due)
-        if notification is not None:
-            created.append(notification)
+            group, due = None, None
+            if receiver.transport.groups:
+                if kind == NotificationKind.RESOLVED and grouping.cancel_unsent(alert, receiver):
+                    # It resolved before its group went out: this receiver never hears of it.
+                    log.info("notification.cancelled", alert_id=alert.pk, receiver=receiver.name)
+                    continue
+                labels = routing_labels(alert)
+                group, due = grouping.schedule(alert, kind, destination, now, labels)
+            notification = create_notification(alert, kind, receiver, group=group, due=due)
+            if notification is not None:
+                created.append(notification)
     return created
 
 
@@ -249,8 +251,11 @@ def _claim_group_mates(notification: Notification, now) -> list[Notification]:
     for mate in mates:
         mate.attempts += 1
         mate.receiver = notification.receiver
+    # of=self: the route is read, not claimed (and may be missing: an outer join).
     group = (
-        AlertGroup.objects.select_for_update().select_related("route").get(pk=notification.group_id)
+        AlertGroup.objects.select_for_update(of=("self",))
+        .select_related("route")
+        .get(pk=notification.group_id)
     )
     grouping.flushed(group, grouping.grouping_of(group), now)
     notification.group = group
