@@ -44,6 +44,7 @@ class AgentAdmin(admin.ModelAdmin):
         "progress_changed_at",
         "task_stuck_after",
         "stuck_at",
+        "restart_generation",
         "state_changed_at",
         "created_at",
     ]

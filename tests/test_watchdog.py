@@ -277,9 +277,7 @@ def test_token_recycle_revokes_the_old_token(registered_agent):
 
     refused = api.post(url, {"state": "failed"}, format="json", **bearer(old))
     assert refused.status_code == 401
-    back = api.post(
-        url, {"state": "idle", "acks": [command["id"]]}, format="json", **bearer(new)
-    )
+    back = api.post(url, {"state": "idle", "acks": [command["id"]]}, format="json", **bearer(new))
     assert back.status_code == 200
     assert RemediationAction.objects.get().status == ActionStatus.SUCCEEDED
     assert AgentCommand.objects.get().params == {}  # the plaintext was never stored
@@ -327,7 +325,7 @@ def test_many_concurrent_copies_of_one_stale_failed_heartbeat(registered_agent):
         try:
             start.wait(10)
             results.append(record_heartbeat(agent, state="failed", generation=0))
-        except Exception as exc:  # noqa: BLE001 (reported below)
+        except Exception as exc:
             errors.append(exc)
         finally:
             connections.close_all()
@@ -369,7 +367,7 @@ def test_two_workers_never_advance_one_action_twice(registered_agent):
             try:
                 start.wait(10)
                 claimed.append(len(services.advance_due()))
-            except Exception as exc:  # noqa: BLE001 (reported below)
+            except Exception as exc:
                 errors.append(exc)
             finally:
                 connections.close_all()
