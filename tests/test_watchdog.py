@@ -417,3 +417,13 @@ def test_an_alert_policy_acts_on_the_agent_its_alert_names(registered_agent):
     assert action.alert_fingerprint
     assert action.context["alert"]["rule"] == "agent-heartbeat"
     assert AgentCommand.objects.get().kind == "drain"
+
+
+def test_the_lean_heartbeat_path_takes_a_generation_and_leaves_failures_to_django():
+    from monitoring.ingest.validation import routine_report
+
+    assert routine_report(b'{"state": "running", "generation": 3}').state == "running"
+    assert routine_report(b'{"state": "idle", "generation": null}').state == "idle"
+    assert routine_report(b'{"state": "idle", "generation": -1}') is None
+    assert routine_report(b'{"state": "idle", "generation": "3"}') is None
+    assert routine_report(b'{"state": "failed", "generation": 3}') is None
