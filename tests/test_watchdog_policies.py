@@ -261,3 +261,23 @@ def test_the_api_refuses_an_invalid_policy_with_422_and_saves_nothing(admin_clie
     )
     assert good.status_code == 201, good.content
     assert good.json()["cooldown_seconds"] == 60
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_api_lists_actions_with_their_steps_and_context(admin_client, registered_agent):
+    agent, _ = registered_agent
+    record_heartbeat(agent, state="failed")
+
+    listed = admin_client.get(f"/api/v1/remediation-actions?agent={agent.pk}&status=verifying")
+    assert listed.status_code == 200, listed.content
+    [row] = listed.json()["results"]
+    assert row["policy"] == RESTART_POLICY
+    assert (row["step"], row["step_index"], row["status"]) == ("restart_worker", 0, "verifying")
+    assert row["context"]["state"] == "failed"
+    assert row["history"][0]["detail"] == "restart queued (generation 1)"
+    assert row["next_step_at"] and row["idempotency_key"].endswith(row["episode"])
+    detail = admin_client.get(f"/api/v1/remediation-actions/{row['id']}").json()
+    assert detail["steps"] == policy().steps
+    assert admin_client.get("/api/v1/remediation-actions?status=skipped").json()["results"] == []
+    shown = admin_client.get(f"/api/v1/remediation-policies/{policy().pk}").json()
+    assert shown["steps"] == policy().steps and shown["graceful_stop_seconds"] == 10

@@ -114,8 +114,9 @@ OPEN_ACTION_STATUSES = (ActionStatus.PLANNED, ActionStatus.RUNNING, ActionStatus
 
 
 class SkipReason(models.TextChoices):
-    COOLDOWN = "cooldown", "Cooldown"
-    BACKOFF = "backoff", "Restart backoff"
+    """Why an action did nothing. The cooldown and the restart backoff do not skip:
+    they defer the step (``watchdog.action.deferred``) until their gate opens."""
+
     HOURLY_CAP = "hourly_cap", "Hourly cap of restarts reached"
     DRY_RUN = "dry_run", "Dry run"
     NOT_ACTIONABLE = "not_actionable", "Agent not actionable"

@@ -91,8 +91,6 @@ class Migration(migrations.Migration):
             field=models.CharField(
                 blank=True,
                 choices=[
-                    ("cooldown", "Cooldown"),
-                    ("backoff", "Restart backoff"),
                     ("hourly_cap", "Hourly cap of restarts reached"),
                     ("dry_run", "Dry run"),
                     ("not_actionable", "Agent not actionable"),
