@@ -22,6 +22,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from monitoring.models import (
+    HEALTHY_STATES,
     UNHEALTHY_STATES,
     Agent,
     AgentCommand,
@@ -80,12 +81,12 @@ def open_remediation(
     copy of every event about one failure lands on one row. Returns the action,
     or None when the watchdog is off or no policy matches.
     """
-    if settings.WATCHDOG_MODE == "off":
-        log.warning("watchdog.off", agent_id=agent_id, trigger=trigger)
-        return None
     agent = Agent.objects.filter(pk=agent_id).first()
     policy = matching_policy(trigger, agent, alert) if agent else None
     if policy is None:
+        return None
+    if settings.WATCHDOG_MODE == "off":
+        log.warning("watchdog.off", agent_id=agent_id, trigger=trigger, policy=policy.name)
         return None
     fingerprint = (alert or {}).get("fingerprint", "")
     episode = str(alert["alert_id"]) if alert else episode_of(agent)
@@ -252,6 +253,10 @@ def _advance(action: RemediationAction, now) -> None:
                 return
             action.step = action.steps[action.step_index]["kind"]
             action.status = ActionStatus.PLANNED
+        if action.trigger == Trigger.AGENT_FAILED and agent.state in HEALTHY_STATES:
+            # Back on its own while the step waited (its recovery event may be on its way).
+            _succeed(action, agent, now)
+            return
         if not _act(action, agent, now):
             return
         agent.refresh_from_db()
