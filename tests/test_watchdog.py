@@ -427,3 +427,23 @@ def test_the_lean_heartbeat_path_takes_a_generation_and_leaves_failures_to_djang
     assert routine_report(b'{"state": "idle", "generation": -1}') is None
     assert routine_report(b'{"state": "idle", "generation": "3"}') is None
     assert routine_report(b'{"state": "failed", "generation": 3}') is None
+
+
+def test_the_client_reads_a_commands_generation_and_params_and_old_replies_alike():
+    from omoi_client.results import Command
+
+    new = Command.from_json(
+        {
+            "id": 7,
+            "kind": "restart",
+            "reason": "r",
+            "issued_at": "2026-12-07T12:00:00Z",
+            "generation": 2,
+            "params": {"graceful_stop_seconds": 10},
+        }
+    )
+    assert (new.generation, new.params) == (2, {"graceful_stop_seconds": 10})
+    old = Command.from_json(
+        {"id": 7, "kind": "restart", "reason": "r", "issued_at": "2026-12-07T12:00:00Z"}
+    )
+    assert (old.generation, old.params) == (None, {})
