@@ -36,6 +36,12 @@ DEFAULT_RULES = [
         "evaluate_every": "5s",
     },
     {
+        "name": "remediation-failed",
+        "kind": "remediation",
+        "severity": "critical",
+        "summary": "Automatic remediation of agent {agent_id} ({role}) gave up: a person is needed",
+    },
+    {
         "name": "agent-anomaly-high",
         "kind": "agent",
         "severity": "error",

@@ -1,4 +1,7 @@
-"""What alerting does with events from below: heartbeats lost and recovered.
+"""What alerting does with events: heartbeats lost and recovered, the watchdog giving up.
+
+``watchdog.escalated`` comes from above (the watchdog imports alerting, never the
+reverse): alerting knows it by name only, as every subscriber knows an event.
 
 Batch handlers: a mass outage is one task; each event is acted on in its own trace.
 """
@@ -22,3 +25,11 @@ def on_agent_recovered(events):
         for event in events:
             with event_trace(event):
                 lifecycle.resolve_heartbeat_alerts(event.payload)
+
+
+@subscribe("watchdog.escalated", handler_id="alerting.remediation_escalated", batch=True)
+def on_remediation_escalated(events):
+    with tree_held():
+        for event in events:
+            with event_trace(event):
+                lifecycle.fire_remediation_alerts(event.payload)

@@ -337,8 +337,24 @@ def fire_heartbeat_alerts(payload: dict) -> list[Alert]:
     return [fire_alert(rule, agent_labels(payload)) for rule in heartbeat_rules()]
 
 
+def fire_remediation_alerts(payload: dict) -> list[Alert]:
+    """The watchdog escalated: a person must heal the agent.
+
+    One alert per agent (and policy), whatever the reason; ``reason`` is not a
+    label, so a second escalation about the same agent is the same alert.
+    """
+    labels = {**agent_labels(payload), "policy": payload.get("policy", "")}
+    rules = AlertRule.objects.filter(kind=RuleKind.REMEDIATION, enabled=True)
+    return [fire_alert(rule, labels) for rule in rules]
+
+
 def resolve_heartbeat_alerts(payload: dict) -> list[Alert]:
     resolved = []
+    for rule in AlertRule.objects.filter(kind=RuleKind.REMEDIATION):
+        for alert in Alert.objects.filter(
+            rule=rule, status__in=OPEN_STATUSES, labels__agent_id=payload["agent_id"]
+        ):
+            resolved.append(resolve_alert(alert, reason="agent recovered"))
     for rule in AlertRule.objects.filter(kind=RuleKind.HEARTBEAT):
         alert = open_alert_for(rule, {**rule.labels, **agent_labels(payload)})
         if alert is not None:

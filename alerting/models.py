@@ -22,6 +22,7 @@ class RuleKind(models.TextChoices):
     ANOMALY = "anomaly", "Anomaly"
     ABSENT = "absent", "Absent series"
     AGENT = "agent", "Agent state or health"
+    REMEDIATION = "remediation", "Remediation failed"
 
 
 def kind_choices():

@@ -44,6 +44,7 @@ class AgentAdmin(admin.ModelAdmin):
         "progress_changed_at",
         "task_stuck_after",
         "stuck_at",
+        "restart_generation",
         "state_changed_at",
         "created_at",
     ]
@@ -66,6 +67,11 @@ class AgentAdmin(admin.ModelAdmin):
         # issue the first token and record the first transition.
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        # An agent carries its audit (transitions, commands, remediations): it is
+        # retired (terminated), never deleted here.
+        return False
+
 
 @admin.register(AgentToken)
 class AgentTokenAdmin(HashedTokenAdmin):
@@ -75,9 +81,34 @@ class AgentTokenAdmin(HashedTokenAdmin):
 
 @admin.register(AgentCommand)
 class AgentCommandAdmin(admin.ModelAdmin):
-    list_display = ["id", "agent", "kind", "status", "created_at", "delivered_at", "acked_at"]
+    """Commands are an audit of what agents were told: read-only here.
+
+    Operators issue commands through the API, which records them as the actor.
+    """
+
+    list_display = [
+        "id",
+        "agent",
+        "kind",
+        "status",
+        "issued_by",
+        "serves",
+        "created_at",
+        "delivered_at",
+        "acked_at",
+    ]
     list_filter = ["kind", "status"]
-    search_fields = ["agent__id"]
+    search_fields = ["agent__id", "serves"]
+    readonly_fields = [f.name for f in AgentCommand._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 @admin.register(MetricSeries)

@@ -143,6 +143,11 @@ class Agent(models.Model):
         "as its heartbeats set it; empty uses the role's default.",
     )
     stuck_at = models.DateTimeField(null=True, blank=True)
+    restart_generation = models.PositiveIntegerField(
+        default=0,
+        help_text="Bumped by every restart command; the agent echoes the generation it "
+        "restarted into, so a report older than the restart does not count against it.",
+    )
     state_changed_at = models.DateTimeField(default=timezone.now)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
 
@@ -220,12 +225,16 @@ class AgentToken(HashedToken):
 
 class CommandKind(models.TextChoices):
     RESTART = "restart", "Restart"
+    DRAIN = "drain", "Drain (finish the current task, take no new one)"
+    RECYCLE_TOKEN = "recycle_token", "Recycle the ingest token"
 
 
 class CommandStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
     DELIVERED = "delivered", "Delivered"
     ACKED = "acked", "Acknowledged by the agent"
+    CANCELLED = "cancelled", "Cancelled (what it served is over)"
+    EXPIRED = "expired", "Expired before delivery"
 
 
 class AgentCommand(models.Model):
@@ -238,13 +247,25 @@ class AgentCommand(models.Model):
     )
     reason = models.CharField(max_length=200)
     issued_by = models.CharField(max_length=100)
+    # What the command serves, opaque to monitoring (e.g. "remediation:42"): the
+    # layer above cancels everything serving it when it is over.
+    serves = models.CharField(max_length=100, blank=True)
+    # Left queued past this, it is never handed out (EXPIRED).
+    expires_at = models.DateTimeField(null=True, blank=True)
+    # A restart's generation (Agent.restart_generation after it was queued).
+    generation = models.PositiveIntegerField(null=True, blank=True)
+    # Kind-specific parameters sent with the command (graceful_stop_seconds ...).
+    params = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     delivered_at = models.DateTimeField(null=True, blank=True)
     acked_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["created_at", "id"]
-        indexes = [models.Index(fields=["agent", "status"], name="command_agent_status_idx")]
+        indexes = [
+            models.Index(fields=["agent", "status"], name="command_agent_status_idx"),
+            models.Index(fields=["serves"], condition=~Q(serves=""), name="command_serves_idx"),
+        ]
 
     def __str__(self):
         return f"{self.kind} for {self.agent_id} ({self.status})"

@@ -209,6 +209,7 @@ def record_heartbeat(
     acks: list[int] | None = None,
     deliver: bool = True,
     at: datetime | None = None,
+    generation: int | None = None,
 ) -> HeartbeatResult:
     """Take a heartbeat: refresh deadlines, apply acknowledgements, hand out commands.
 
@@ -222,6 +223,10 @@ def record_heartbeat(
     an event bus): deadlines count from it (never from the future), and one no
     newer than the last heartbeat recorded changes nothing (``stale``), so a
     redelivered or reordered message cannot move the agent's state backwards.
+    ``generation`` is the restart generation the agent runs under (echoed from
+    the last restart command it obeyed): a ``failed`` report from an older
+    generation than the agent's newest restart predates that restart and changes
+    nothing. None (an older client) keeps the behaviour without generations.
     """
     with transaction.atomic():
         agent = Agent.objects.select_for_update().get(pk=agent.pk)
@@ -234,7 +239,15 @@ def record_heartbeat(
         restarted = _acknowledge(agent, acks or [], now)
         commands = _deliver_commands(agent, now) if deliver else []
         moved = progress_moved(agent, task_id, progress)
-        target, reason = _reported_target(agent, state, commands, restarted, moved)
+        # A failed report from before the agent's newest restart: not a new failure.
+        stale = (
+            state == S.FAILED and generation is not None and generation < agent.restart_generation
+        )
+        if stale and not any(c.kind == CommandKind.RESTART for c in commands):
+            log.info("agent.stale_failure_ignored", agent_id=agent.id, generation=generation)
+            target, reason = agent.state, ""
+        else:
+            target, reason = _reported_target(agent, state, commands, restarted, moved)
         agent.last_heartbeat_at = sent_at
         agent.missed_heartbeats = 0
         note_progress(
@@ -285,21 +298,85 @@ def _acknowledge(agent: Agent, acks: list[int], now) -> bool:
 
 
 def _deliver_commands(agent: Agent, now) -> list[AgentCommand]:
-    commands = list(AgentCommand.objects.filter(agent=agent, status=CommandStatus.QUEUED))
+    queued = list(AgentCommand.objects.filter(agent=agent, status=CommandStatus.QUEUED))
+    expired = [c.pk for c in queued if c.expires_at is not None and c.expires_at <= now]
+    if expired:
+        AgentCommand.objects.filter(pk__in=expired).update(status=CommandStatus.EXPIRED)
+        log.warning("agent.commands_expired", agent_id=agent.id, command_ids=expired)
+    commands = [c for c in queued if c.pk not in expired]
     if commands:
         AgentCommand.objects.filter(pk__in=[c.pk for c in commands]).update(
             status=CommandStatus.DELIVERED, delivered_at=now
         )
+    for command in commands:
+        command.status, command.delivered_at = CommandStatus.DELIVERED, now
+        if command.kind == CommandKind.RECYCLE_TOKEN:
+            command.params = {**command.params, "token": _recycle_token(agent, now)}
     return commands
 
 
-def queue_command(agent: Agent, kind: str, *, reason: str, issued_by: str) -> AgentCommand:
-    """Queue a command for ``agent``; it leaves with the agent's next heartbeat response."""
-    command = AgentCommand.objects.create(
-        agent=agent, kind=kind, reason=reason, issued_by=issued_by
+def _recycle_token(agent: Agent, now) -> str:
+    """Issue the agent a new token and revoke every other one, in the heartbeat's transaction.
+
+    The plaintext leaves once, in the response that carries the command (it is
+    never stored); the old token stops working when this commits, in every
+    serving process (the invalidation waits for their acknowledgements).
+    """
+    token, raw = AgentToken.issue(agent=agent, name="recycled")
+    AgentToken.objects.filter(agent=agent, revoked_at__isnull=True).exclude(pk=token.pk).update(
+        revoked_at=now
     )
+    invalidate_on_commit(agent_tokens=[agent.pk], wait=True)
+    log.warning("agent.token_recycled", agent_id=agent.id, token=token.lookup)
+    return raw
+
+
+def queue_command(
+    agent: Agent,
+    kind: str,
+    *,
+    reason: str,
+    issued_by: str,
+    serves: str = "",
+    expires_at: datetime | None = None,
+    params: dict | None = None,
+) -> AgentCommand:
+    """Queue a command for ``agent``; it leaves with the agent's next heartbeat response.
+
+    A restart bumps the agent's restart generation and carries it. ``serves``
+    names what the command is for, so ``cancel_commands`` can withdraw it;
+    past ``expires_at`` a command still queued is never handed out.
+    """
+    generation = None
+    with transaction.atomic():
+        if kind == CommandKind.RESTART:
+            locked = Agent.objects.select_for_update().get(pk=agent.pk)
+            generation = locked.restart_generation + 1
+            Agent.objects.filter(pk=agent.pk).update(restart_generation=generation)
+            agent.restart_generation = generation
+        command = AgentCommand.objects.create(
+            agent=agent,
+            kind=kind,
+            reason=reason[:200],
+            issued_by=issued_by,
+            serves=serves,
+            expires_at=expires_at,
+            generation=generation,
+            params=params or {},
+        )
     log.info("agent.command_queued", agent_id=agent.id, command_id=command.pk, kind=kind)
     return command
+
+
+def cancel_commands(serves: str, *, reason: str = "") -> int:
+    """Withdraw every command serving ``serves`` that the agent has not received yet."""
+    pending = AgentCommand.objects.filter(serves=serves, status=CommandStatus.QUEUED)
+    agent_ids = list(pending.values_list("agent_id", flat=True).distinct())
+    count = pending.update(status=CommandStatus.CANCELLED)
+    if count:
+        invalidate_on_commit(agents=agent_ids)
+        log.warning("agent.commands_cancelled", serves=serves, count=count, reason=reason)
+    return count
 
 
 def overdue_agents(now: datetime | None = None):

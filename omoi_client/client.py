@@ -136,8 +136,14 @@ class AsyncOmoiClient:
         current_task: str | None = None,
         progress: float | None = None,
         acks: Iterable[int] = (),
+        generation: int | None = None,
     ) -> HeartbeatReply:
-        """Report the agent alive; the reply carries the commands it must carry out."""
+        """Report the agent alive; the reply carries the commands it must carry out.
+
+        ``generation`` is the ``generation`` of the last restart command the agent
+        obeyed (0 before any): echoing it keeps a failure reported before a
+        restart from counting against the restart.
+        """
         body: dict = {"state": state}
         if current_task is not None:
             body["task_id"] = current_task
@@ -146,6 +152,8 @@ class AsyncOmoiClient:
         acks = list(acks)
         if acks:
             body["acks"] = acks
+        if generation is not None:
+            body["generation"] = generation
         path = f"/api/v1/agents/{quote(agent_id, safe='')}/heartbeat"
         response = await self._request("POST", path, json=body)
         return parsed(HeartbeatReply, self._json(response))

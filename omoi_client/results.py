@@ -1,6 +1,6 @@
 """Typed answers of the console's API, parsed from its JSON."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from omoi_client.errors import FieldProblem, UnexpectedResponse
@@ -42,10 +42,22 @@ class Command:
     kind: str
     reason: str
     issued_at: datetime
+    # A restart's generation: echo it in later heartbeats (``generation=``).
+    generation: int | None = None
+    # Per kind: restart has graceful_stop_seconds; recycle_token has token.
+    params: dict = field(default_factory=dict)
 
     @classmethod
     def from_json(cls, body: dict) -> "Command":
-        return cls(int(body["id"]), body["kind"], body["reason"], moment(body["issued_at"]))
+        generation = body.get("generation")
+        return cls(
+            int(body["id"]),
+            body["kind"],
+            body["reason"],
+            moment(body["issued_at"]),
+            None if generation is None else int(generation),
+            dict(body.get("params") or {}),
+        )
 
 
 @dataclass(frozen=True)

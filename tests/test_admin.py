@@ -165,3 +165,47 @@ def test_it_shows_anomalies_without_letting_anyone_edit_them(admin_client):
     assert admin_client.get(admin_url(MonitorAnomaly, "add")).status_code == 403
     found.refresh_from_db()
     assert found.severity == "error"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_audit_rows_are_read_only_and_agents_and_actions_cannot_be_deleted(admin_client):
+    from monitoring.models import AgentCommand
+    from monitoring.services import record_heartbeat
+    from watchdog.models import RemediationAction, RemediationPolicy
+
+    agent = Agent.objects.get()
+    record_heartbeat(agent, state="failed")  # the default policy restarts it
+    action = RemediationAction.objects.get()
+    command = AgentCommand.objects.get()
+
+    for model, pk in (
+        (Agent, agent.pk),
+        (RemediationAction, action.pk),
+        (AgentCommand, command.pk),
+    ):
+        assert admin_client.post(admin_url(model, "delete", pk), {"post": "yes"}).status_code == 403
+        page = admin_client.get(admin_url(model, "change", pk)).content.decode()
+        assert admin_url(model, "delete", pk) not in page
+    assert admin_client.get(admin_url(AgentCommand, "add")).status_code == 403
+    edited = admin_client.post(
+        admin_url(AgentCommand, "change", command.pk), {"issued_by": "someone", "status": "acked"}
+    )
+    assert edited.status_code == 403
+    command.refresh_from_db()
+    assert (command.issued_by, command.status) == ("watchdog", "queued")
+    assert Agent.objects.filter(pk=agent.pk).exists()
+    assert RemediationAction.objects.filter(pk=action.pk).exists()
+
+    # A policy with a step no module provides is refused by its form, naming the field.
+    policy = RemediationPolicy.objects.get()
+    form = admin_client.get(admin_url(RemediationPolicy, "change", policy.pk)).context["adminform"]
+    data = {
+        **{k: v for k, v in form.form.initial.items() if v is not None},
+        "steps": '[{"kind": "reboot_the_world"}]',
+        "matchers": "[]",
+    }
+    refused = admin_client.post(admin_url(RemediationPolicy, "change", policy.pk), data)
+    assert refused.status_code == 200
+    assert "reboot_the_world" in refused.content.decode()
+    policy.refresh_from_db()
+    assert policy.steps[0]["kind"] == "restart_worker"

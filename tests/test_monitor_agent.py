@@ -360,7 +360,7 @@ def test_the_watchdog_restarts_a_stuck_worker_as_it_would_a_failed_one(threshold
     with time_machine.travel(timezone.now(), tick=False) as clock:
         stick(agent, clock)
         action = RemediationAction.objects.get()
-        assert (action.status, action.before_state) == (ActionStatus.STARTED, S.STUCK)
+        assert (action.status, action.before_state) == (ActionStatus.VERIFYING, S.STUCK)
 
         clock.shift(2)
         handed = record_heartbeat(agent, state="running", task_id="t-1", progress=0.5)

@@ -5,17 +5,48 @@ from watchdog.models import RemediationAction, RemediationPolicy
 
 @admin.register(RemediationPolicy)
 class RemediationPolicyAdmin(admin.ModelAdmin):
-    list_display = ["name", "enabled", "trigger", "agent_role", "step", "dry_run", "priority"]
-    list_filter = ["enabled", "trigger", "step", "dry_run"]
+    """Policies are edited here; ``clean()`` refuses an invalid one, naming the field."""
+
+    list_display = [
+        "name",
+        "enabled",
+        "trigger",
+        "agent_role",
+        "alert_rule",
+        "severity",
+        "cooldown_seconds",
+        "max_per_hour",
+        "dry_run",
+        "priority",
+    ]
+    list_filter = ["enabled", "trigger", "dry_run"]
     search_fields = ["name"]
 
 
 @admin.register(RemediationAction)
 class RemediationActionAdmin(admin.ModelAdmin):
-    list_display = ["id", "agent", "step", "status", "policy", "started_at", "finished_at"]
-    list_filter = ["status", "step", "policy"]
+    """The audit: read-only and never deleted here (retention prunes it)."""
+
+    list_display = [
+        "id",
+        "agent",
+        "step",
+        "status",
+        "skip_reason",
+        "policy",
+        "started_at",
+        "next_step_at",
+        "finished_at",
+    ]
+    list_filter = ["status", "skip_reason", "step", "policy"]
     search_fields = ["agent__id", "idempotency_key"]
     readonly_fields = [f.name for f in RemediationAction._meta.fields]
 
     def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
         return False

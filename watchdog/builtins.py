@@ -1,9 +1,24 @@
-"""The default policy. Created when missing after migrate; never overwritten."""
+"""The default policy. Created when missing after migrate; never overwritten.
+
+Migration 0004 brought an existing default up to today's defaults (60 s
+cooldown, steps), unless an operator had changed it.
+"""
 
 from monitoring.models import AgentRole
-from watchdog.models import RemediationPolicy, Step, Trigger
+from watchdog.models import (
+    DEFAULT_COOLDOWN_SECONDS,
+    DEFAULT_GRACEFUL_STOP_SECONDS,
+    DEFAULT_MAX_RESTARTS_PER_HOUR,
+    DEFAULT_VERIFY_SECONDS,
+    RemediationPolicy,
+    Step,
+    Trigger,
+)
 
 RESTART_POLICY = "restart-failed-worker"
+
+# Restart; not healthy within 60 s: the action escalates to a person.
+DEFAULT_STEPS = [{"kind": Step.RESTART_WORKER.value, "after": 0, "verify": DEFAULT_VERIFY_SECONDS}]
 
 
 def ensure_default_policies() -> None:
@@ -12,9 +27,9 @@ def ensure_default_policies() -> None:
         defaults={
             "trigger": Trigger.AGENT_FAILED,
             "agent_role": AgentRole.WORKER,
-            "step": Step.RESTART_WORKER,
-            "verify_seconds": 60,
-            "cooldown_seconds": 300,
-            "max_per_hour": 3,
+            "steps": DEFAULT_STEPS,
+            "graceful_stop_seconds": DEFAULT_GRACEFUL_STOP_SECONDS,
+            "cooldown_seconds": DEFAULT_COOLDOWN_SECONDS,
+            "max_per_hour": DEFAULT_MAX_RESTARTS_PER_HOUR,
         },
     )

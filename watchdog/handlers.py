@@ -1,4 +1,4 @@
-"""What the watchdog does with events from below: agents failed, stuck and recovered.
+"""What the watchdog does with events from below: agents failed, stuck and recovered, alerts.
 
 Batch handlers: a mass outage is one task; each event is acted on in its own trace.
 """
@@ -49,3 +49,17 @@ def on_agent_recovered(events):
     for event in events:
         with event_trace(event):
             services.verify_recovery(event.payload["agent_id"])
+
+
+@subscribe("monitor.alert.triggered", handler_id="watchdog.alert_triggered", batch=True)
+def on_alert_triggered(events):
+    # Only policies with the alert trigger act on alerts (matched on rule, severity,
+    # labels); the agent is the one the alert's labels name.
+    for event in events:
+        payload = event.payload
+        labels = payload.get("labels") or {}
+        agent_id = labels.get("agent_id") or labels.get("agent")
+        if not agent_id:
+            continue
+        with event_trace(event):
+            services.open_remediation(Trigger.ALERT, agent_id, event_id=event.id, alert=payload)

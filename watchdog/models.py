@@ -1,34 +1,79 @@
+from django.core.exceptions import ValidationError
 from django.db import models
+from django.db.models import Q
 from django.utils import timezone
 
-from monitoring.models import Agent, AgentCommand, AgentRole
+from monitoring.models import Agent, AgentRole
+
+DEFAULT_COOLDOWN_SECONDS = 60
+DEFAULT_MAX_RESTARTS_PER_HOUR = 3
+DEFAULT_GRACEFUL_STOP_SECONDS = 10
+DEFAULT_VERIFY_SECONDS = 60
 
 
 class Trigger(models.TextChoices):
-    AGENT_FAILED = "agent_failed", "Agent failed (heartbeats lost, or reported by the agent)"
+    AGENT_FAILED = "agent_failed", "Agent failed (heartbeats lost, reported failed, or stuck)"
+    ALERT = "alert", "Alert triggered (matched on rule, severity and labels)"
 
 
 class Step(models.TextChoices):
+    """The kinds of step a policy may list; each is a module of ``watchdog.steps``."""
+
     RESTART_WORKER = "restart_worker", "Restart the worker"
+    RECYCLE_TOKEN = "recycle_token", "Recycle the agent's token"
+    DRAIN = "drain", "Drain (finish the current task, take no new one)"
+    MARK_UNHEALTHY = "mark_unhealthy", "Mark unhealthy (degraded)"
+    QUARANTINE = "quarantine", "Quarantine"
+    ESCALATE = "escalate", "Escalate to a person"
+
+
+def default_steps() -> list:
+    return [{"kind": Step.RESTART_WORKER.value, "after": 0, "verify": DEFAULT_VERIFY_SECONDS}]
 
 
 class RemediationPolicy(models.Model):
-    """What to do, automatically, when a trigger matches an agent."""
+    """What to do, automatically, when a trigger matches an agent.
+
+    ``steps`` is an ordered list of ``{"kind", "after", "verify"}``: act, then wait
+    ``after`` seconds (at least ``verify``) for the agent to be healthy again; if
+    it is not, the next step acts. After the last step, the action escalates.
+    """
 
     name = models.SlugField(max_length=100, unique=True)
     enabled = models.BooleanField(default=True)
     trigger = models.CharField(max_length=32, choices=Trigger.choices)
+    alert_rule = models.CharField(
+        max_length=100, blank=True, help_text="Alert trigger: the rule's name; empty matches any."
+    )
+    severity = models.CharField(
+        max_length=16, blank=True, help_text="Alert trigger: the severity; empty matches any."
+    )
+    matchers = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Alert trigger: Alertmanager matchers on the alert's labels, "
+        'e.g. ["queue=~in.*"].',
+    )
     agent_role = models.CharField(
         max_length=16, choices=AgentRole.choices, blank=True, help_text="Empty matches every role."
     )
-    step = models.CharField(max_length=32, choices=Step.choices)
-    verify_seconds = models.PositiveIntegerField(
-        default=60, help_text="The agent must be healthy again within this many seconds."
+    steps = models.JSONField(
+        default=default_steps,
+        help_text='Ordered steps: [{"kind": "restart_worker", "after": 0, "verify": 60}, ...].',
+    )
+    graceful_stop_seconds = models.PositiveIntegerField(
+        default=DEFAULT_GRACEFUL_STOP_SECONDS,
+        help_text="Carried on restart commands: how long the agent may take to stop.",
     )
     cooldown_seconds = models.PositiveIntegerField(
-        default=300, help_text="No second action on the same agent within this window."
+        default=DEFAULT_COOLDOWN_SECONDS,
+        help_text="Per agent: no new action acts within this window of the last one "
+        "(the floor under the restart backoff).",
     )
-    max_per_hour = models.PositiveIntegerField(default=3)
+    max_per_hour = models.PositiveIntegerField(
+        default=DEFAULT_MAX_RESTARTS_PER_HOUR,
+        help_text="Restarts per agent per hour; past it, the action escalates instead.",
+    )
     dry_run = models.BooleanField(default=False)
     priority = models.PositiveIntegerField(default=100, help_text="Lower runs first.")
 
@@ -39,29 +84,79 @@ class RemediationPolicy(models.Model):
     def __str__(self):
         return self.name
 
+    def clean(self):
+        from watchdog.policies import policy_problems
+
+        problems = policy_problems(
+            {
+                "trigger": self.trigger,
+                "alert_rule": self.alert_rule,
+                "severity": self.severity,
+                "matchers": self.matchers,
+                "steps": self.steps,
+            }
+        )
+        if problems:
+            raise ValidationError(problems)
+
 
 class ActionStatus(models.TextChoices):
-    STARTED = "started", "Started, awaiting recovery"
+    PLANNED = "planned", "Planned (the next step is due at next_step_at)"
+    RUNNING = "running", "Running (a step acted; waiting before the next)"
+    VERIFYING = "verifying", "Verifying (waiting for the agent to recover)"
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
+    ESCALATED = "escalated", "Escalated to a person"
     SKIPPED = "skipped", "Skipped"
-    DRY_RUN = "dry_run", "Dry run (nothing done)"
+
+
+OPEN_ACTION_STATUSES = (ActionStatus.PLANNED, ActionStatus.RUNNING, ActionStatus.VERIFYING)
+
+
+class SkipReason(models.TextChoices):
+    """Why an action did nothing. The cooldown and the restart backoff do not skip:
+    they defer the step (``watchdog.action.deferred``) until their gate opens."""
+
+    HOURLY_CAP = "hourly_cap", "Hourly cap of restarts reached"
+    DRY_RUN = "dry_run", "Dry run"
+    NOT_ACTIONABLE = "not_actionable", "Agent not actionable"
+    BUSY = "busy", "Another action is remediating the agent"
 
 
 class RemediationAction(models.Model):
-    """One remediation attempt on one agent, audited start to finish."""
+    """One remediation of one agent for one episode, audited start to finish.
+
+    ``idempotency_key`` is (policy, agent, alert fingerprint or trigger, episode):
+    every copy of the events about one failure lands on this one row.
+    ``step_index`` is the step that acts next (or acted last, while waiting);
+    ``next_step_at`` is when the periodic job (``advance_due``) next looks at it.
+    """
 
     policy = models.ForeignKey(RemediationPolicy, on_delete=models.PROTECT, related_name="actions")
     agent = models.ForeignKey(Agent, on_delete=models.CASCADE, related_name="remediations")
-    step = models.CharField(max_length=32, choices=Step.choices)
+    trigger = models.CharField(max_length=32, choices=Trigger.choices, default=Trigger.AGENT_FAILED)
+    step = models.CharField(max_length=32, choices=Step.choices, help_text="The current step.")
+    steps = models.JSONField(default=list, help_text="The policy's steps when the action opened.")
+    step_index = models.PositiveSmallIntegerField(default=0)
+    next_step_at = models.DateTimeField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=ActionStatus.choices)
+    skip_reason = models.CharField(max_length=16, choices=SkipReason.choices, blank=True)
     idempotency_key = models.CharField(max_length=200, unique=True)
+    alert_fingerprint = models.CharField(max_length=64, blank=True)
+    episode = models.CharField(max_length=64, blank=True)
     trigger_event_id = models.UUIDField(null=True, blank=True)
     reason = models.CharField(max_length=300)
     actor = models.CharField(max_length=100, default="watchdog")
+    dry_run = models.BooleanField(default=False)
+    context = models.JSONField(
+        default=dict, blank=True, help_text="What monitoring said when the action was decided."
+    )
+    history = models.JSONField(default=list, blank=True, help_text="Each step as it went.")
     before_state = models.CharField(max_length=16, blank=True)
     after_state = models.CharField(max_length=16, blank=True)
-    command = models.ForeignKey(AgentCommand, null=True, blank=True, on_delete=models.SET_NULL)
+    command = models.ForeignKey(
+        "monitoring.AgentCommand", null=True, blank=True, on_delete=models.SET_NULL
+    )
     started_at = models.DateTimeField(default=timezone.now)
     verify_by = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -75,7 +170,39 @@ class RemediationAction(models.Model):
             models.Index(fields=["agent", "policy", "started_at"], name="action_agent_idx"),
             # Retention walks finished actions, the longest finished first.
             models.Index(fields=["finished_at"], name="action_finished_idx"),
+            # The periodic job's claim: open actions whose next step is due.
+            models.Index(
+                fields=["next_step_at"],
+                condition=Q(status__in=["planned", "running", "verifying"]),
+                name="action_due_idx",
+            ),
         ]
 
     def __str__(self):
         return f"{self.step} on {self.agent_id} ({self.status})"
+
+    @property
+    def serves(self) -> str:
+        """What this action's agent commands name, so they are cancelled with it."""
+        return f"remediation:{self.pk}"
+
+
+class RestartBackoff(models.Model):
+    """Per-agent restart backoff, as Kubernetes does it: 10 s doubling to 5 min.
+
+    ``streak`` counts the watchdog's restarts since the agent last ran cleanly
+    for ``BACKOFF_RESET`` (10 min); the next restart may not act before
+    ``last_restart_at`` plus the delay of the streak.
+    """
+
+    agent = models.OneToOneField(
+        Agent, on_delete=models.CASCADE, primary_key=True, related_name="restart_backoff"
+    )
+    streak = models.PositiveIntegerField(default=0)
+    last_restart_at = models.DateTimeField(null=True, blank=True)
+    # The per-agent cooldown counts from the last act of any action on the agent.
+    last_acted_at = models.DateTimeField(null=True, blank=True)
+    last_action_id = models.BigIntegerField(null=True, blank=True)
+
+    def __str__(self):
+        return f"{self.agent_id}: {self.streak} restart(s)"

@@ -1,7 +1,7 @@
 """How long remediation actions are kept. Imported by ``WatchdogConfig.ready()``.
 
 Age counts from ``finished_at``, which every way an action ends sets (succeeded,
-failed, skipped, dry run) and a started action, still awaiting verification,
+failed, escalated, skipped) and an open action (planned, running, verifying)
 lacks: ``finished_at < cutoff`` never matches unfinished work, and the status
 check below holds even for a row written by hand.
 
@@ -17,7 +17,7 @@ from django.db.models import Q
 
 from omoi_console.foundation.events.bus import dedup_window
 from omoi_console.foundation.retention import RowRetention, days_kept, register
-from watchdog.models import ActionStatus, RemediationAction
+from watchdog.models import OPEN_ACTION_STATUSES, RemediationAction
 from watchdog.services import history_window
 
 
@@ -34,7 +34,7 @@ REMEDIATIONS = register(
         # Negated on purpose: "status IN (finished ones)" would tempt a planner
         # without statistics (SQLite) into the (status, verify_by) index and a
         # sort of every finished action, where the age index reads just a batch.
-        where=~Q(status=ActionStatus.STARTED),
+        where=~Q(status__in=OPEN_ACTION_STATUSES),
         floor=still_read,
     )
 )

@@ -1,18 +1,50 @@
-"""The watchdog's verbs: open a remediation, verify it, fail it when time runs out."""
+"""The watchdog's verbs: open a remediation, advance it step by step, close it.
 
+``open_remediation`` is the orchestrator's front door: it finds the policy,
+records one action per (policy, agent, alert or trigger, episode) and lets its
+first step act if nothing holds it back. ``advance_due`` (the periodic job)
+claims the actions whose next step is due with ``SELECT ... FOR UPDATE SKIP
+LOCKED`` and moves each along: act, wait and verify, next step, escalate.
+``verify_recovery`` closes the actions of an agent that is healthy again.
+
+Nothing is given up silently: every skipped action is an audited row, a
+``watchdog.action.skipped`` event and a warning, and when it leaves an agent
+unhealed, a ``watchdog.escalated`` that alerting turns into a firing alert.
+"""
+
+import math
 from datetime import timedelta
 
 import structlog
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from monitoring.models import Agent, AgentState
+from monitoring.models import (
+    HEALTHY_STATES,
+    UNHEALTHY_STATES,
+    Agent,
+    AgentCommand,
+    AgentHealth,
+    AgentState,
+    CommandKind,
+    MonitorAnomaly,
+)
 from omoi_console.foundation.events import publish
 from omoi_console.foundation.events.tracing import current_trace_ids
 from watchdog.adapters import get_adapter
-from watchdog.models import ActionStatus, RemediationAction, RemediationPolicy
+from watchdog.models import (
+    OPEN_ACTION_STATUSES,
+    ActionStatus,
+    RemediationAction,
+    RemediationPolicy,
+    RestartBackoff,
+    SkipReason,
+    Trigger,
+)
+from watchdog.policies import matching_policy
+from watchdog.steps import StepContext, get_step
 
 log = structlog.get_logger(__name__)
 
@@ -20,164 +52,493 @@ ACTOR = "watchdog"
 HOURLY_CAP_WINDOW = timedelta(hours=1)
 # A stuck agent (heartbeating, no progress) is treated like a failed one.
 ACTIONABLE_STATES = frozenset({AgentState.FAILED, AgentState.STUCK})
+# An alert may ask for action on any agent still in service.
+ALERT_ACTIONABLE_STATES = frozenset(
+    set(AgentState.values) - {AgentState.TERMINATED, AgentState.QUARANTINED}
+)
+# Restart backoff, as Kubernetes: 10 s doubling to 5 min, reset after 10 min clean.
+BACKOFF_BASE_SECONDS = 10
+BACKOFF_CAP_SECONDS = 300
+BACKOFF_RESET = timedelta(minutes=10)
+# How many due actions one run of the periodic job takes.
+CLAIM_BATCH = 200
 
 
-def matching_policy(trigger: str, agent: Agent) -> RemediationPolicy | None:
-    for policy in RemediationPolicy.objects.filter(enabled=True, trigger=trigger):
-        if not policy.agent_role or policy.agent_role == agent.role:
-            return policy
-    return None
+def serves(action_id: int) -> str:
+    return f"remediation:{action_id}"
 
 
-def open_remediation(trigger: str, agent_id: str, *, event_id=None) -> RemediationAction | None:
-    """Act on an agent according to the first matching policy.
+# --- opening ---------------------------------------------------------------------------
 
-    Idempotent per (policy, triggering event). Honors WATCHDOG_MODE (off,
-    dry-run), the policy's cooldown and its hourly cap. Returns the audited
-    action row, or None when the watchdog is off or no policy matches.
+
+def open_remediation(
+    trigger: str, agent_id: str, *, event_id=None, alert: dict | None = None
+) -> RemediationAction | None:
+    """Open (or find) the action for this failure and let its first step act if due.
+
+    Idempotent per (policy, agent, alert fingerprint or trigger, episode): an
+    episode is the agent's current unhealthy stretch (or the alert), so every
+    copy of every event about one failure lands on one row. Returns the action,
+    or None when the watchdog is off or no policy matches.
     """
-    mode = settings.WATCHDOG_MODE
-    if mode == "off":
-        log.info("watchdog.off", agent_id=agent_id, trigger=trigger)
-        return None
     agent = Agent.objects.filter(pk=agent_id).first()
-    policy = matching_policy(trigger, agent) if agent else None
+    policy = matching_policy(trigger, agent, alert) if agent else None
     if policy is None:
         return None
-    key = f"{policy.pk}:{event_id or timezone.now().isoformat()}"
-    existing = RemediationAction.objects.filter(idempotency_key=key).first()
-    if existing is not None:
-        return existing
-
-    now = timezone.now()
-    trace_id, _ = current_trace_ids()
-    action = RemediationAction(
-        policy=policy,
-        agent=agent,
-        step=policy.step,
-        idempotency_key=key,
-        trigger_event_id=event_id,
-        reason=f"{trigger} matched policy {policy.name}",
-        before_state=agent.state,
-        started_at=now,
-        trace_id=trace_id,
-    )
-    skip = _skip_reason(policy, agent, now)
-    if skip:
-        action.status = ActionStatus.SKIPPED
-        action.outcome = skip
-        action.finished_at = now
-        action.save()
-        log.info("watchdog.action_skipped", action_id=action.pk, agent_id=agent.id, reason=skip)
-        return action
-
-    dry_run = mode == "dry-run" or policy.dry_run
-    if dry_run:
-        action.status = ActionStatus.DRY_RUN
-        action.outcome = f"would {policy.step}"
-        action.finished_at = now
-        action.save()
-    else:
-        action.command = get_adapter().restart(agent, reason=action.reason, actor=ACTOR)
-        action.status = ActionStatus.STARTED
-        action.verify_by = now + timedelta(seconds=policy.verify_seconds)
-        action.save()
-    publish(
-        "watchdog.action.started",
-        {
-            "action_id": action.pk,
-            "agent_id": agent.id,
-            "kind": action.step,
-            "policy": policy.name,
-            "dry_run": dry_run,
-        },
-        key=f"action.started:{action.pk}",
-    )
-    log.warning("watchdog.action_started", action_id=action.pk, agent_id=agent.id, dry_run=dry_run)
+    if settings.WATCHDOG_MODE == "off":
+        log.warning("watchdog.off", agent_id=agent_id, trigger=trigger, policy=policy.name)
+        return None
+    fingerprint = (alert or {}).get("fingerprint", "")
+    episode = str(alert["alert_id"]) if alert else episode_of(agent)
+    key = f"{policy.pk}:{agent.pk}:{fingerprint or trigger}:{episode}"
+    with transaction.atomic():
+        existing = RemediationAction.objects.filter(idempotency_key=key).first()
+        if existing is not None:
+            return existing
+        now = timezone.now()
+        trace_id, _ = current_trace_ids()
+        action = RemediationAction(
+            policy=policy,
+            agent=agent,
+            trigger=trigger,
+            steps=list(policy.steps),
+            step=policy.steps[0]["kind"],
+            status=ActionStatus.PLANNED,
+            idempotency_key=key,
+            alert_fingerprint=fingerprint,
+            episode=episode,
+            trigger_event_id=event_id,
+            reason=reason_for(trigger, policy, alert),
+            actor=ACTOR,
+            before_state=agent.state,
+            started_at=now,
+            next_step_at=now,
+            trace_id=trace_id,
+            context=monitoring_context(agent, alert),
+        )
+        try:
+            with transaction.atomic():
+                action.save(force_insert=True)
+        except IntegrityError:
+            # A concurrent copy of the same event got there first.
+            return RemediationAction.objects.get(idempotency_key=key)
+        refusal = _refusal(action, agent, trigger)
+        if refusal:
+            reason, detail = refusal
+            _skip(action, agent, reason, detail, now)
+            return action
+        if settings.WATCHDOG_MODE == "dry-run" or policy.dry_run:
+            _dry_run(action, agent, now)
+            return action
+        _advance(action, now)
     return action
 
 
-def _skip_reason(policy: RemediationPolicy, agent: Agent, now) -> str:
-    if agent.state not in ACTIONABLE_STATES:
-        return f"agent is {agent.state}, not failed"
-    recent = RemediationAction.objects.filter(
-        policy=policy,
-        agent=agent,
-        status__in=[ActionStatus.STARTED, ActionStatus.SUCCEEDED, ActionStatus.FAILED],
+def episode_of(agent: Agent) -> str:
+    """The agent's current unhealthy stretch: one failure, however many events tell of it."""
+    since = agent.unhealthy_since or agent.state_changed_at
+    return since.isoformat() if since else ""
+
+
+def reason_for(trigger: str, policy: RemediationPolicy, alert: dict | None) -> str:
+    if alert:
+        return f"alert {alert.get('rule')} ({alert.get('severity')}) matched policy {policy.name}"
+    return f"{trigger} matched policy {policy.name}"
+
+
+def monitoring_context(agent: Agent, alert: dict | None = None) -> dict:
+    """What monitoring says about the agent now: a few cheap reads, a small JSON."""
+    context = {
+        "state": agent.state,
+        "last_heartbeat_at": _iso(agent.last_heartbeat_at),
+        "missed_heartbeats": agent.missed_heartbeats,
+        "unhealthy_since": _iso(agent.unhealthy_since),
+        "current_task": agent.current_task,
+        "task_progress": agent.task_progress,
+    }
+    health = (
+        AgentHealth.objects.filter(agent_id=agent.pk)
+        .values("score", "anomalous", "components")
+        .first()
     )
-    if recent.filter(started_at__gt=now - timedelta(seconds=policy.cooldown_seconds)).exists():
-        return f"cooldown of {policy.cooldown_seconds}s"
-    if recent.filter(started_at__gt=now - HOURLY_CAP_WINDOW).count() >= policy.max_per_hour:
-        return f"hourly cap of {policy.max_per_hour} reached"
-    return ""
+    if health:
+        context["health"] = health
+    anomaly = (
+        MonitorAnomaly.objects.filter(agent_id=agent.pk, ended_at__isnull=True)
+        .order_by("-started_at")
+        .values("metric", "severity", "peak_score", "detector", "started_at")
+        .first()
+    )
+    if anomaly:
+        context["anomaly"] = {**anomaly, "started_at": _iso(anomaly["started_at"])}
+    if alert:
+        context["alert"] = {k: alert.get(k) for k in ("alert_id", "rule", "severity", "labels")}
+    return context
 
 
-def history_window() -> timedelta:
-    """How far back ``open_remediation`` reads past actions: cooldowns and the hourly cap."""
-    longest = RemediationPolicy.objects.aggregate(longest=Max("cooldown_seconds"))["longest"]
-    return max(HOURLY_CAP_WINDOW, timedelta(seconds=longest or 0))
+def _iso(moment) -> str | None:
+    return moment.isoformat() if moment else None
+
+
+def _refusal(action, agent: Agent, trigger: str) -> tuple[str, str] | None:
+    actionable = ALERT_ACTIONABLE_STATES if trigger == Trigger.ALERT else ACTIONABLE_STATES
+    if agent.state not in actionable:
+        return SkipReason.NOT_ACTIONABLE, f"agent is {agent.state}"
+    busy = (
+        RemediationAction.objects.filter(agent=agent, status__in=OPEN_ACTION_STATUSES)
+        .exclude(pk=action.pk)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if busy is not None:
+        return SkipReason.BUSY, f"action {busy} is already remediating the agent"
+    return None
+
+
+# --- advancing -------------------------------------------------------------------------
+
+
+def advance_due(now=None, limit: int = CLAIM_BATCH) -> list[RemediationAction]:
+    """The periodic job: move along every open action whose next step is due.
+
+    Claimed with ``SELECT ... FOR UPDATE SKIP LOCKED``: a second worker running
+    at the same moment takes other actions (or none), never the same one.
+    Everything it needs is in the database, so pending steps survive a restart.
+    """
+    now = now or timezone.now()
+    due = RemediationAction.objects.filter(
+        status__in=OPEN_ACTION_STATUSES, next_step_at__lte=now
+    ).order_by("next_step_at")
+    if not due.values_list("pk", flat=True)[:1]:
+        return []
+    with transaction.atomic():
+        claimed = list(
+            due.select_for_update(skip_locked=True, of=("self",)).select_related("policy")[:limit]
+        )
+        for action in claimed:
+            _advance(action, now)
+    return claimed
+
+
+# Kept for callers of the old name.
+expire_unverified = advance_due
+
+
+def _advance(action: RemediationAction, now) -> None:
+    """Act, verify, move on: as far as the clock allows. The caller holds the row."""
+    agent = Agent.objects.get(pk=action.agent_id)
+    while action.status in OPEN_ACTION_STATUSES and action.next_step_at <= now:
+        if agent.state == AgentState.TERMINATED:
+            _finish(action, agent, ActionStatus.FAILED, "agent terminated", now)
+            return
+        if action.status in (ActionStatus.RUNNING, ActionStatus.VERIFYING):
+            if get_step(action.step).verify(agent):
+                _succeed(action, agent, now)
+                return
+            _note(action, now, "not recovered")
+            if action.status == ActionStatus.VERIFYING:
+                log.warning(
+                    "watchdog.verification_failed",
+                    action_id=action.pk,
+                    agent_id=agent.pk,
+                    step=action.step,
+                )
+            action.step_index += 1
+            if action.step_index >= len(action.steps):
+                spec = action.steps[-1]
+                waited = max(spec.get("after", 0), spec.get("verify", 0))
+                _escalate(
+                    action, agent, f"agent not healthy within {waited}s of the last step", now
+                )
+                return
+            action.step = action.steps[action.step_index]["kind"]
+            action.status = ActionStatus.PLANNED
+        if action.trigger == Trigger.AGENT_FAILED and agent.state in HEALTHY_STATES:
+            # Back on its own while the step waited (its recovery event may be on its way).
+            _succeed(action, agent, now)
+            return
+        if not _act(action, agent, now):
+            return
+        agent.refresh_from_db()
+    action.save()
+
+
+def _act(action: RemediationAction, agent: Agent, now) -> bool:
+    """Let the current step act, unless a gate defers or refuses it; False to stop."""
+    spec = action.steps[action.step_index]
+    step = get_step(spec["kind"])
+    if step.is_restart and restarts_in_last_hour(agent, now) >= action.policy.max_per_hour:
+        detail = f"hourly cap of {action.policy.max_per_hour} restarts reached"
+        if action.step_index == 0 and not action.history:
+            _skip(action, agent, SkipReason.HOURLY_CAP, detail, now)
+        else:
+            _escalate(action, agent, detail, now)
+        return False
+    gate, why = restart_gate(action, agent, step, now)
+    if gate is not None and gate > now:
+        _defer(action, agent, gate, why, now)
+        return False
+    verify_seconds = spec.get("verify", 0)
+    wait = max(spec.get("after", 0), verify_seconds)
+    ctx = StepContext(
+        action=action,
+        agent=agent,
+        adapter=get_adapter(),
+        expires_at=now + timedelta(seconds=max(wait, 1)),
+    )
+    first = not any(entry.get("acted") for entry in action.history)
+    outcome = step.act(ctx)
+    _note(action, now, outcome.detail)
+    action.history[-1]["acted"] = True
+    if outcome.command is not None:
+        action.command = outcome.command
+    _mark_acted(agent, action, step, now)
+    payload = {
+        "action_id": action.pk,
+        "agent_id": agent.pk,
+        "kind": step.name,
+        "policy": action.policy.name,
+    }
+    if first:
+        publish(
+            "watchdog.action.started",
+            {**payload, "dry_run": False},
+            key=f"action.started:{action.pk}",
+        )
+    else:
+        publish(
+            "watchdog.action.step",
+            {**payload, "step_index": action.step_index, "detail": outcome.detail},
+            key=f"action.step:{action.pk}:{action.step_index}",
+        )
+    log.warning(
+        "watchdog.step_acted",
+        action_id=action.pk,
+        agent_id=agent.pk,
+        step=step.name,
+        detail=outcome.detail,
+    )
+    if outcome.final:
+        _escalate(action, agent, f"escalated by step {action.step_index + 1} of the policy", now)
+        return False
+    action.status = ActionStatus.VERIFYING if verify_seconds else ActionStatus.RUNNING
+    action.verify_by = now + timedelta(seconds=verify_seconds) if verify_seconds else None
+    action.next_step_at = now + timedelta(seconds=wait)
+    return True
+
+
+def _note(action: RemediationAction, now, detail: str) -> None:
+    action.history = [
+        *action.history,
+        {"step": action.step_index, "kind": action.step, "at": now.isoformat(), "detail": detail},
+    ]
+
+
+# --- gates: cooldown, backoff, hourly cap ----------------------------------------------
+
+
+def backoff_delay(streak: int) -> float:
+    """Seconds before restart number ``streak + 1`` of a streak: 0, 10, 20, 40 ... 300."""
+    if streak <= 0:
+        return 0.0
+    return float(min(BACKOFF_BASE_SECONDS * 2 ** min(streak - 1, 16), BACKOFF_CAP_SECONDS))
+
+
+def current_streak(backoff: RestartBackoff | None, agent: Agent, now) -> int:
+    """Restarts since the agent last ran cleanly for 10 min (then the streak resets)."""
+    if backoff is None or backoff.last_restart_at is None:
+        return 0
+    failed_at = agent.unhealthy_since or now
+    if failed_at - backoff.last_restart_at >= BACKOFF_RESET:
+        return 0
+    return backoff.streak
+
+
+def restart_gate(action, agent: Agent, step, now):
+    """When the step may act: (moment, "cooldown" or "backoff"), or (None, "") for now.
+
+    The cooldown holds the first step of a new action back from the agent's
+    last action's acts; between restarts the backoff holds, the cooldown its floor.
+    """
+    backoff = RestartBackoff.objects.filter(agent_id=agent.pk).first()
+    if backoff is None:
+        return None, ""
+    gates = []
+    last_other = _last_act_of_other_actions(action, backoff)
+    if last_other is not None and (action.step_index == 0 or step.is_restart):
+        gates.append((last_other + timedelta(seconds=action.policy.cooldown_seconds), "cooldown"))
+    if step.is_restart and backoff.last_restart_at is not None:
+        delay = backoff_delay(current_streak(backoff, agent, now))
+        floor = max(delay, action.policy.cooldown_seconds) if delay else 0
+        if floor:
+            gates.append((backoff.last_restart_at + timedelta(seconds=floor), "backoff"))
+    if not gates:
+        return None, ""
+    return max(gates, key=lambda gate: gate[0])
+
+
+def _last_act_of_other_actions(action, backoff: RestartBackoff):
+    """When the watchdog last acted on the agent for another action."""
+    if backoff.last_acted_at is not None and backoff.last_action_id != action.pk:
+        return backoff.last_acted_at
+    return None
+
+
+def restarts_in_last_hour(agent: Agent, now) -> int:
+    return AgentCommand.objects.filter(
+        agent=agent,
+        kind=CommandKind.RESTART,
+        serves__startswith="remediation:",
+        created_at__gt=now - HOURLY_CAP_WINDOW,
+    ).count()
+
+
+def _mark_acted(agent: Agent, action, step, now) -> None:
+    backoff, _ = RestartBackoff.objects.select_for_update().get_or_create(agent_id=agent.pk)
+    if step.is_restart:
+        backoff.streak = current_streak(backoff, agent, now) + 1
+        backoff.last_restart_at = now
+    backoff.last_acted_at = now
+    backoff.last_action_id = action.pk
+    backoff.save()
+
+
+def _defer(action, agent, gate, why: str, now) -> None:
+    first_time = action.next_step_at != gate
+    action.next_step_at = gate
+    action.save()
+    if not first_time:
+        return
+    seconds = math.ceil((gate - now).total_seconds())
+    detail = f"{why}: the step waits {seconds}s, until {gate.isoformat()}"
+    action.outcome = detail[:300]
+    action.save(update_fields=["outcome"])
+    publish(
+        "watchdog.action.deferred",
+        {
+            "action_id": action.pk,
+            "agent_id": agent.pk,
+            "kind": action.step,
+            "policy": action.policy.name,
+            "reason": why,
+            "until": gate.isoformat(),
+        },
+        key=f"action.deferred:{action.pk}:{action.step_index}:{gate.isoformat()}",
+    )
+    log.warning(
+        "watchdog.action_deferred",
+        action_id=action.pk,
+        agent_id=agent.pk,
+        reason=why,
+        until=gate.isoformat(),
+    )
+
+
+# --- closing ---------------------------------------------------------------------------
+
+
+def _finish(action, agent, status: str, outcome: str, now) -> None:
+    action.status = status
+    action.after_state = agent.state
+    action.finished_at = now
+    action.next_step_at = None
+    action.outcome = outcome[:300]
+    action.save()
+    # Nothing this action asked of the agent may still go out.
+    get_adapter().cancel(serves(action.pk), reason=f"action {action.pk} {status}")
+
+
+def _payload(action, agent) -> dict:
+    return {"action_id": action.pk, "agent_id": agent.pk, "policy": action.policy.name}
+
+
+def _succeed(action, agent, now) -> None:
+    _finish(action, agent, ActionStatus.SUCCEEDED, "agent healthy again", now)
+    publish(
+        "watchdog.action.succeeded",
+        {
+            **_payload(action, agent),
+            "kind": action.step,
+            "seconds": (now - action.started_at).total_seconds(),
+        },
+        key=f"action.succeeded:{action.pk}",
+    )
+    log.info("watchdog.action_succeeded", action_id=action.pk, agent_id=agent.pk)
+
+
+def _escalate(action, agent, reason: str, now) -> None:
+    """Automatic remediation gives up on this agent: a person must take over."""
+    _finish(action, agent, ActionStatus.ESCALATED, reason, now)
+    publish(
+        "watchdog.action.failed",
+        {**_payload(action, agent), "kind": action.step, "reason": reason},
+        key=f"action.failed:{action.pk}",
+    )
+    _publish_escalation(action, agent, reason)
+
+
+def _publish_escalation(action, agent, reason: str) -> None:
+    publish(
+        "watchdog.escalated",
+        {**_payload(action, agent), "role": agent.role, "reason": reason},
+        key=f"escalated:{action.pk}",
+    )
+    log.error("watchdog.escalated", action_id=action.pk, agent_id=agent.pk, reason=reason)
+
+
+def _skip(action, agent, reason: str, detail: str, now) -> None:
+    """Refuse to act, audibly: the row, an event, a warning, and an escalation if unhealed."""
+    action.skip_reason = reason
+    _finish(action, agent, ActionStatus.SKIPPED, f"{reason}: {detail}", now)
+    publish(
+        "watchdog.action.skipped",
+        {**_payload(action, agent), "kind": action.step, "reason": reason, "detail": detail},
+        key=f"action.skipped:{action.pk}",
+    )
+    log.warning(
+        "watchdog.action_skipped",
+        action_id=action.pk,
+        agent_id=agent.pk,
+        reason=reason,
+        detail=detail,
+    )
+    if agent.state in UNHEALTHY_STATES and reason != SkipReason.BUSY:
+        _publish_escalation(action, agent, f"remediation skipped ({reason}): {detail}")
+
+
+def _dry_run(action, agent, now) -> None:
+    """Decide and audit, act on nothing: say what each step would have done."""
+    ctx = StepContext(action=action, agent=agent, adapter=None)
+    plans = [get_step(spec["kind"]).plan(ctx) for spec in action.steps]
+    action.dry_run = True
+    publish(
+        "watchdog.action.started",
+        {**_payload(action, agent), "kind": action.step, "dry_run": True},
+        key=f"action.started:{action.pk}",
+    )
+    _skip(action, agent, SkipReason.DRY_RUN, "would " + "; then ".join(plans), now)
 
 
 def verify_recovery(agent_id: str) -> list[RemediationAction]:
-    """The agent is healthy again: every action waiting on it succeeded."""
+    """The agent is healthy again: every open action on it succeeded."""
     done = []
     with transaction.atomic():
-        # of=self: the joined policy and agent rows are read, not claimed.
+        # of=self: the joined policy row is read, not claimed.
         waiting = RemediationAction.objects.select_for_update(of=("self",)).filter(
-            agent_id=agent_id, status=ActionStatus.STARTED
+            agent_id=agent_id, status__in=OPEN_ACTION_STATUSES
         )
-        for action in waiting.select_related("policy", "agent"):
-            now = timezone.now()
-            action.status = ActionStatus.SUCCEEDED
-            action.after_state = action.agent.state
-            action.finished_at = now
-            action.outcome = "agent healthy again"
-            action.save(update_fields=["status", "after_state", "finished_at", "outcome"])
-            publish(
-                "watchdog.action.succeeded",
-                {
-                    "action_id": action.pk,
-                    "agent_id": agent_id,
-                    "kind": action.step,
-                    "policy": action.policy.name,
-                    "seconds": (now - action.started_at).total_seconds(),
-                },
-                key=f"action.succeeded:{action.pk}",
-            )
-            log.info("watchdog.action_succeeded", action_id=action.pk, agent_id=agent_id)
+        actions = list(waiting.select_related("policy"))
+        if not actions:
+            return done
+        agent = Agent.objects.get(pk=agent_id)
+        now = timezone.now()
+        for action in actions:
+            _succeed(action, agent, now)
             done.append(action)
     return done
 
 
-def expire_unverified(now=None) -> list[RemediationAction]:
-    """Fail the actions whose agent did not recover in time, and escalate them."""
-    now = now or timezone.now()
-    failed = []
-    with transaction.atomic():
-        overdue = (
-            RemediationAction.objects.select_for_update(skip_locked=True, of=("self",))
-            .filter(status=ActionStatus.STARTED, verify_by__lte=now)
-            .select_related("policy", "agent")
-        )
-        for action in overdue:
-            reason = f"agent not healthy within {action.policy.verify_seconds}s"
-            action.status = ActionStatus.FAILED
-            action.after_state = action.agent.state
-            action.finished_at = now
-            action.outcome = reason
-            action.save(update_fields=["status", "after_state", "finished_at", "outcome"])
-            base = {
-                "action_id": action.pk,
-                "agent_id": action.agent_id,
-                "policy": action.policy.name,
-            }
-            publish(
-                "watchdog.action.failed",
-                {**base, "kind": action.step, "reason": reason},
-                key=f"action.failed:{action.pk}",
-            )
-            # Escalation chains take over from here; for now the escalation is the event.
-            publish("watchdog.escalated", {**base, "reason": reason}, key=f"escalated:{action.pk}")
-            log.error("watchdog.action_failed", action_id=action.pk, agent_id=action.agent_id)
-            failed.append(action)
-    return failed
+def history_window() -> timedelta:
+    """How far back the watchdog reads past actions: cooldowns, backoff and the hourly cap."""
+    longest = RemediationPolicy.objects.aggregate(longest=Max("cooldown_seconds"))["longest"]
+    return max(HOURLY_CAP_WINDOW, BACKOFF_RESET, timedelta(seconds=longest or 0))

@@ -5,4 +5,5 @@ from watchdog import services
 
 @shared_task(ignore_result=True, expires=2)
 def check_remediations() -> None:
-    services.expire_unverified()
+    """Advance every remediation whose next step is due (claimed with SKIP LOCKED)."""
+    services.advance_due()

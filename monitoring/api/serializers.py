@@ -50,14 +50,30 @@ class HeartbeatSerializer(serializers.Serializer):
         max_length=MAX_ACKS_PER_HEARTBEAT,
         default=list,
     )
+    generation = StrictIntegerField(
+        min_value=0,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="The restart generation the agent runs under: the ``generation`` of the "
+        "last restart command it obeyed (0 before any). A ``failed`` report from an older "
+        "generation than the newest restart is not counted. Absent: no generations.",
+    )
 
 
 class CommandSerializer(serializers.ModelSerializer):
     issued_at = serializers.DateTimeField(source="created_at")
+    generation = serializers.IntegerField(
+        allow_null=True, help_text="A restart's generation, to echo in later heartbeats."
+    )
+    params = serializers.DictField(
+        help_text="Per kind: restart has graceful_stop_seconds; recycle_token has token, "
+        "the new ingest token (shown once; the old one stops working)."
+    )
 
     class Meta:
         model = AgentCommand
-        fields = ["id", "kind", "reason", "issued_at"]
+        fields = ["id", "kind", "reason", "issued_at", "generation", "params"]
 
 
 class HeartbeatResponseSerializer(serializers.Serializer):

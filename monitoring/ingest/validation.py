@@ -19,7 +19,7 @@ from monitoring.models import (
 )
 from omoi_console.foundation.api.parsers import load_strict_json
 
-FIELDS = frozenset({"state", "task_id", "progress", "stuck_after", "acks"})
+FIELDS = frozenset({"state", "task_id", "progress", "stuck_after", "acks", "generation"})
 # A report of ``failed`` starts remediation: it takes the full path.
 LEAN_REPORTS = frozenset({AgentState.IDLE.value, AgentState.RUNNING.value})
 
@@ -43,6 +43,10 @@ def routine_report(body: bytes) -> Report | None:
     if state not in LEAN_REPORTS:
         return None
     if data.get("acks", []) != []:
+        return None
+    # Only a failed report reads the restart generation, and those take the full path.
+    generation = data.get("generation")
+    if generation is not None and (type(generation) is not int or generation < 0):
         return None
     task_id = data.get("task_id", "")
     if type(task_id) is not str:

@@ -40,6 +40,7 @@ class SimAgent:
     interval: float
     beats: int = 0
     restarts: int = 0
+    generation: int = 0  # of the last restart obeyed, echoed in every heartbeat
     task_number: int = 0
     progress: float = 0.0
     acks: list[int] = field(default_factory=list)
@@ -193,6 +194,7 @@ class SimulatedFleet:
             "task_id": f"task-{agent.task_number}" if reported == "running" else "",
             "progress": agent.progress if reported == "running" else None,
             "acks": agent.acks,
+            "generation": agent.generation,
         }
         response = await self._send(agent, body)
         if response is None or response.status_code != 200:
@@ -203,8 +205,11 @@ class SimulatedFleet:
         restart = False
         for command in response.json()["commands"]:
             agent.acks.append(command["id"])
+            if command["kind"] == "recycle_token":
+                agent.token = command["params"]["token"]
             if command["kind"] == "restart":
                 restart = True
+                agent.generation = command.get("generation") or agent.generation
                 agent.wedged = False
                 agent.restarts += 1
                 agent.reported = "idle"

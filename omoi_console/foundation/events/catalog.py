@@ -46,8 +46,11 @@ CATALOG: dict[str, tuple[str, ...]] = {
     "monitor.alert.escalated": ("alert_id", "rule", "fingerprint", "labels", "level"),
     "watchdog.action.started": ("action_id", "agent_id", "kind", "policy", "dry_run"),
     "watchdog.action.succeeded": ("action_id", "agent_id", "kind", "policy", "seconds"),
+    "watchdog.action.step": ("action_id", "agent_id", "kind", "policy", "step_index", "detail"),
+    "watchdog.action.deferred": ("action_id", "agent_id", "kind", "policy", "reason", "until"),
+    "watchdog.action.skipped": ("action_id", "agent_id", "kind", "policy", "reason", "detail"),
     "watchdog.action.failed": ("action_id", "agent_id", "kind", "policy", "reason"),
-    "watchdog.escalated": ("action_id", "agent_id", "policy", "reason"),
+    "watchdog.escalated": ("action_id", "agent_id", "role", "policy", "reason"),
 }
 
 

@@ -1,0 +1,88 @@
+"""What makes a remediation policy valid, and whether one matches a trigger.
+
+One check (``policy_problems``) serves the model's ``clean()`` (admin), the API
+serializer and the default policies, so a bad policy is refused the same way
+everywhere, naming the field, and nothing is half-saved.
+"""
+
+from alerting import matchers as alert_matchers
+from monitoring.models import Agent, Severity
+from watchdog.models import RemediationPolicy, Trigger
+
+MAX_STEPS = 10
+MAX_STEP_SECONDS = 86400
+STEP_KEYS = frozenset({"kind", "after", "verify"})
+ALERT_FIELDS = ("alert_rule", "severity", "matchers")
+
+
+def step_problems(steps) -> list[str]:
+    from watchdog.steps import STEPS
+
+    if not isinstance(steps, list) or not steps:
+        return ['a non-empty list of steps such as [{"kind": "restart_worker", "verify": 60}]']
+    if len(steps) > MAX_STEPS:
+        return [f"at most {MAX_STEPS} steps"]
+    problems = []
+    for number, step in enumerate(steps, 1):
+        if not isinstance(step, dict):
+            problems.append(f"step {number}: an object with kind, after and verify")
+            continue
+        unknown = sorted(set(step) - STEP_KEYS)
+        if unknown:
+            problems.append(f"step {number}: unknown key(s) {', '.join(unknown)}")
+        if step.get("kind") not in STEPS:
+            problems.append(
+                f"step {number}: kind {step.get('kind')!r} is not one of {', '.join(STEPS)}"
+            )
+        for key in ("after", "verify"):
+            value = step.get(key, 0)
+            if type(value) is not int or not 0 <= value <= MAX_STEP_SECONDS:
+                problems.append(
+                    f"step {number}: {key} is whole seconds from 0 to {MAX_STEP_SECONDS}"
+                )
+    return problems
+
+
+def policy_problems(fields: dict) -> dict[str, list[str]]:
+    """Problems by field name; empty when the policy is valid."""
+    problems: dict[str, list[str]] = {}
+    steps = step_problems(fields.get("steps"))
+    if steps:
+        problems["steps"] = steps
+    try:
+        alert_matchers.parse_all(fields.get("matchers") or [])
+    except ValueError as exc:
+        problems["matchers"] = [str(exc)]
+    severity = fields.get("severity") or ""
+    if severity and severity not in Severity.values:
+        problems["severity"] = [f"one of {', '.join(Severity.values)}, or empty for any"]
+    if fields.get("trigger") != Trigger.ALERT:
+        for name in ALERT_FIELDS:
+            if fields.get(name):
+                problems.setdefault(name, []).append(
+                    "only a policy with the alert trigger matches on alerts"
+                )
+    return problems
+
+
+def policy_matches(policy: RemediationPolicy, agent: Agent, alert: dict | None) -> bool:
+    if policy.agent_role and policy.agent_role != agent.role:
+        return False
+    if policy.trigger == Trigger.ALERT:
+        if alert is None:
+            return False
+        if policy.alert_rule and policy.alert_rule != alert.get("rule"):
+            return False
+        if policy.severity and policy.severity != alert.get("severity"):
+            return False
+        parsed = alert_matchers.parse_all(policy.matchers or [])
+        return alert_matchers.matches_all(parsed, alert.get("labels") or {})
+    return alert is None
+
+
+def matching_policy(trigger: str, agent: Agent, alert: dict | None = None):
+    """The first enabled policy (by priority) for this trigger that matches."""
+    for policy in RemediationPolicy.objects.filter(enabled=True, trigger=trigger):
+        if policy_matches(policy, agent, alert):
+            return policy
+    return None

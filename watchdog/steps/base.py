@@ -1,0 +1,48 @@
+"""What every remediation step offers: plan, act, verify.
+
+A step is one module in ``watchdog.steps`` that subclasses ``StepKind`` and
+calls ``register``. ``plan`` says what it would do (shown for dry runs and in
+the audit), ``act`` does it (through the registry adapter; returns the command
+it queued, if any), ``verify`` says whether the agent is healed.
+"""
+
+from dataclasses import dataclass
+
+from monitoring.models import HEALTHY_STATES, Agent, AgentCommand
+
+
+@dataclass
+class StepContext:
+    """What a step gets: the action (its policy, serves tag, actor) and the agent."""
+
+    action: object  # watchdog.models.RemediationAction
+    agent: Agent
+    adapter: object  # watchdog.adapters.RegistryAdapter
+    expires_at: object = None  # when a command it queues stops being worth delivering
+
+
+@dataclass(frozen=True)
+class Outcome:
+    detail: str
+    command: AgentCommand | None = None
+    # True for a step that ends the action (escalate): nothing is verified after it.
+    final: bool = False
+
+
+class StepKind:
+    name = ""
+    label = ""
+    # Counted by the per-agent hourly cap and gated by the restart backoff.
+    is_restart = False
+    # Takes the agent out of service (drain, quarantine): a seam for a capacity floor.
+    removes_capacity = False
+
+    def plan(self, ctx: StepContext) -> str:
+        return f"{self.name} {ctx.agent.id}"
+
+    def act(self, ctx: StepContext) -> Outcome:
+        raise NotImplementedError
+
+    def verify(self, agent: Agent) -> bool:
+        """Is the agent healed? By default: healthy again (idle or running)."""
+        return agent.state in HEALTHY_STATES
