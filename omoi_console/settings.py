@@ -216,6 +216,8 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# Workers and beat keep LOGGING's handlers (omoi_console.celery says how).
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = "UTC"
 
 # --- email --------------------------------------------------------------------
@@ -349,7 +351,10 @@ USE_TZ = True
 # --- observability ------------------------------------------------------------
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
-LOG_FORMAT = env_choice("LOG_FORMAT", ("json", "console"), "json")
+# JSON lines for a log aggregator in production, readable lines at a terminal otherwise.
+LOG_FORMAT = env_choice("LOG_FORMAT", ("json", "console"), "json" if PRODUCTION else "console")
+# One structured line per HTTP request (omoi.access); routine ingest successes are left out.
+ACCESS_LOG = env_bool("OMOI_ACCESS_LOG", True)
 # Beat sends several ticks a second, and Celery logs each one when it is sent,
 # received and done: below DEBUG that would drown everything else.
 TICK_LOG_LEVEL = "DEBUG" if LOG_LEVEL == "DEBUG" else "WARNING"
@@ -380,7 +385,8 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         # The server's own lines go through the structured handler once Django is
-        # set up in a worker; the access log is off on the Procfile's web line.
+        # set up in a worker; its plain-text access log is off on the Procfile's web
+        # line, replaced by omoi.access (omoi_console.foundation.request_context).
         "uvicorn": {"level": "INFO", "propagate": True},
         "uvicorn.error": {"level": "INFO", "propagate": True},
         "uvicorn.access": {"level": "WARNING", "propagate": True},
