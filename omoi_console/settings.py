@@ -107,6 +107,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so that it sits directly inside the tracing middleware, which
+    # instrumentation inserts in front of everything.
+    "omoi_console.foundation.middleware.EndAbortedRequest",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "omoi_console.foundation.middleware.RefuseNulInURL",
@@ -215,7 +218,8 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# django-celery-beat's scheduler, recording beat's own liveness as it ticks.
+CELERY_BEAT_SCHEDULER = "omoi_console.top.beat:LivenessScheduler"
 # Workers and beat keep LOGGING's handlers (omoi_console.celery says how).
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = "UTC"
@@ -460,6 +464,12 @@ if not 1 <= HEALTH_CONSECUTIVE <= 1000:
     )
 HEALTH_MAX_CLOCK_SKEW_SECONDS = _seconds("OMOI_HEALTH_MAX_CLOCK_SKEW", 30.0, 0.001, 86400)
 HEALTH_SIGNAL_MAX_AGE_SECONDS = _seconds("OMOI_HEALTH_SIGNAL_MAX_AGE", 600.0, 60, 86400)
+
+# The worker, beat and the embedded ticker record a beat every second; one whose
+# last beat is older than this is down for /healthz and the console (0: not checked).
+LIVENESS_STALE_SECONDS = env_float("OMOI_LIVENESS_STALE_SECONDS", 7.0)
+if not 0 <= LIVENESS_STALE_SECONDS <= 3600:
+    raise ImproperlyConfigured("OMOI_LIVENESS_STALE_SECONDS must be from 0 (off) to 3600 seconds")
 
 # Undispatched events are re-dispatched by the sweeper after this long.
 EVENT_REDISPATCH_AFTER_SECONDS = env_float("OMOI_EVENT_REDISPATCH_AFTER", 10.0)

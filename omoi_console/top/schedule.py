@@ -8,9 +8,13 @@ class PeriodicJob:
     name: str
     task: str
     every_seconds: float
+    # False: only Celery beat schedules it (the embedded ticker beats for itself).
+    embedded: bool = True
 
 
 PERIODIC_JOBS = (
+    # The worker's liveness: beat sends it, a worker that runs it is alive.
+    PeriodicJob("record worker liveness", "observability.tasks.record_worker_alive", 1.0, False),
     PeriodicJob("check heartbeats", "monitoring.tasks.check_heartbeats", 1.0),
     PeriodicJob("check stuck agents", "monitoring.tasks.check_stuck", 2.0),
     PeriodicJob("check remediations", "watchdog.tasks.check_remediations", 2.0),
