@@ -3,7 +3,7 @@
 Two modes, chosen by the environment (docs/configuration.md lists every variable):
 
 * embedded (no environment at all): SQLite in the data directory, in-memory
-  channel layer, eager Celery, local-memory cache, console email backend and an
+  channel layer, eager Celery, local-memory cache, mail kept as files and an
   in-process ticker that drives the periodic checks;
 * production (``OMOI_MODE=production``, implied by ``DATABASE_URL``): Postgres,
   Redis for channels, cache and the Celery broker, SMTP, and a real SECRET_KEY.
@@ -236,10 +236,13 @@ if EMAIL_HOST:
     EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
     EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
 else:
-    EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+    # Without a mail server, mail is kept as files in the data directory rather
+    # than printed between the log lines of the demo's terminal.
+    EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.filebased.EmailBackend")
+    EMAIL_FILE_PATH = Path(env_str("EMAIL_FILE_PATH") or DATA_DIR / "mail")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "omoi-console@localhost")
-# The console backend is a stand-in for trying things out; in production, mail
-# that only reaches a worker's log is mail nobody reads.
+# The file backend is a stand-in for trying things out; in production, mail
+# that only reaches a directory is mail nobody reads.
 MAIL_DELIVERED = bool(EMAIL_HOST or env_str("EMAIL_BACKEND"))
 
 # --- auth ---------------------------------------------------------------------
@@ -544,6 +547,14 @@ INGEST_FLUSH_SECONDS = env_float("OMOI_INGEST_FLUSH_SECONDS", 0.1)
 # Without Redis, a revocation made by another process (the command line) is noticed
 # by polling for the newest revocation this often.
 INGEST_REVOCATION_POLL_SECONDS = env_float("OMOI_INGEST_REVOCATION_POLL_SECONDS", 1.0)
+
+# The dead man's switch: a ping to this URL every interval while the console is
+# healthy, for something outside to notice when it is gone (off without a URL).
+DEADMAN_URL = env_str("OMOI_DEADMAN_URL")
+if DEADMAN_URL and not DEADMAN_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured("OMOI_DEADMAN_URL must be an http:// or https:// URL")
+DEADMAN_INTERVAL_SECONDS = _seconds("OMOI_DEADMAN_INTERVAL_SECONDS", 60.0, 10, 86400)
+DEADMAN_METHOD = env_choice("OMOI_DEADMAN_METHOD", ("post", "get"), "post")
 
 WATCHDOG_MODE = env_choice("OMOI_WATCHDOG_MODE", ("on", "off", "dry-run"), "on")
 

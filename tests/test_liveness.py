@@ -8,8 +8,8 @@ from django.core.cache import cache
 
 from observability import liveness
 from observability.tasks import record_worker_alive
-from omoi_console.top.beat import LivenessScheduler
 from omoi_console.celery import app as celery_app
+from omoi_console.top.beat import LivenessScheduler
 from omoi_console.top.schedule import PERIODIC_JOBS
 from omoi_console.top.ticker import Ticker
 

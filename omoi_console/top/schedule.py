@@ -29,6 +29,8 @@ PERIODIC_JOBS = (
     # Closed minutes only: it follows the rollups, a minute behind at most.
     PeriodicJob("detect anomalies", "monitoring.tasks.detect_anomalies", 15.0),
     PeriodicJob("create metric partitions", "monitoring.tasks.create_metric_partitions", 600.0),
+    # Pings only when a ping is due (OMOI_DEADMAN_INTERVAL_SECONDS) and the console is well.
+    PeriodicJob("ping the dead man's switch", "omoi_console.top.tasks.ping_deadman", 5.0),
     PeriodicJob("sweep events", "omoi_console.foundation.events.tasks.sweep_events", 5.0),
     # Each run is bounded (rows per batch, batches per kind, seconds): see retention.
     PeriodicJob(
