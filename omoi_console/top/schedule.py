@@ -31,6 +31,8 @@ PERIODIC_JOBS = (
     PeriodicJob("create metric partitions", "monitoring.tasks.create_metric_partitions", 600.0),
     # Pings only when a ping is due (OMOI_DEADMAN_INTERVAL_SECONDS) and the console is well.
     PeriodicJob("ping the dead man's switch", "omoi_console.top.tasks.ping_deadman", 5.0),
+    # The console's own health into monitoring (event-bus lag, liveness ...): a few samples.
+    PeriodicJob("record the console's metrics", "omoi_console.top.tasks.record_self_metrics", 15.0),
     PeriodicJob("sweep events", "omoi_console.foundation.events.tasks.sweep_events", 5.0),
     # Each run is bounded (rows per batch, batches per kind, seconds): see retention.
     PeriodicJob(
