@@ -151,6 +151,7 @@ def test_it_shows_within_seconds_that_a_console_process_stopped(
         liveness.started(liveness.TICKER)
         cache.set(liveness._key(liveness.TICKER), time.time() - 30)
         expect(banner).to_have_text(re.compile(r"degraded: ticker stale 3\ds"), timeout=WAIT_MS)
+        expect(banner).to_be_visible()
 
         liveness.record_alive(liveness.TICKER)
         expect(banner).to_be_hidden(timeout=WAIT_MS)
