@@ -22,8 +22,8 @@ REDACTED = "[redacted]"
 # Secrets inside text, each with the part to keep before it. Order matters: the
 # URL patterns run before the generic key=value one.
 SECRET_PATTERNS = (
-    # Credentials in a URL: scheme://user:password@host
-    (re.compile(r"(?P<keep>\b[a-z][a-z0-9+.-]*://)[^\s/@:\"']+(?::[^\s/@\"']*)?@", re.I), "@"),
+    # Credentials in a URL: scheme://user:password@host, scheme://:password@host
+    (re.compile(r"(?P<keep>\b[a-z][a-z0-9+.-]*://)[^\s/@:\"']*(?::[^\s/@\"']*)?@", re.I), "@"),
     # A token in a query string: ?token=..., &access_token=..., &sig=...
     (
         re.compile(

@@ -71,6 +71,7 @@ def test_it_never_writes_secrets_to_the_log():
         ("agent used omoi_ag_0123456789ab_Zq9sEcReTvAlUe", "Zq9sEcReTvAlUe", "omoi_ag_01234"),
         ("POST https://ops:pa55word@hooks.example.com/alert", "pa55word", "example.com/alert"),
         ("GET https://example.com/ping?token=tok3nvalue&x=1", "tok3nvalue", "x=1"),
+        ("cache at redis://:hunter22@cache:6379/0 down", "hunter22", "cache:6379/0"),
         ("slack https://hooks.slack.com/services/T000/B000/XXXXsecretXXXX", "XXXXsecret", "slack"),
         ("receiver hmac_key=f00dfeedcafe0123 saved", "f00dfeedcafe0123", "saved"),
         ('config {"password": "correct-horse"} loaded', "correct-horse", "loaded"),
