@@ -77,6 +77,7 @@ def disconnect_while_the_view_runs() -> None:
 
 def test_it_ends_an_aborted_request_without_leaving_its_span_context_behind(settings):
     settings.ROOT_URLCONF = __name__
+    settings.ALLOWED_HOSTS = ["127.0.0.1"]
     records = Records()
     otel = logging.getLogger("opentelemetry.context")
     ours = logging.getLogger("omoi_console.foundation.middleware")
@@ -91,5 +92,6 @@ def test_it_ends_an_aborted_request_without_leaving_its_span_context_behind(sett
         ours.removeHandler(records)
         ours.setLevel(logging.NOTSET)
 
+    assert entered.is_set(), "the view never ran: the request was refused before it"
     assert [r.getMessage() for r in records.records if r.levelno >= logging.ERROR] == []
     assert [r.msg["event"] for r in records.records] == ["http.request_aborted"]

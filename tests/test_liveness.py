@@ -33,12 +33,19 @@ def celery_processes(watched):
     celery_app.conf.task_always_eager = False  # restored by the eager_celery fixture
 
 
+def answer(settings, **processes) -> dict:
+    """What /healthz says when the database (and Redis, if used) answer, with ``processes``."""
+    status = "ok" if all(state == "ok" for state in processes.values()) else "error"
+    redis = {"redis": "ok"} if settings.REDIS_URL else {}
+    return {"status": status, "database": "ok", **redis, **processes}
+
+
 def at(seconds: float):
     return time_machine.travel(T0 + timedelta(seconds=seconds), tick=False)
 
 
 @pytest.mark.django_db
-def test_it_answers_503_naming_a_stale_worker(client, celery_processes):
+def test_it_answers_503_naming_a_stale_worker(client, celery_processes, settings):
     with at(0):
         liveness.record_alive(liveness.WORKER)
         liveness.record_alive(liveness.BEAT)
@@ -50,12 +57,7 @@ def test_it_answers_503_naming_a_stale_worker(client, celery_processes):
         response = client.get("/healthz")
 
     assert response.status_code == 503
-    assert response.json() == {
-        "status": "error",
-        "database": "ok",
-        "worker": "stale 14s",
-        "beat": "stale 8s",
-    }
+    assert response.json() == answer(settings, worker="stale 14s", beat="stale 8s")
 
 
 @pytest.mark.django_db
@@ -84,9 +86,9 @@ def test_it_names_a_process_that_never_beat(client, celery_processes):
 
 
 @pytest.mark.django_db
-def test_it_checks_only_the_ticker_in_the_embedded_mode(client, watched):
+def test_it_checks_only_the_ticker_in_the_embedded_mode(client, watched, settings):
     # Eager Celery: no worker or beat to wait for.
-    assert client.get("/healthz").json() == {"status": "ok", "database": "ok"}
+    assert client.get("/healthz").json() == answer(settings)
     with at(0):
         liveness.started(liveness.TICKER)
     with at(5):
@@ -96,11 +98,11 @@ def test_it_checks_only_the_ticker_in_the_embedded_mode(client, watched):
         response = client.get("/healthz")
 
     assert response.status_code == 503
-    assert response.json() == {"status": "error", "database": "ok", "ticker": "stale 9s"}
+    assert response.json() == answer(settings, ticker="stale 9s")
 
 
 @pytest.mark.django_db
-def test_it_stops_expecting_a_ticker_stopped_on_purpose(client, watched):
+def test_it_stops_expecting_a_ticker_stopped_on_purpose(client, watched, settings):
     ticker = Ticker()
     ticker.jobs = []
     with at(0):
@@ -109,7 +111,7 @@ def test_it_stops_expecting_a_ticker_stopped_on_purpose(client, watched):
         ticker.stop()
 
     with at(60):
-        assert client.get("/healthz").json() == {"status": "ok", "database": "ok"}
+        assert client.get("/healthz").json() == answer(settings)
 
 
 @pytest.mark.django_db
