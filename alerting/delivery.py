@@ -33,6 +33,7 @@ from alerting.models import (
 from alerting.routing import Destination, destinations, escalation_of, held, top_grouping
 from alerting.transports import TransportError
 from alerting.transports.http import redact
+from observability import self_metrics
 from omoi_console.foundation.events.tracing import current_trace_ids
 
 log = structlog.get_logger(__name__)
@@ -391,6 +392,7 @@ def record_delivery_failure(
             delay = max(delay, exc.retry_after)
         notification.next_attempt_at = now + timedelta(seconds=delay)
     notification.save(update_fields=["status", "last_error", "next_attempt_at", "dead_at"])
+    self_metrics.count_notification_failure()
     log.warning(
         "notification.failed",
         notification_id=notification.pk,

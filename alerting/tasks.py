@@ -1,6 +1,9 @@
+import time
+
 from celery import shared_task
 
 from alerting import delivery, evaluator
+from observability import self_metrics
 
 
 @shared_task(ignore_result=True)
@@ -15,7 +18,9 @@ def deliver_due_notifications() -> None:
 
 @shared_task(ignore_result=True, expires=5)
 def evaluate_rules() -> None:
+    started = time.monotonic()
     evaluator.evaluate_due()
+    self_metrics.note_rule_evaluation(time.monotonic() - started)
 
 
 @shared_task(ignore_result=True, expires=30)

@@ -103,6 +103,8 @@ class Bench:
             SECRET_KEY=secrets.token_urlsafe(50),
             ALLOWED_HOSTS="127.0.0.1",
             OMOI_DATA_DIR=str(data_dir),
+            # The web tier alone: no Celery worker or beat whose liveness /healthz could see.
+            OMOI_LIVENESS_STALE_SECONDS="0",
             # The web line's own default (one worker per core, at least two),
             # spelled out so that the worker count can be read off the command.
             WEB_CONCURRENCY=os.environ.get("WEB_CONCURRENCY") or str(max(2, os.cpu_count() or 1)),

@@ -231,6 +231,8 @@ def production_env(bench_dir: Path, databases, database: str) -> dict[str, str]:
         SECRET_KEY=secrets.token_urlsafe(50),
         ALLOWED_HOSTS="127.0.0.1",
         OMOI_DATA_DIR=str(data_dir),
+        # The web tier alone: no Celery worker or beat whose liveness /healthz could see.
+        OMOI_LIVENESS_STALE_SECONDS="0",
         WEB_CONCURRENCY=os.environ.get("WEB_CONCURRENCY") or str(max(2, os.cpu_count() or 1)),
     )
 

@@ -22,6 +22,7 @@ class OmoiConsoleConfig(AppConfig):
         from omoi_console.foundation.events import retention  # noqa: F401  (registers policies)
         from omoi_console.foundation.events.broadcast import broadcast_events
         from omoi_console.foundation.events.registry import ALL, subscribe
+        from omoi_console.top import self_watch  # noqa: F401  (declares the console's metrics)
 
         # Outside any transaction: the send may wait on the channel layer.
         subscribe(ALL, handler_id="console.broadcast", batch=True, atomic=False)(broadcast_events)

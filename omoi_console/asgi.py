@@ -1,6 +1,7 @@
 """ASGI entry point for the production server and the in-process server (embedded).
 
-HTTP passes the request-body bound first, then the rate limits, then the lean
+HTTP gets its request id (and its access-log line) first, then passes the
+request-body bound, then the rate limits, then the lean
 ingest paths, which answer routine heartbeats and agents' metric batches
 themselves and hand every other request to Django.
 """
@@ -19,6 +20,7 @@ from monitoring.ingest.asgi import HeartbeatFastPath, is_known_good, lifespan  #
 from monitoring.ingest.batches import MetricBatchFastPath  # noqa: E402
 from omoi_console.foundation.rate_limits import IngestRateLimits  # noqa: E402
 from omoi_console.foundation.rate_windows import RecentlyVerified  # noqa: E402
+from omoi_console.foundation.request_context import RequestContext  # noqa: E402
 from omoi_console.foundation.request_limits import BoundedRequestBody  # noqa: E402
 from omoi_console.foundation.websocket_auth import (  # noqa: E402
     AllowedHostsOrigin,
@@ -39,7 +41,7 @@ ingest_limits = IngestRateLimits(
 
 application = ProtocolTypeRouter(
     {
-        "http": BoundedRequestBody(ingest_limits),
+        "http": RequestContext(BoundedRequestBody(ingest_limits)),
         "websocket": AllowedHostsOrigin(WebsocketAuthMiddleware(URLRouter(websocket_urlpatterns))),
         "lifespan": lifespan,
     }

@@ -3,7 +3,7 @@
 Two modes, chosen by the environment (docs/configuration.md lists every variable):
 
 * embedded (no environment at all): SQLite in the data directory, in-memory
-  channel layer, eager Celery, local-memory cache, console email backend and an
+  channel layer, eager Celery, local-memory cache, mail kept as files and an
   in-process ticker that drives the periodic checks;
 * production (``OMOI_MODE=production``, implied by ``DATABASE_URL``): Postgres,
   Redis for channels, cache and the Celery broker, SMTP, and a real SECRET_KEY.
@@ -107,6 +107,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so that it sits directly inside the tracing middleware, which
+    # instrumentation inserts in front of everything.
+    "omoi_console.foundation.middleware.EndAbortedRequest",
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "omoi_console.foundation.middleware.RefuseNulInURL",
@@ -215,7 +218,10 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# django-celery-beat's scheduler, recording beat's own liveness as it ticks.
+CELERY_BEAT_SCHEDULER = "omoi_console.top.beat:LivenessScheduler"
+# Workers and beat keep LOGGING's handlers (omoi_console.celery says how).
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TIMEZONE = "UTC"
 
 # --- email --------------------------------------------------------------------
@@ -230,10 +236,13 @@ if EMAIL_HOST:
     EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
     EMAIL_TIMEOUT = env_int("EMAIL_TIMEOUT", 10)
 else:
-    EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+    # Without a mail server, mail is kept as files in the data directory rather
+    # than printed between the log lines of the demo's terminal.
+    EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.filebased.EmailBackend")
+    EMAIL_FILE_PATH = Path(env_str("EMAIL_FILE_PATH") or DATA_DIR / "mail")
 DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "omoi-console@localhost")
-# The console backend is a stand-in for trying things out; in production, mail
-# that only reaches a worker's log is mail nobody reads.
+# The file backend is a stand-in for trying things out; in production, mail
+# that only reaches a directory is mail nobody reads.
 MAIL_DELIVERED = bool(EMAIL_HOST or env_str("EMAIL_BACKEND"))
 
 # --- auth ---------------------------------------------------------------------
@@ -349,7 +358,10 @@ USE_TZ = True
 # --- observability ------------------------------------------------------------
 
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO").upper()
-LOG_FORMAT = env_choice("LOG_FORMAT", ("json", "console"), "json")
+# JSON lines for a log aggregator in production, readable lines at a terminal otherwise.
+LOG_FORMAT = env_choice("LOG_FORMAT", ("json", "console"), "json" if PRODUCTION else "console")
+# One structured line per HTTP request (omoi.access); routine ingest successes are left out.
+ACCESS_LOG = env_bool("OMOI_ACCESS_LOG", True)
 # Beat sends several ticks a second, and Celery logs each one when it is sent,
 # received and done: below DEBUG that would drown everything else.
 TICK_LOG_LEVEL = "DEBUG" if LOG_LEVEL == "DEBUG" else "WARNING"
@@ -380,7 +392,8 @@ LOGGING = {
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
         # The server's own lines go through the structured handler once Django is
-        # set up in a worker; the access log is off on the Procfile's web line.
+        # set up in a worker; its plain-text access log is off on the Procfile's web
+        # line, replaced by omoi.access (omoi_console.foundation.request_context).
         "uvicorn": {"level": "INFO", "propagate": True},
         "uvicorn.error": {"level": "INFO", "propagate": True},
         "uvicorn.access": {"level": "WARNING", "propagate": True},
@@ -454,6 +467,12 @@ if not 1 <= HEALTH_CONSECUTIVE <= 1000:
     )
 HEALTH_MAX_CLOCK_SKEW_SECONDS = _seconds("OMOI_HEALTH_MAX_CLOCK_SKEW", 30.0, 0.001, 86400)
 HEALTH_SIGNAL_MAX_AGE_SECONDS = _seconds("OMOI_HEALTH_SIGNAL_MAX_AGE", 600.0, 60, 86400)
+
+# The worker, beat and the embedded ticker record a beat every second; one whose
+# last beat is older than this is down for /healthz and the console (0: not checked).
+LIVENESS_STALE_SECONDS = env_float("OMOI_LIVENESS_STALE_SECONDS", 7.0)
+if not 0 <= LIVENESS_STALE_SECONDS <= 3600:
+    raise ImproperlyConfigured("OMOI_LIVENESS_STALE_SECONDS must be from 0 (off) to 3600 seconds")
 
 # Undispatched events are re-dispatched by the sweeper after this long.
 EVENT_REDISPATCH_AFTER_SECONDS = env_float("OMOI_EVENT_REDISPATCH_AFTER", 10.0)
@@ -541,6 +560,14 @@ INGEST_FLUSH_SECONDS = env_float("OMOI_INGEST_FLUSH_SECONDS", 0.1)
 # Without Redis, a revocation made by another process (the command line) is noticed
 # by polling for the newest revocation this often.
 INGEST_REVOCATION_POLL_SECONDS = env_float("OMOI_INGEST_REVOCATION_POLL_SECONDS", 1.0)
+
+# The dead man's switch: a ping to this URL every interval while the console is
+# healthy, for something outside to notice when it is gone (off without a URL).
+DEADMAN_URL = env_str("OMOI_DEADMAN_URL")
+if DEADMAN_URL and not DEADMAN_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured("OMOI_DEADMAN_URL must be an http:// or https:// URL")
+DEADMAN_INTERVAL_SECONDS = _seconds("OMOI_DEADMAN_INTERVAL_SECONDS", 60.0, 10, 86400)
+DEADMAN_METHOD = env_choice("OMOI_DEADMAN_METHOD", ("post", "get"), "post")
 
 WATCHDOG_MODE = env_choice("OMOI_WATCHDOG_MODE", ("on", "off", "dry-run"), "on")
 

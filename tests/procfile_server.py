@@ -57,6 +57,10 @@ class ProcfileServer:
             **database_environment(),
             "PORT": str(port),
             "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            # The web tier alone: no Celery worker or beat whose liveness /healthz could see.
+            "OMOI_LIVENESS_STALE_SECONDS": "0",
+            # Production's log format, whatever the database.
+            "LOG_FORMAT": "json",
             **environment,
         }
         self.process: subprocess.Popen | None = None

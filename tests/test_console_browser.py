@@ -148,3 +148,35 @@ def test_the_rule_form_shows_only_the_fields_of_the_chosen_kind(seeded, make_ope
     assert page.locator(".form-row.field-metric").is_visible()
     assert page.locator(".form-row.field-params").is_visible()
     assert page.locator(".form-row.field-threshold").is_hidden()
+
+
+def test_it_shows_within_seconds_that_a_console_process_stopped(
+    registered_agent, make_operator, console_errors, page
+):
+    import re
+    import time
+
+    from django.core.cache import cache
+    from playwright.sync_api import expect
+
+    from observability import liveness
+
+    user, _ = off_thread(make_operator, "viewer")
+    log_in(page, user.username)
+    banner = page.locator("#health")
+    expect(page.locator("#live")).to_have_attribute("data-state", "open", timeout=WAIT_MS)
+    expect(banner).to_be_hidden()
+
+    try:
+        # A ticker that started, then stopped beating 30 s ago; it publishes nothing.
+        liveness.started(liveness.TICKER)
+        cache.set(liveness._key(liveness.TICKER), time.time() - 30)
+        expect(banner).to_have_text(re.compile(r"degraded: ticker stale 3\ds"), timeout=WAIT_MS)
+        expect(banner).to_be_visible()
+
+        liveness.record_alive(liveness.TICKER)
+        expect(banner).to_be_hidden(timeout=WAIT_MS)
+    finally:
+        liveness.stopped(liveness.TICKER)
+    # The browser reports each 503 from /healthz as a failed resource load.
+    console_errors[:] = [error for error in console_errors if "503" not in error]

@@ -36,6 +36,8 @@ def two_servers(tmp_path):
         "ALLOWED_HOSTS": "127.0.0.1",
         "LOG_LEVEL": "WARNING",
         "OMOI_DATA_DIR": str(tmp_path),
+        # Web processes only: no Celery worker or beat whose liveness /healthz could see.
+        "OMOI_LIVENESS_STALE_SECONDS": "0",
     }
     ports = [free_port(), free_port()]
     processes = [

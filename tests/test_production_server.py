@@ -225,3 +225,22 @@ def test_it_restarts_the_web_tier_without_dropping_a_heartbeat(procfile_server, 
     assert len(new_workers) == len(old_workers), web.log_tail()
     assert restarting >= 4  # the overdue check ran all through the restart
     assert min(record["answered"].values()) >= 5
+
+
+def test_it_writes_a_json_access_line_with_the_request_id(procfile_server):
+    web = procfile_server
+    request_id = f"probe-{time.monotonic_ns()}"
+
+    response = httpx.get(f"{web.base_url}/healthz", headers={"X-Request-ID": request_id})
+
+    assert response.headers["x-request-id"] == request_id
+    until = time.monotonic() + 10
+    while time.monotonic() < until:  # a server worker writes it, after answering
+        lines = [line for line in web.log_path.read_text().splitlines() if request_id in line]
+        if lines:
+            break
+        time.sleep(0.05)
+    (line,) = [json.loads(line) for line in lines]
+    assert line["logger"] == "omoi.access" and line["event"] == "http.request"
+    assert (line["method"], line["path"], line["status"]) == ("GET", "/healthz", 200)
+    assert line["client"] == "127.0.0.1" and line["duration_ms"] > 0

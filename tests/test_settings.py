@@ -131,3 +131,19 @@ def test_it_reads_retention_from_the_environment_and_refuses_a_negative_one(tmp_
     result = load_settings(tmp_path, OMOI_RETENTION_BATCH_SIZE="0")
     assert result.returncode != 0
     assert "OMOI_RETENTION_BATCH_SIZE" in result.stderr
+
+
+def test_it_logs_readable_lines_and_files_mail_in_the_embedded_mode(tmp_path):
+    result = load_settings(tmp_path, show="settings.LOG_FORMAT, settings.EMAIL_BACKEND")
+    assert result.returncode == 0, result.stderr
+    # Mail goes to <data dir>/mail, not between the log lines of the terminal.
+    assert result.stdout.split() == ["console", "django.core.mail.backends.filebased.EmailBackend"]
+
+    result = load_settings(tmp_path, show="settings.EMAIL_FILE_PATH")
+    assert result.stdout.strip() == str(tmp_path / "mail")
+
+
+def test_it_logs_json_in_production(tmp_path):
+    result = load_settings(tmp_path, show="settings.LOG_FORMAT", **PRODUCTION)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["json"]

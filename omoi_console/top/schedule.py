@@ -8,9 +8,13 @@ class PeriodicJob:
     name: str
     task: str
     every_seconds: float
+    # False: only Celery beat schedules it (the embedded ticker beats for itself).
+    embedded: bool = True
 
 
 PERIODIC_JOBS = (
+    # The worker's liveness: beat sends it, a worker that runs it is alive.
+    PeriodicJob("record worker liveness", "observability.tasks.record_worker_alive", 1.0, False),
     PeriodicJob("check heartbeats", "monitoring.tasks.check_heartbeats", 1.0),
     PeriodicJob("check stuck agents", "monitoring.tasks.check_stuck", 2.0),
     PeriodicJob("check remediations", "watchdog.tasks.check_remediations", 2.0),
@@ -25,6 +29,10 @@ PERIODIC_JOBS = (
     # Closed minutes only: it follows the rollups, a minute behind at most.
     PeriodicJob("detect anomalies", "monitoring.tasks.detect_anomalies", 15.0),
     PeriodicJob("create metric partitions", "monitoring.tasks.create_metric_partitions", 600.0),
+    # Pings only when a ping is due (OMOI_DEADMAN_INTERVAL_SECONDS) and the console is well.
+    PeriodicJob("ping the dead man's switch", "omoi_console.top.tasks.ping_deadman", 5.0),
+    # The console's own health into monitoring (event-bus lag, liveness ...): a few samples.
+    PeriodicJob("record the console's metrics", "omoi_console.top.tasks.record_self_metrics", 15.0),
     PeriodicJob("sweep events", "omoi_console.foundation.events.tasks.sweep_events", 5.0),
     # Each run is bounded (rows per batch, batches per kind, seconds): see retention.
     PeriodicJob(

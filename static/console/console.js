@@ -2,6 +2,8 @@
 (function () {
   "use strict";
   const MAX_EVENTS = 50;
+  // A stopped worker publishes nothing: the console's own health is polled.
+  const HEALTH_EVERY_MS = 2000;
   let state = JSON.parse(document.getElementById("snapshot").textContent);
   let refreshTimer = null;
 
@@ -48,6 +50,7 @@
       [(a) => time(a.started_at)],
       [(a) => a.outcome],
     ]);
+    renderHealth(state.health);
     document.getElementById("alert-count").textContent = state.alerts.length;
     document.getElementById("agent-count").textContent = state.agents.length;
     const list = document.getElementById("events");
@@ -118,6 +121,28 @@
     };
   }
 
+  // {"status": "error", "worker": "stale 14s", "database": "ok"} -> "Console degraded: worker stale 14s"
+  function renderHealth(health) {
+    const banner = document.getElementById("health");
+    const down = Object.entries(health || {}).filter(([name, value]) => name !== "status" && value !== "ok");
+    banner.hidden = health == null || health.status === "ok";
+    banner.textContent = health == null ? "" : "Console degraded: " +
+      (down.length ? down.map(([name, value]) => name + " " + value).join(", ") : "unknown");
+  }
+
+  async function pollHealth() {
+    let health;
+    try {
+      const response = await fetch("/healthz", { cache: "no-store" });
+      health = await response.json();
+    } catch (error) {
+      health = { status: "error", console: "unreachable" };
+    }
+    state.health = health;
+    renderHealth(health);
+  }
+
   render();
+  setInterval(pollHealth, HEALTH_EVERY_MS);
   connect(1000);
 })();

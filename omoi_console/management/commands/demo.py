@@ -57,6 +57,8 @@ class Command(BaseCommand):
             f"Omoi Console demo on http://127.0.0.1:{options['port']}/\n"
             f"  log in as {DEMO_USER} / {password}   (Ctrl-C stops)"
         )
+        if settings.EMAIL_BACKEND.endswith("filebased.EmailBackend"):
+            self.stdout.write(f"  alert mail is written to {settings.EMAIL_FILE_PATH}/")
         asyncio.run(self._serve(options))
 
     async def _serve(self, options):
