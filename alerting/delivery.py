@@ -19,6 +19,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from opentelemetry import context, trace
 
 from alerting.models import (
     Alert,
@@ -33,6 +34,7 @@ from alerting.transports.http import redact
 from omoi_console.foundation.events.tracing import current_trace_ids
 
 log = structlog.get_logger(__name__)
+tracer = trace.get_tracer(__name__)
 
 # How long one attempt holds its notification; longer than any receiver's timeout.
 DELIVERY_LEASE = timedelta(seconds=60)
@@ -110,14 +112,27 @@ def create_notification(
     )
     if not new:
         return None
-    transaction.on_commit(functools.partial(enqueue_delivery, notification.pk), robust=True)
+    transaction.on_commit(
+        functools.partial(enqueue_delivery, notification.pk, context.get_current()), robust=True
+    )
     return notification
 
 
-def enqueue_delivery(notification_id: int) -> None:
+def enqueue_delivery(notification_id: int, parent: context.Context | None = None) -> None:
+    """Hand a notification to Celery, in the trace of the alert change that created it.
+
+    On-commit callbacks run after the span that created the notification has
+    ended, so the context is passed along: the task's publish carries it to the
+    worker (or, eager, runs inside it).
+    """
     from alerting.tasks import deliver_notification
 
-    deliver_notification.delay(notification_id)
+    token = context.attach(parent) if parent is not None else None
+    try:
+        deliver_notification.delay(notification_id)
+    finally:
+        if token is not None:
+            context.detach(token)
 
 
 def claim_notification(notification_id: int) -> Notification | None:
@@ -150,12 +165,18 @@ def claim_notification(notification_id: int) -> Notification | None:
     return notification
 
 
+@tracer.start_as_current_span("notification.deliver")
 def deliver_notification(notification_id: int) -> str | None:
     """One delivery attempt; returns the resulting status, or None if not due."""
+    span = trace.get_current_span()
+    span.set_attribute("notification.id", notification_id)
     notification = claim_notification(notification_id)
     if notification is None:
         return None
     receiver = notification.receiver
+    span.set_attributes(
+        {"notification.channel": notification.channel, "alert.id": notification.alert_id}
+    )
     if not receiver.enabled:
         return record_delivery_failure(
             notification, TransportError("receiver is disabled", permanent=True)
@@ -316,7 +337,9 @@ def resend_notification(notification_id: int) -> Notification:
                 )
         except IntegrityError:
             raise NotResendable(f"notification {dead.pk} was already re-sent") from None
-        transaction.on_commit(functools.partial(enqueue_delivery, again.pk), robust=True)
+        transaction.on_commit(
+            functools.partial(enqueue_delivery, again.pk, context.get_current()), robust=True
+        )
     log.info("notification.resent", notification_id=dead.pk, new_notification_id=again.pk)
     return again
 

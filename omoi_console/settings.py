@@ -12,6 +12,7 @@ Two modes, chosen by the environment (docs/configuration.md lists every variable
 import contextlib
 import os
 import secrets
+import tomllib
 from pathlib import Path
 
 import dj_database_url
@@ -390,8 +391,34 @@ LOGGING = {
         "celery.app.trace": {"level": TICK_LOG_LEVEL},
     },
 }
+# Tracing reads the standard OpenTelemetry variables. OTEL_TRACES_SAMPLER_RATIO,
+# this console's older name for the sampler's ratio, still counts when
+# OTEL_TRACES_SAMPLER_ARG is unset.
+OMOI_VERSION = tomllib.loads((BASE_DIR / "pyproject.toml").read_text())["project"]["version"]
+OMOI_DEPLOYMENT_ENVIRONMENT = env_str("OMOI_DEPLOYMENT_ENVIRONMENT", MODE)
 OTEL_SERVICE_NAME = env_str("OTEL_SERVICE_NAME", "omoi-console")
-OTEL_TRACES_SAMPLER_RATIO = env_float("OTEL_TRACES_SAMPLER_RATIO", 1.0)
+OTEL_TRACES_SAMPLER = env_choice(
+    "OTEL_TRACES_SAMPLER",
+    (
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    ),
+    "parentbased_traceidratio",
+)
+OTEL_TRACES_SAMPLER_ARG = env_float(
+    "OTEL_TRACES_SAMPLER_ARG", env_float("OTEL_TRACES_SAMPLER_RATIO", 1.0)
+)
+if not 0.0 <= OTEL_TRACES_SAMPLER_ARG <= 1.0:
+    raise ImproperlyConfigured(
+        f"OTEL_TRACES_SAMPLER_ARG is a ratio from 0 to 1, got {OTEL_TRACES_SAMPLER_ARG}"
+    )
+OTEL_EXPORTER_OTLP_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_ENDPOINT") or env_str(
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+)
 PROMETHEUS_EXPORT_MIGRATIONS = False
 
 # --- the product --------------------------------------------------------------

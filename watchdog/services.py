@@ -7,6 +7,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
+from opentelemetry import trace
 
 from monitoring.models import Agent, AgentState
 from omoi_console.foundation.events import publish
@@ -15,6 +16,7 @@ from watchdog.adapters import get_adapter
 from watchdog.models import ActionStatus, RemediationAction, RemediationPolicy
 
 log = structlog.get_logger(__name__)
+tracer = trace.get_tracer(__name__)
 
 ACTOR = "watchdog"
 HOURLY_CAP_WINDOW = timedelta(hours=1)
@@ -29,6 +31,7 @@ def matching_policy(trigger: str, agent: Agent) -> RemediationPolicy | None:
     return None
 
 
+@tracer.start_as_current_span("watchdog.remediate")
 def open_remediation(trigger: str, agent_id: str, *, event_id=None) -> RemediationAction | None:
     """Act on an agent according to the first matching policy.
 
@@ -36,6 +39,7 @@ def open_remediation(trigger: str, agent_id: str, *, event_id=None) -> Remediati
     dry-run), the policy's cooldown and its hourly cap. Returns the audited
     action row, or None when the watchdog is off or no policy matches.
     """
+    trace.get_current_span().set_attributes({"agent.id": agent_id, "watchdog.trigger": trigger})
     mode = settings.WATCHDOG_MODE
     if mode == "off":
         log.info("watchdog.off", agent_id=agent_id, trigger=trigger)
