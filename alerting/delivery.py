@@ -28,6 +28,7 @@ from alerting.models import (
     NotificationStatus,
     Receiver,
 )
+from alerting.prometheus import NOTIFICATIONS
 from alerting.routing import route
 from alerting.transports import TransportError
 from alerting.transports.http import redact
@@ -200,6 +201,7 @@ def deliver_notification(notification_id: int) -> str | None:
 def record_delivery_success(notification: Notification, attempt_ms: int) -> str:
     now = timezone.now()
     notification.status = NotificationStatus.SENT
+    NOTIFICATIONS.labels(notification.channel, NotificationStatus.SENT).inc()
     notification.sent_at = now
     notification.latency_ms = int((now - notification.created_at).total_seconds() * 1000)
     notification.last_error = ""
@@ -242,6 +244,7 @@ def record_delivery_failure(notification: Notification, exc: TransportError) -> 
     if gave_up:
         notification.status = NotificationStatus.DEAD
         notification.dead_at = now
+        NOTIFICATIONS.labels(notification.channel, NotificationStatus.DEAD).inc()
     else:
         delay = backoff_seconds(notification.attempts)
         if exc.retry_after is not None:

@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from alerting import lifecycle
 from alerting.models import OPEN_STATUSES, Alert, AlertRule, AlertStatus
+from alerting.prometheus import RULE_EVALUATION
 from alerting.rules import KINDS
 from monitoring.models import Agent, AgentState
 
@@ -146,7 +147,7 @@ def claim(now: datetime) -> list[AlertRule]:
 def evaluate_rule(rule: AlertRule, now: datetime) -> None:
     """One evaluation of one rule, applied to its alerts in one transaction."""
     try:
-        with transaction.atomic():
+        with RULE_EVALUATION.labels(rule.kind).time(), transaction.atomic():
             matches = rule.rule_kind.evaluate(rule, now)
             apply(rule, matches, now)
             error = ""

@@ -10,6 +10,7 @@ Two modes, chosen by the environment (docs/configuration.md lists every variable
 """
 
 import contextlib
+import ipaddress
 import os
 import secrets
 import tomllib
@@ -420,6 +421,19 @@ OTEL_EXPORTER_OTLP_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_ENDPOINT") or env_str(
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 )
 PROMETHEUS_EXPORT_MIGRATIONS = False
+# Who may read /metrics: client networks (addresses or CIDR; "*" for anyone),
+# and a bearer token that lets a scraper in from anywhere. Loopback by default,
+# where a Prometheus on the same host scrapes from.
+METRICS_TOKEN = env_str("OMOI_METRICS_TOKEN")
+try:
+    METRICS_ALLOW = tuple(
+        "*" if entry == "*" else ipaddress.ip_network(entry, strict=False)
+        for entry in env_list("OMOI_METRICS_ALLOW", ["127.0.0.0/8", "::1"])
+    )
+except ValueError as exc:
+    raise ImproperlyConfigured(f"OMOI_METRICS_ALLOW: {exc}") from None
+if "*" in METRICS_ALLOW:
+    METRICS_ALLOW = ("*",)
 
 # --- the product --------------------------------------------------------------
 

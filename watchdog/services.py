@@ -14,6 +14,7 @@ from omoi_console.foundation.events import publish
 from omoi_console.foundation.events.tracing import current_trace_ids
 from watchdog.adapters import get_adapter
 from watchdog.models import ActionStatus, RemediationAction, RemediationPolicy
+from watchdog.prometheus import count_action
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -69,6 +70,7 @@ def open_remediation(trigger: str, agent_id: str, *, event_id=None) -> Remediati
     skip = _skip_reason(policy, agent, now)
     if skip:
         action.status = ActionStatus.SKIPPED
+        count_action(action.step, ActionStatus.SKIPPED)
         action.outcome = skip
         action.finished_at = now
         action.save()
@@ -78,6 +80,7 @@ def open_remediation(trigger: str, agent_id: str, *, event_id=None) -> Remediati
     dry_run = mode == "dry-run" or policy.dry_run
     if dry_run:
         action.status = ActionStatus.DRY_RUN
+        count_action(action.step, ActionStatus.DRY_RUN)
         action.outcome = f"would {policy.step}"
         action.finished_at = now
         action.save()
@@ -133,6 +136,7 @@ def verify_recovery(agent_id: str) -> list[RemediationAction]:
         for action in waiting.select_related("policy", "agent"):
             now = timezone.now()
             action.status = ActionStatus.SUCCEEDED
+            count_action(action.step, ActionStatus.SUCCEEDED)
             action.after_state = action.agent.state
             action.finished_at = now
             action.outcome = "agent healthy again"
@@ -166,6 +170,7 @@ def expire_unverified(now=None) -> list[RemediationAction]:
         for action in overdue:
             reason = f"agent not healthy within {action.policy.verify_seconds}s"
             action.status = ActionStatus.FAILED
+            count_action(action.step, ActionStatus.FAILED)
             action.after_state = action.agent.state
             action.finished_at = now
             action.outcome = reason
