@@ -32,7 +32,7 @@ from alerting.prometheus import NOTIFICATIONS
 from alerting.routing import route
 from alerting.transports import TransportError
 from alerting.transports.http import redact
-from omoi_console.foundation.events.tracing import current_trace_ids
+from omoi_console.foundation.events.tracing import current_trace_ids, in_context
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -113,27 +113,20 @@ def create_notification(
     )
     if not new:
         return None
+    # On-commit callbacks run after the span that created the notification has
+    # ended: the hand-off runs in its context, so the task's publish carries the
+    # alert's trace to the worker (or, eager, runs inside it).
     transaction.on_commit(
-        functools.partial(enqueue_delivery, notification.pk, context.get_current()), robust=True
+        functools.partial(in_context, context.get_current(), enqueue_delivery, notification.pk),
+        robust=True,
     )
     return notification
 
 
-def enqueue_delivery(notification_id: int, parent: context.Context | None = None) -> None:
-    """Hand a notification to Celery, in the trace of the alert change that created it.
-
-    On-commit callbacks run after the span that created the notification has
-    ended, so the context is passed along: the task's publish carries it to the
-    worker (or, eager, runs inside it).
-    """
+def enqueue_delivery(notification_id: int) -> None:
     from alerting.tasks import deliver_notification
 
-    token = context.attach(parent) if parent is not None else None
-    try:
-        deliver_notification.delay(notification_id)
-    finally:
-        if token is not None:
-            context.detach(token)
+    deliver_notification.delay(notification_id)
 
 
 def claim_notification(notification_id: int) -> Notification | None:
@@ -341,7 +334,8 @@ def resend_notification(notification_id: int) -> Notification:
         except IntegrityError:
             raise NotResendable(f"notification {dead.pk} was already re-sent") from None
         transaction.on_commit(
-            functools.partial(enqueue_delivery, again.pk, context.get_current()), robust=True
+            functools.partial(in_context, context.get_current(), enqueue_delivery, again.pk),
+            robust=True,
         )
     log.info("notification.resent", notification_id=dead.pk, new_notification_id=again.pk)
     return again

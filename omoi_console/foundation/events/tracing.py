@@ -2,7 +2,7 @@
 
 from contextlib import contextmanager
 
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 tracer = trace.get_tracer("omoi_console.foundation.events")
@@ -48,6 +48,15 @@ def event_trace(event):
     return continued_trace(
         f"event {event.name}", event.trace_id, event.span_id, event_id=str(event.id)
     )
+
+
+def in_context(parent: context.Context, func, *args):
+    """Call ``func(*args)`` in ``parent``, a context captured earlier (for on-commit callbacks)."""
+    token = context.attach(parent)
+    try:
+        return func(*args)
+    finally:
+        context.detach(token)
 
 
 def new_trace_ids(span_name: str, **attributes) -> tuple[str, str]:
