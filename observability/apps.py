@@ -6,7 +6,7 @@ class ObservabilityConfig(AppConfig):
     verbose_name = "Observability"
 
     def ready(self):
-        from observability import prometheus
+        from observability import prometheus, retention  # noqa: F401  (registers retention)
         from observability.tracing import configure_tracing
 
         configure_tracing()

@@ -118,6 +118,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "observability.profiling.ProfileRequestMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
@@ -421,6 +422,12 @@ OTEL_EXPORTER_OTLP_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_ENDPOINT") or env_str(
     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
 )
 PROMETHEUS_EXPORT_MIGRATIONS = False
+# pyinstrument's sampling interval for on-demand profiles (seconds).
+PROFILE_INTERVAL_SECONDS = env_float("OMOI_PROFILE_INTERVAL", 0.001)
+if not 0.0001 <= PROFILE_INTERVAL_SECONDS <= 1.0:
+    raise ImproperlyConfigured(
+        f"OMOI_PROFILE_INTERVAL is 0.0001 to 1 seconds, got {PROFILE_INTERVAL_SECONDS}"
+    )
 # Who may read /metrics: client networks (addresses or CIDR; "*" for anyone),
 # and a bearer token that lets a scraper in from anywhere. Loopback by default,
 # where a Prometheus on the same host scrapes from.
@@ -590,6 +597,7 @@ RETAIN_TRANSITIONS_DAYS = _retention_days("OMOI_RETAIN_TRANSITIONS_DAYS", 30)
 RETAIN_ANOMALIES_DAYS = _retention_days("OMOI_RETAIN_ANOMALIES_DAYS", 90)
 RETAIN_NOTIFICATIONS_DAYS = _retention_days("OMOI_RETAIN_NOTIFICATIONS_DAYS", 30)
 RETAIN_REMEDIATIONS_DAYS = _retention_days("OMOI_RETAIN_REMEDIATIONS_DAYS", 90)
+RETAIN_PROFILES_DAYS = _retention_days("OMOI_RETAIN_PROFILES_DAYS", 14)
 # One prune run: rows per DELETE, batches per kind, and seconds before it stops
 # starting new batches (the embedded ticker runs it beside the heartbeat check).
 RETENTION_BATCH_SIZE = env_int("OMOI_RETENTION_BATCH_SIZE", 1000)

@@ -6,12 +6,17 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import timedelta
+from io import StringIO
 from pathlib import Path
 
 import httpx
 import pytest
 import time_machine
-from django.test import override_settings
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.test import AsyncClient, override_settings
+from django.urls import reverse
 from django.utils import timezone
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -21,10 +26,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from alerting.evaluator import evaluate_due
 from alerting.lifecycle import fire_heartbeat_alerts
 from alerting.models import Alert, AlertRule, Notification, NotificationStatus
-from monitoring.models import Agent
+from monitoring.models import Agent, MetricSeries
 from monitoring.services import check_heartbeats, record_heartbeat
 from observability import tracing
+from observability.models import ProfileKind, ProfileSnapshot
+from observability.profiling import profiled
 from omoi_console.foundation.events import publish
+from omoi_console.foundation.retention import service as retention
+from omoi_console.top import hot_paths
 from tests.conftest import REQUIRE_SERVICES, bearer, named, trace_of
 from tests.delivery_receivers import HttpReceiver
 from tests.test_console_feed import communicator
@@ -366,3 +375,156 @@ def test_it_sums_counters_across_processes_in_multiprocess_mode(tmp_path):
     webhook = (("channel", "webhook"), ("status", "sent"))
     assert samples[("notifications_total", webhook)] == 3
     assert len(list(directory.glob("counter_*.db"))) == 2
+
+
+# --- profiles -------------------------------------------------------------------
+
+
+def busy_work(n: int) -> int:
+    return sum(i * i for i in range(n))
+
+
+@pytest.fixture
+def admin_client(client, make_operator):
+    user, _ = make_operator("admin")
+    client.force_login(user)
+    return client
+
+
+@pytest.mark.django_db
+def test_it_stores_a_real_profile_and_lists_it_in_the_admin(admin_client):
+    with profiled(ProfileKind.COMMAND, "busy work", requested_by="tester") as run:
+        busy_work(300_000)
+
+    snapshot = run.snapshot
+    assert ProfileSnapshot.objects.get() == snapshot
+    assert snapshot.duration_seconds > 0
+    # pyinstrument sampled the workload itself.
+    assert "busy_work" in snapshot.summary and "busy_work" in snapshot.html
+    listing = admin_client.get(reverse("admin:observability_profilesnapshot_changelist"))
+    assert listing.status_code == 200
+    assert b"busy work" in listing.content
+    detail = admin_client.get(
+        reverse("admin:observability_profilesnapshot_change", args=[snapshot.pk])
+    )
+    assert detail.status_code == 200
+    assert b"busy_work" in detail.content
+    assert b'sandbox="allow-scripts"' in detail.content
+    page = admin_client.get(reverse("admin:observability_profilesnapshot_page", args=[snapshot.pk]))
+    assert page.status_code == 200
+    assert page.content.decode() == snapshot.html
+    policy = page["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "sandbox allow-scripts" in policy
+    assert page["X-Frame-Options"] == "SAMEORIGIN"
+
+
+@pytest.mark.django_db
+def test_it_keeps_profiles_from_anyone_but_admins(client, make_operator):
+    with profiled(ProfileKind.COMMAND, "busy work"):
+        busy_work(1000)
+    snapshot = ProfileSnapshot.objects.get()
+    viewer, _ = make_operator("viewer")
+    client.force_login(viewer)
+
+    page = client.get(reverse("admin:observability_profilesnapshot_page", args=[snapshot.pk]))
+    missing = client.get(reverse("admin:observability_profilesnapshot_page", args=[10**9]))
+
+    assert page.status_code == 302  # to the login: the admin is for staff only
+    assert missing.status_code == 302
+    assert snapshot.html.encode() not in page.content
+
+
+@pytest.mark.django_db
+def test_it_profiles_a_request_only_for_a_staff_user_with_the_permission(
+    client, make_operator, settings
+):
+    admin, _ = make_operator("admin", "root")
+    operator, _ = make_operator("operator", "ops")
+
+    client.force_login(operator)
+    plain = client.get("/console/state", HTTP_X_OMOI_PROFILE="1")
+    assert plain.status_code == 200
+    assert "X-Omoi-Profile-Id" not in plain
+    assert not ProfileSnapshot.objects.exists()
+
+    client.force_login(admin)
+    asked = client.get("/console/state?omoi_profile=1")
+    assert asked.status_code == 200
+    snapshot = ProfileSnapshot.objects.get(pk=asked["X-Omoi-Profile-Id"])
+    assert snapshot.kind == ProfileKind.REQUEST
+    assert snapshot.target == "GET /console/state"
+    assert snapshot.requested_by == "root"
+    assert len(snapshot.trace_id) == 32
+    unasked = client.get("/console/state", HTTP_X_OMOI_PROFILE="yes please")
+    assert "X-Omoi-Profile-Id" not in unasked
+    assert ProfileSnapshot.objects.count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_profiles_a_request_served_asynchronously(make_operator):
+    admin, _ = make_operator("admin", "root")
+    client = AsyncClient()
+    client.force_login(admin)
+
+    response = asyncio.run(client.get("/console/state", headers={"X-Omoi-Profile": "1"}))
+
+    assert response.status_code == 200
+    snapshot = ProfileSnapshot.objects.get(pk=response["X-Omoi-Profile-Id"])
+    assert snapshot.target == "GET /console/state"
+    assert snapshot.duration_seconds > 0
+
+
+@pytest.mark.django_db
+def test_it_profiles_the_named_hot_paths_and_a_task_from_the_command_line(seeded):
+    out = StringIO()
+    call_command("profile", "ingest", "--samples", "300", stdout=out)
+    call_command("profile", "rule-tick", stdout=out)
+    call_command("profile", "task", "--task", "alerting.tasks.evaluate_rules", stdout=out)
+
+    ingest, tick, task = ProfileSnapshot.objects.order_by("pk")
+    assert (ingest.kind, ingest.target) == (ProfileKind.COMMAND, "ingest 300")
+    assert "samples.py" in ingest.summary
+    assert MetricSeries.objects.filter(labels__agent=hot_paths.PROBE_AGENT).count() == 10
+    assert (tick.kind, tick.target) == (ProfileKind.COMMAND, "rule-tick")
+    assert "evaluate_rule" in tick.summary
+    assert (task.kind, task.target) == (ProfileKind.TASK, "alerting.tasks.evaluate_rules")
+    assert f"profile {task.pk} stored" in out.getvalue()
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["nothing-like-it"],
+        ["ingest", "--samples", "0"],
+        ["task"],
+        ["task", "--task", "no.such.task"],
+        ["task", "--task", "alerting.tasks.evaluate_rules", "--task-args", "{"],
+    ],
+)
+def test_it_refuses_what_it_cannot_profile_and_stores_nothing(argv):
+    with pytest.raises((CommandError, SystemExit)):
+        call_command("profile", *argv, stderr=StringIO())
+
+    assert not ProfileSnapshot.objects.exists()
+
+
+@pytest.mark.django_db
+def test_it_prunes_profiles_past_their_retention(settings):
+    settings.RETAIN_PROFILES_DAYS = 14
+    start = timezone.now()
+    with (
+        time_machine.travel(start - timedelta(days=15), tick=False),
+        profiled(ProfileKind.COMMAND, "old"),
+    ):
+        busy_work(1000)
+    with (
+        time_machine.travel(start - timedelta(days=13), tick=False),
+        profiled(ProfileKind.COMMAND, "recent"),
+    ):
+        busy_work(1000)
+
+    with time_machine.travel(start, tick=False):
+        retention.prune(kinds=["observability.profiles"])
+
+    assert list(ProfileSnapshot.objects.values_list("target", flat=True)) == ["recent"]
