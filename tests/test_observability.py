@@ -32,6 +32,7 @@ from observability import tracing
 from observability.models import ProfileKind, ProfileSnapshot
 from observability.profiling import profiled
 from omoi_console.foundation.events import publish
+from omoi_console.foundation.events.tracing import continued_trace, new_trace_ids
 from omoi_console.foundation.retention import service as retention
 from omoi_console.top import hot_paths
 from tests.conftest import REQUIRE_SERVICES, bearer, named, trace_of
@@ -187,6 +188,20 @@ def test_it_samples_as_the_standard_variables_say(settings, name, ratio, recorde
 
     with provider.get_tracer(__name__).start_as_current_span("root") as root:
         assert root.is_recording() is recorded
+
+
+def test_it_keeps_a_trace_sampled_out_at_its_root_out_of_its_event_handlers(monkeypatch):
+    provider = trace.get_tracer_provider()
+    kept = new_trace_ids("incident")
+    monkeypatch.setattr(provider, "sampler", tracing.sampler("parentbased_always_off", 1.0))
+    dropped = new_trace_ids("incident")
+
+    with continued_trace("handler", *dropped) as handler:
+        assert not handler.is_recording()
+    monkeypatch.undo()
+    with continued_trace("handler", *kept) as handler:
+        assert handler.is_recording()
+        assert trace_of(handler) == kept[0]
 
 
 def test_it_reads_the_sampler_from_the_environment(tmp_path):
