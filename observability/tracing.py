@@ -26,16 +26,6 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 
-# The values of the standard OTEL_TRACES_SAMPLER variable that take no plug-in.
-SAMPLERS = (
-    "always_on",
-    "always_off",
-    "traceidratio",
-    "parentbased_always_on",
-    "parentbased_always_off",
-    "parentbased_traceidratio",
-)
-
 _configured = False
 
 
@@ -57,8 +47,8 @@ def resource() -> Resource:
     """
     defaults = Resource(
         {
-            "service.version": settings.OMOI_VERSION,
-            "deployment.environment.name": settings.OMOI_DEPLOYMENT_ENVIRONMENT,
+            "service.version": settings.VERSION,
+            "deployment.environment.name": settings.DEPLOYMENT_ENVIRONMENT,
         }
     )
     return defaults.merge(Resource.create({"service.name": settings.OTEL_SERVICE_NAME}))

@@ -396,8 +396,8 @@ LOGGING = {
 # Tracing reads the standard OpenTelemetry variables. OTEL_TRACES_SAMPLER_RATIO,
 # this console's older name for the sampler's ratio, still counts when
 # OTEL_TRACES_SAMPLER_ARG is unset.
-OMOI_VERSION = tomllib.loads((BASE_DIR / "pyproject.toml").read_text())["project"]["version"]
-OMOI_DEPLOYMENT_ENVIRONMENT = env_str("OMOI_DEPLOYMENT_ENVIRONMENT", MODE)
+VERSION = tomllib.loads((BASE_DIR / "pyproject.toml").read_text())["project"]["version"]
+DEPLOYMENT_ENVIRONMENT = env_str("OMOI_DEPLOYMENT_ENVIRONMENT", MODE)
 OTEL_SERVICE_NAME = env_str("OTEL_SERVICE_NAME", "omoi-console")
 OTEL_TRACES_SAMPLER = env_choice(
     "OTEL_TRACES_SAMPLER",

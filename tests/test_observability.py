@@ -142,7 +142,7 @@ def test_it_exports_spans_over_otlp_when_an_endpoint_is_set(monkeypatch, setting
         monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
         monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=web-7")
         settings.OTEL_EXPORTER_OTLP_ENDPOINT = collector.url
-        settings.OMOI_DEPLOYMENT_ENVIRONMENT = "staging"
+        settings.DEPLOYMENT_ENVIRONMENT = "staging"
         provider = tracing.build_provider()
         with provider.get_tracer(__name__).start_as_current_span("exported"):
             pass
@@ -160,7 +160,7 @@ def test_it_exports_spans_over_otlp_when_an_endpoint_is_set(monkeypatch, setting
     assert attributes["service.name"] == "omoi-console"
     assert attributes["service.instance.id"] == "web-7"
     assert attributes["deployment.environment.name"] == "staging"
-    assert attributes["service.version"] == settings.OMOI_VERSION
+    assert attributes["service.version"] == settings.VERSION
     names = [s.name for scope in resource_spans.scope_spans for s in scope.spans]
     assert names == ["exported"]
 
