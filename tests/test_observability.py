@@ -13,8 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 import time_machine
+from asgiref.sync import sync_to_async
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.db import connections
 from django.test import AsyncClient, override_settings
 from django.urls import reverse
 from django.utils import timezone
@@ -481,7 +483,15 @@ def test_it_profiles_a_request_served_asynchronously(make_operator):
     client = AsyncClient()
     client.force_login(admin)
 
-    response = asyncio.run(client.get("/console/state", headers={"X-Omoi-Profile": "1"}))
+    async def request():
+        try:
+            return await client.get("/console/state", headers={"X-Omoi-Profile": "1"})
+        finally:
+            # The test client keeps connections open; this one lives in asgiref's
+            # shared thread, which later tests' servers use too.
+            await sync_to_async(connections.close_all)()
+
+    response = asyncio.run(request())
 
     assert response.status_code == 200
     snapshot = ProfileSnapshot.objects.get(pk=response["X-Omoi-Profile-Id"])
