@@ -18,3 +18,8 @@ class AlertingConfig(AppConfig):
         from alerting import handlers, metrics, retention  # noqa: F401
 
         post_migrate.connect(_seed, sender=self, dispatch_uid="alerting.seed")
+
+        from alerting.prometheus import alert_metrics
+        from observability.prometheus import register_scrape_collector
+
+        register_scrape_collector("alerts", alert_metrics)

@@ -19,6 +19,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
+from opentelemetry import context, trace
 
 from alerting import grouping
 from alerting.models import (
@@ -30,13 +31,15 @@ from alerting.models import (
     NotificationStatus,
     Receiver,
 )
+from alerting.prometheus import NOTIFICATIONS
 from alerting.routing import Destination, destinations, escalation_of, held, top_grouping
 from alerting.transports import TransportError
 from alerting.transports.http import redact
 from observability import self_metrics
-from omoi_console.foundation.events.tracing import current_trace_ids
+from omoi_console.foundation.events.tracing import current_trace_ids, in_context
 
 log = structlog.get_logger(__name__)
+tracer = trace.get_tracer(__name__)
 
 # How long one attempt holds its notification; longer than any receiver's timeout.
 DELIVERY_LEASE = timedelta(seconds=60)
@@ -181,7 +184,10 @@ def create_notification(
     send = functools.partial(enqueue_delivery, notification.pk)
     if wait > 0:
         send = functools.partial(enqueue_delivery, notification.pk, countdown=wait)
-    transaction.on_commit(send, robust=True)
+    # On-commit callbacks run after the span that created the notification has
+    # ended: the hand-off runs in its context, so the task's publish carries the
+    # alert's trace to the worker (or, eager, runs inside it).
+    transaction.on_commit(functools.partial(in_context, context.get_current(), send), robust=True)
     return notification
 
 
@@ -292,11 +298,21 @@ def members(notification: Notification, batch: list[Notification]) -> list[tuple
     return told + [(alert, "firing") for alert in grouping.still_firing(notification.group, ids)]
 
 
+@tracer.start_as_current_span("notification.deliver")
 def deliver_notification(notification_id: int) -> str | None:
     """One delivery attempt; returns the resulting status, or None if not due."""
+    span = trace.get_current_span()
+    span.set_attribute("notification.id", notification_id)
     claimed = claim_notification(notification_id)
     if claimed is None:
         return None
+    span.set_attributes(
+        {
+            "notification.channel": claimed.channel,
+            "alert.id": claimed.alert_id,
+            "notification.batch": len(claimed.batch),
+        }
+    )
     batch = _still_current(claimed.batch)
     if not batch:
         return NotificationStatus.CANCELLED
@@ -337,6 +353,7 @@ def record_batch_failure(batch: list[Notification], exc: TransportError) -> str:
 def record_delivery_success(notification: Notification, attempt_ms: int) -> str:
     now = timezone.now()
     notification.status = NotificationStatus.SENT
+    NOTIFICATIONS.labels(notification.channel, NotificationStatus.SENT).inc()
     notification.sent_at = now
     notification.latency_ms = int((now - notification.created_at).total_seconds() * 1000)
     notification.last_error = ""
@@ -385,6 +402,7 @@ def record_delivery_failure(
     if gave_up:
         notification.status = NotificationStatus.DEAD
         notification.dead_at = now
+        NOTIFICATIONS.labels(notification.channel, NotificationStatus.DEAD).inc()
     else:
         if delay is None:
             delay = backoff_seconds(notification.attempts)
@@ -482,7 +500,10 @@ def resend_notification(notification_id: int) -> Notification:
                 )
         except IntegrityError:
             raise NotResendable(f"notification {dead.pk} was already re-sent") from None
-        transaction.on_commit(functools.partial(enqueue_delivery, again.pk), robust=True)
+        transaction.on_commit(
+            functools.partial(in_context, context.get_current(), enqueue_delivery, again.pk),
+            robust=True,
+        )
     log.info("notification.resent", notification_id=dead.pk, new_notification_id=again.pk)
     return again
 

@@ -29,6 +29,7 @@ from django.utils import timezone
 
 from alerting import lifecycle, routing
 from alerting.models import OPEN_STATUSES, Alert, AlertRule, AlertStatus
+from alerting.prometheus import RULE_EVALUATION
 from alerting.rules import KINDS
 from monitoring.models import Agent, AgentState
 
@@ -175,7 +176,7 @@ def evaluate_rule(rule: AlertRule, now: datetime, matches: list | None = None) -
     """One evaluation of one rule (``matches``: found already, with its neighbours),
     applied to its alerts in one transaction."""
     try:
-        with transaction.atomic():
+        with RULE_EVALUATION.labels(rule.kind).time(), transaction.atomic():
             if matches is None:
                 matches = rule.rule_kind.evaluate(rule, now)
             apply(rule, matches, now)

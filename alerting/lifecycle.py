@@ -11,6 +11,7 @@ import re
 import structlog
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from opentelemetry import trace
 
 from alerting import suppression
 from alerting.delivery import notify, notify_escalation
@@ -28,6 +29,7 @@ from omoi_console.foundation.events import publish
 from omoi_console.foundation.events.tracing import current_trace_ids
 
 log = structlog.get_logger(__name__)
+tracer = trace.get_tracer(__name__)
 
 
 # What acknowledging and giving an alert back change.
@@ -86,6 +88,7 @@ def open_alert_for(rule: AlertRule, labels: dict) -> Alert | None:
     ).first()
 
 
+@tracer.start_as_current_span("alert.fire")
 def fire_alert(rule: AlertRule, labels: dict, *, value: float | None = None) -> Alert:
     """Open (or return the already open) alert of ``rule`` for ``labels`` and notify.
 
@@ -93,11 +96,15 @@ def fire_alert(rule: AlertRule, labels: dict, *, value: float | None = None) -> 
     while the first is open is the same alert.
     """
     labels = {**rule.labels, **labels}
+    span = trace.get_current_span()
+    span.set_attribute("alert.rule", rule.name)
     existing = open_alert_for(rule, labels)
     if existing is not None:
+        span.set_attribute("alert.id", existing.pk)
         return existing
     now = timezone.now()
     alert, new = _create(rule, labels, value, now, AlertStatus.FIRING)
+    span.set_attribute("alert.id", alert.pk)
     if not new:
         return alert  # lost a race with another firing of the same fingerprint
     record(alert, AlertChange.FIRING, "alerting", "", now)

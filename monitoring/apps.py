@@ -10,3 +10,8 @@ class MonitoringConfig(AppConfig):
         from monitoring.ingest import signals
 
         signals.connect()
+
+        from monitoring.prometheus import fleet_metrics
+        from observability.prometheus import register_scrape_collector
+
+        register_scrape_collector("fleet", fleet_metrics)

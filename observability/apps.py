@@ -6,6 +6,8 @@ class ObservabilityConfig(AppConfig):
     verbose_name = "Observability"
 
     def ready(self):
+        from observability import prometheus, retention  # noqa: F401  (registers retention)
         from observability.tracing import configure_tracing
 
         configure_tracing()
+        prometheus.register_scrape_collector("event_bus", prometheus.event_bus_metrics)

@@ -10,8 +10,10 @@ Two modes, chosen by the environment (docs/configuration.md lists every variable
 """
 
 import contextlib
+import ipaddress
 import os
 import secrets
+import tomllib
 from pathlib import Path
 
 import dj_database_url
@@ -119,6 +121,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "observability.profiling.ProfileRequestMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
@@ -403,9 +406,54 @@ LOGGING = {
         "celery.app.trace": {"level": TICK_LOG_LEVEL},
     },
 }
+# Tracing reads the standard OpenTelemetry variables. OTEL_TRACES_SAMPLER_RATIO,
+# this console's older name for the sampler's ratio, still counts when
+# OTEL_TRACES_SAMPLER_ARG is unset.
+VERSION = tomllib.loads((BASE_DIR / "pyproject.toml").read_text())["project"]["version"]
+DEPLOYMENT_ENVIRONMENT = env_str("OMOI_DEPLOYMENT_ENVIRONMENT", MODE)
 OTEL_SERVICE_NAME = env_str("OTEL_SERVICE_NAME", "omoi-console")
-OTEL_TRACES_SAMPLER_RATIO = env_float("OTEL_TRACES_SAMPLER_RATIO", 1.0)
+OTEL_TRACES_SAMPLER = env_choice(
+    "OTEL_TRACES_SAMPLER",
+    (
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    ),
+    "parentbased_traceidratio",
+)
+OTEL_TRACES_SAMPLER_ARG = env_float(
+    "OTEL_TRACES_SAMPLER_ARG", env_float("OTEL_TRACES_SAMPLER_RATIO", 1.0)
+)
+if not 0.0 <= OTEL_TRACES_SAMPLER_ARG <= 1.0:
+    raise ImproperlyConfigured(
+        f"OTEL_TRACES_SAMPLER_ARG is a ratio from 0 to 1, got {OTEL_TRACES_SAMPLER_ARG}"
+    )
+OTEL_EXPORTER_OTLP_ENDPOINT = env_str("OTEL_EXPORTER_OTLP_ENDPOINT") or env_str(
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+)
 PROMETHEUS_EXPORT_MIGRATIONS = False
+# pyinstrument's sampling interval for on-demand profiles (seconds).
+PROFILE_INTERVAL_SECONDS = env_float("OMOI_PROFILE_INTERVAL", 0.001)
+if not 0.0001 <= PROFILE_INTERVAL_SECONDS <= 1.0:
+    raise ImproperlyConfigured(
+        f"OMOI_PROFILE_INTERVAL is 0.0001 to 1 seconds, got {PROFILE_INTERVAL_SECONDS}"
+    )
+# Who may read /metrics: client networks (addresses or CIDR; "*" for anyone),
+# and a bearer token that lets a scraper in from anywhere. Loopback by default,
+# where a Prometheus on the same host scrapes from.
+METRICS_TOKEN = env_str("OMOI_METRICS_TOKEN")
+try:
+    METRICS_ALLOW = tuple(
+        "*" if entry == "*" else ipaddress.ip_network(entry, strict=False)
+        for entry in env_list("OMOI_METRICS_ALLOW", ["127.0.0.0/8", "::1"])
+    )
+except ValueError as exc:
+    raise ImproperlyConfigured(f"OMOI_METRICS_ALLOW: {exc}") from None
+if "*" in METRICS_ALLOW:
+    METRICS_ALLOW = ("*",)
 
 # --- the product --------------------------------------------------------------
 
@@ -589,6 +637,7 @@ RETAIN_TRANSITIONS_DAYS = _retention_days("OMOI_RETAIN_TRANSITIONS_DAYS", 30)
 RETAIN_ANOMALIES_DAYS = _retention_days("OMOI_RETAIN_ANOMALIES_DAYS", 90)
 RETAIN_NOTIFICATIONS_DAYS = _retention_days("OMOI_RETAIN_NOTIFICATIONS_DAYS", 30)
 RETAIN_REMEDIATIONS_DAYS = _retention_days("OMOI_RETAIN_REMEDIATIONS_DAYS", 90)
+RETAIN_PROFILES_DAYS = _retention_days("OMOI_RETAIN_PROFILES_DAYS", 14)
 # One prune run: rows per DELETE, batches per kind, and seconds before it stops
 # starting new batches (the embedded ticker runs it beside the heartbeat check).
 RETENTION_BATCH_SIZE = env_int("OMOI_RETENTION_BATCH_SIZE", 1000)

@@ -5,6 +5,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from monitoring.api.otlp import OtlpMetricsView
+from observability import prometheus
 from omoi_console.foundation.api import problems
 from omoi_console.top import views
 from omoi_console.top.login import ThrottledLoginView
@@ -31,7 +32,7 @@ urlpatterns = [
     # A fixed version: the view would otherwise copy ?version= into a header.
     path("api/schema/", SpectacularAPIView.as_view(api_version="1"), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("", include("django_prometheus.urls")),
+    path("metrics", prometheus.metrics_view, name="prometheus-metrics"),
 ]
 
 handler400 = problems.bad_request_handler

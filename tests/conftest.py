@@ -17,6 +17,9 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 from django.conf import settings
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from rest_framework.test import APIClient
 
 from observability.logging import structured_formatter
@@ -334,3 +337,26 @@ def procfile_server(django_db_setup, tmp_path_factory):
         yield web
     finally:
         web.stop()
+
+
+_span_exporter = InMemorySpanExporter()
+
+
+@pytest.fixture
+def spans():
+    """Every span the process finishes during the test, kept in memory."""
+    provider = trace.get_tracer_provider()
+    if not getattr(provider, "_tests_export_in_memory", False):
+        provider.add_span_processor(SimpleSpanProcessor(_span_exporter))
+        provider._tests_export_in_memory = True
+    _span_exporter.clear()
+    yield _span_exporter
+    _span_exporter.clear()
+
+
+def trace_of(span) -> str:
+    return format(span.context.trace_id, "032x")
+
+
+def named(spans: InMemorySpanExporter, name: str) -> list:
+    return [span for span in spans.get_finished_spans() if span.name == name]

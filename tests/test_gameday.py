@@ -7,6 +7,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from monitoring.models import Agent, AgentState
+from tests.conftest import named, trace_of
 
 # A short interval keeps the run to a few seconds: FAILED 5 s after the last heartbeat.
 FAST = {"agents": 6, "interval": 1.0}
@@ -24,7 +25,7 @@ def run_gameday(tmp_path, **options):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_it_proves_the_whole_loop(tmp_path):
+def test_it_proves_the_whole_loop(tmp_path, spans):
     report, out, error = run_gameday(tmp_path)
 
     assert error is None, out
@@ -46,6 +47,13 @@ def test_it_proves_the_whole_loop(tmp_path):
     assert stages["alert_fired"]["trace_id"] == stages["heartbeat_lost"]["trace_id"]
     assert stages["remediation_started"]["trace_id"] == stages["heartbeat_lost"]["trace_id"]
     assert stages["alert_resolved"]["trace_id"] == stages["agent_back"]["trace_id"]
+    # The report names each half's trace, and it is the trace its spans were recorded in.
+    traces = report["facts"]["traces"]
+    assert traces["failure"] == stages["heartbeat_lost"]["trace_id"]
+    assert traces["recovery"] == stages["agent_back"]["trace_id"]
+    assert f"trace of the failure: {traces['failure']}" in out
+    for name in ("alert.fire", "notification.deliver", "watchdog.remediate"):
+        assert traces["failure"] in {trace_of(span) for span in named(spans, name)}, name
     assert report["facts"]["loss_to_recovery_seconds"] <= report["facts"]["objective_seconds"]
     assert "result: PASS" in out and "remediation verified" in out
     # The fleet is retired afterwards.

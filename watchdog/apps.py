@@ -14,6 +14,6 @@ class WatchdogConfig(AppConfig):
 
     def ready(self):
         # Imported for what they register: event handlers, metrics, retention policies.
-        from watchdog import handlers, metrics, retention  # noqa: F401
+        from watchdog import handlers, metrics, prometheus, retention  # noqa: F401
 
         post_migrate.connect(_seed, sender=self, dispatch_uid="watchdog.seed")

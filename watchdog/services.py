@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
+from opentelemetry import trace
 
 from monitoring.models import (
     HEALTHY_STATES,
@@ -44,9 +45,11 @@ from watchdog.models import (
     Trigger,
 )
 from watchdog.policies import matching_policy
+from watchdog.prometheus import count_action
 from watchdog.steps import StepContext, get_step
 
 log = structlog.get_logger(__name__)
+tracer = trace.get_tracer(__name__)
 
 ACTOR = "watchdog"
 HOURLY_CAP_WINDOW = timedelta(hours=1)
@@ -71,6 +74,7 @@ def serves(action_id: int) -> str:
 # --- opening ---------------------------------------------------------------------------
 
 
+@tracer.start_as_current_span("watchdog.remediate")
 def open_remediation(
     trigger: str, agent_id: str, *, event_id=None, alert: dict | None = None
 ) -> RemediationAction | None:
@@ -81,6 +85,7 @@ def open_remediation(
     copy of every event about one failure lands on one row. Returns the action,
     or None when the watchdog is off or no policy matches.
     """
+    trace.get_current_span().set_attributes({"agent.id": agent_id, "watchdog.trigger": trigger})
     agent = Agent.objects.filter(pk=agent_id).first()
     policy = matching_policy(trigger, agent, alert) if agent else None
     if policy is None:
@@ -439,6 +444,7 @@ def _defer(action, agent, gate, why: str, now) -> None:
 
 def _finish(action, agent, status: str, outcome: str, now) -> None:
     action.status = status
+    count_action(action.step, status)
     action.after_state = agent.state
     action.finished_at = now
     action.next_step_at = None

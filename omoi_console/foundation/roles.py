@@ -3,7 +3,7 @@
 from django.contrib.auth.models import Group, Permission
 from django.db.models import Q
 
-PRODUCT_APPS = ("omoi_console", "monitoring", "alerting", "watchdog")
+PRODUCT_APPS = ("omoi_console", "observability", "monitoring", "alerting", "watchdog")
 
 VIEWER = "viewer"
 OPERATOR = "operator"

@@ -3,6 +3,7 @@ import json
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from opentelemetry import trace
 
 from omoi_console.foundation.events.broadcast import CONSOLE_GROUP
 from omoi_console.foundation.labels import LABEL_NAME
@@ -15,6 +16,8 @@ MAX_FILTER_ITEMS = 20
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+
+tracer = trace.get_tracer(__name__)
 
 
 class FeedFilter:
@@ -78,7 +81,13 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
     feed_filter = FeedFilter()
 
     async def connect(self):
+        # A span per connect and per message: the HTTP instrumentation sees none of them.
+        with tracer.start_as_current_span("websocket connect console") as span:
+            await self._connect(span)
+
+    async def _connect(self, span):
         refusal = await self.refusal()
+        span.set_attribute("websocket.close_code", refusal or 0)
         if refusal:
             # Accept, then close: servers answer a close before accept with a bare
             # HTTP 403, and the browser would never learn why it was turned away.
@@ -100,6 +109,10 @@ class ConsoleConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_discard(CONSOLE_GROUP, self.channel_name)
 
     async def receive(self, text_data=None, bytes_data=None, **kwargs):
+        with tracer.start_as_current_span("websocket receive console"):
+            await self._receive(text_data)
+
+    async def _receive(self, text_data):
         # A client may only narrow its feed; anything else it sends is ignored.
         if not text_data or len(text_data) > MAX_FILTER_BYTES:
             return

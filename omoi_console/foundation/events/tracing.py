@@ -2,7 +2,7 @@
 
 from contextlib import contextmanager
 
-from opentelemetry import trace
+from opentelemetry import context, trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 tracer = trace.get_tracer("omoi_console.foundation.events")
@@ -15,6 +15,19 @@ def current_trace_ids() -> tuple[str, str]:
     return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
+def root_flags(trace_id: int) -> TraceFlags:
+    """Whether the trace's root span was sampled, asked again of the process's sampler.
+
+    Only ids are stored on an event, not the root's sampling flag. The standard
+    samplers decide a root by its trace id alone, so asking again gives the
+    answer the root got: a trace sampled out stays out in its handlers.
+    """
+    sampler = getattr(trace.get_tracer_provider(), "sampler", None)
+    if sampler is None or sampler.should_sample(None, trace_id, "event").decision.is_sampled():
+        return TraceFlags(TraceFlags.SAMPLED)
+    return TraceFlags(TraceFlags.DEFAULT)
+
+
 @contextmanager
 def continued_trace(span_name: str, trace_id: str, span_id: str, **attributes):
     """Run the block in a span that is a child of the stored trace, or a new root."""
@@ -24,7 +37,7 @@ def continued_trace(span_name: str, trace_id: str, span_id: str, **attributes):
             trace_id=int(trace_id, 16),
             span_id=int(span_id, 16),
             is_remote=True,
-            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            trace_flags=root_flags(int(trace_id, 16)),
         )
         parent = trace.set_span_in_context(NonRecordingSpan(remote))
     with tracer.start_as_current_span(span_name, context=parent, attributes=attributes) as span:
@@ -48,6 +61,15 @@ def event_trace(event):
     return continued_trace(
         f"event {event.name}", event.trace_id, event.span_id, event_id=str(event.id)
     )
+
+
+def in_context(parent: context.Context, func, *args):
+    """Call ``func(*args)`` in ``parent``, a context captured earlier (for on-commit callbacks)."""
+    token = context.attach(parent)
+    try:
+        return func(*args)
+    finally:
+        context.detach(token)
 
 
 def new_trace_ids(span_name: str, **attributes) -> tuple[str, str]:
