@@ -6,6 +6,7 @@ class ObservabilityConfig(AppConfig):
     verbose_name = "Observability"
 
     def ready(self):
+        from observability import store_retention  # noqa: F401  (registers retention policies)
         from observability.tracing import configure_tracing
 
         configure_tracing()

@@ -7,6 +7,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
+from observability.store import StoreSpanProcessor
+
 _configured = False
 
 
@@ -23,6 +25,8 @@ def configure_tracing() -> None:
         resource=Resource.create({"service.name": settings.OTEL_SERVICE_NAME}),
         sampler=ParentBased(TraceIdRatioBased(settings.OTEL_TRACES_SAMPLER_RATIO)),
     )
+    if settings.TRACE_STORE:
+        provider.add_span_processor(StoreSpanProcessor())
     trace.set_tracer_provider(provider)
     instrumentor = DjangoInstrumentor()
     if not instrumentor.is_instrumented_by_opentelemetry:

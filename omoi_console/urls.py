@@ -13,6 +13,7 @@ api_v1 = [
     path("", include("monitoring.api.urls")),
     path("", include("alerting.api.urls")),
     path("", include("watchdog.api.urls")),
+    path("", include("observability.api.urls")),
 ]
 
 urlpatterns = [

@@ -19,11 +19,15 @@ import pytest
 from django.conf import settings
 from rest_framework.test import APIClient
 
+from observability import store
 from observability.logging import structured_formatter
 from omoi_console.celery import app as celery_app
 from omoi_console.top.embedded import EmbeddedApp
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+# The console's span and log store is written only when a test flushes it: a
+# background flusher would write one test's lines into another test's database.
+store.flusher.disable()
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
