@@ -8,14 +8,18 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import structlog
 import time_machine
+from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from opentelemetry import trace
 
+from monitoring.services import check_heartbeats, record_heartbeat
 from observability import store
 from observability.models import LogRecord, SpanRecord
 from omoi_console.foundation.retention.service import prune
 from tests.conftest import bearer
+from watchdog.models import RemediationAction
 
 log = structlog.get_logger("tests.trace_store")
 tracer = trace.get_tracer("tests.trace_store")
@@ -307,3 +311,76 @@ def test_its_flusher_writes_from_its_own_thread_what_a_rolled_back_request_logge
     assert not writer.is_alive()
     assert writer.name not in [thread.name for thread in threading.enumerate()]
     assert stored_line("before.rollback").agent_id == "worker-01"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_actions_page_shows_its_log_lines_and_its_trace_as_a_waterfall(
+    client, registered_agent, make_operator
+):
+    agent, _ = registered_agent
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        record_heartbeat(agent, state="running")
+        clock.shift(18)
+        check_heartbeats()
+    action = RemediationAction.objects.get()
+    store.flush()
+    client.force_login(make_operator("viewer")[0])
+
+    page = client.get(f"/actions/{action.pk}")
+
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert action.trace_id and f"<code>{action.trace_id}</code>" in html
+    lines = LogRecord.objects.filter(action_id=str(action.pk))
+    assert "watchdog.action_started" in set(lines.values_list("event", flat=True))
+    assert "watchdog.action_started" in html
+    # The loss that led to the action is on its trace, though it does not name the action.
+    assert "agent.heartbeat_lost" in html
+    bars = SpanRecord.objects.filter(trace_id=action.trace_id)
+    assert bars.count() >= 2
+    assert html.count('class="bar"') == bars.count()
+    for span in bars:
+        assert span.name in html
+
+
+@pytest.mark.django_db
+def test_an_agents_page_shows_its_lines_and_the_chosen_trace(
+    client, registered_agent, make_operator
+):
+    agent, _ = registered_agent
+    trace_id = spans_of_a_trace()
+    with tracer.start_as_current_span("other"):
+        log.info("agent.seen", agent_id=agent.id)
+    log.info("agent.elsewhere", agent_id="worker-99")
+    store.flush()
+    client.force_login(make_operator("viewer")[0])
+
+    newest = client.get(f"/agents/{agent.id}").content.decode()
+    chosen = client.get(f"/agents/{agent.id}?trace={trace_id}").content.decode()
+    bad = client.get(f"/agents/{agent.id}?trace=<script>")
+
+    assert "agent.seen" in newest and "agent.elsewhere" not in newest
+    assert 'class="bar"' in newest and ">other<" in newest
+    assert trace_id[:12] in newest  # offered: one of its spans names the agent
+    assert [name in chosen for name in ("root", "child", "grandchild", "sibling")] == [True] * 4
+    assert 'style="margin-left: 60.00%; width: 40.00%"' in chosen
+    assert bad.status_code == 200 and b"<script>" not in bad.content
+
+
+@pytest.mark.django_db
+def test_the_pages_are_for_operators_who_may_read_the_store(client, registered_agent):
+    agent, _ = registered_agent
+
+    assert client.get(f"/agents/{agent.id}").status_code == 302  # to the login page
+    client.force_login(get_user_model().objects.create_user("nobody", password="pw-1234-x"))
+    assert client.get(f"/agents/{agent.id}").status_code == 403
+    assert client.get("/actions/99999999999999999999").status_code == 403
+
+
+@pytest.mark.django_db
+def test_the_pages_answer_404_for_what_does_not_exist(client, make_operator):
+    client.force_login(make_operator("viewer")[0])
+
+    assert client.get("/agents/nobody-here").status_code == 404
+    assert client.get("/actions/99999999999999999999").status_code == 404
+    assert client.get("/actions/12345").status_code == 404
