@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import structlog
+from django.apps import apps
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from opentelemetry.instrumentation.utils import suppress_instrumentation
@@ -40,8 +41,9 @@ MAX_VALUE_CHARS = 1000
 MAX_JSON_CHARS = 8000
 # A buffer that holds this many entries wakes the flusher before its interval.
 WAKE_AT = 1000
-# On SQLite, how long the flusher waits for the write lock before it drops a batch.
-SQLITE_BUSY_MS = 1000
+# How long the flusher waits for a lock (SQLite's write lock, a PostgreSQL table
+# lock) before it drops the batch.
+LOCK_WAIT_MS = 1000
 # Attribute and field names that tie a span or a line to a page of the console.
 LINKS = {
     "agent_id": ("agent_id", "agent.id", "omoi.agent_id"),
@@ -108,6 +110,8 @@ class Buffer:
             }
 
 
+# Set on a flusher's thread: what it does itself is not stored.
+_flushing = threading.local()
 spans = Buffer("spans", settings.TRACE_STORE_BUFFER)
 lines = Buffer("logs", settings.TRACE_STORE_BUFFER)
 
@@ -119,7 +123,7 @@ class StoreSpanProcessor(SpanProcessor):
     """Keeps every finished span for the store; the span is immutable once ended."""
 
     def on_end(self, span: ReadableSpan) -> None:
-        if flusher.is_current_thread():
+        if getattr(_flushing, "active", False):
             return
         spans.add(span)
 
@@ -169,20 +173,21 @@ class Flushed:
     logs: int
 
 
-def flush() -> Flushed:
+def flush(*, background: bool = False) -> Flushed:
     """Write what the buffers hold now, one short transaction per kind; never raises.
 
-    The flusher calls it from its own thread; tests call it directly.
+    The flusher calls it from its own thread (``background``: waits for locks
+    only briefly); tests call it directly.
     """
     from observability.models import LogRecord, SpanRecord
 
     return Flushed(
-        spans=_write(spans, SpanRecord, span_record),
-        logs=_write(lines, LogRecord, log_record),
+        spans=_write(spans, SpanRecord, span_record, background),
+        logs=_write(lines, LogRecord, log_record, background),
     )
 
 
-def _write(buffer: Buffer, model, to_row) -> int:
+def _write(buffer: Buffer, model, to_row, background: bool) -> int:
     entries = buffer.drain()
     if not entries:
         return 0
@@ -192,12 +197,16 @@ def _write(buffer: Buffer, model, to_row) -> int:
             rows.append(model(**to_row(entry)))
         except Exception:
             # One entry that cannot be stored must not cost the whole batch.
-            buffer.failed += 1
+            with buffer.lock:
+                buffer.failed += 1
     try:
-        if connection.vendor == "sqlite" and flusher.is_current_thread():
+        if background and connection.vendor == "sqlite":
             with connection.cursor() as cursor:
-                cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_MS}")
+                cursor.execute(f"PRAGMA busy_timeout = {LOCK_WAIT_MS}")
         with transaction.atomic():
+            if background and connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute(f"SET LOCAL lock_timeout = {LOCK_WAIT_MS}")
             model.objects.bulk_create(rows, batch_size=500)
     except DatabaseError as error:
         with buffer.lock:
@@ -326,15 +335,12 @@ class Flusher:
         self.enabled = False
         self.stop()
 
-    def is_current_thread(self) -> bool:
-        thread = self._thread
-        return thread is not None and thread.ident == threading.get_ident()
-
     def running(self) -> bool:
         thread = self._thread
         return thread is not None and thread.is_alive()
 
     def _run(self) -> None:
+        _flushing.active = True
         while not self._stop.is_set():
             self._wake.wait(settings.TRACE_STORE_FLUSH_SECONDS)
             self._wake.clear()
@@ -342,10 +348,13 @@ class Flusher:
         self._flush_once()
 
     def _flush_once(self) -> None:
+        if not apps.ready:
+            # A line logged while Django starts: its models cannot be used yet.
+            return
         # The flusher's own queries would otherwise become spans for it to store.
         try:
             with suppress_instrumentation():
-                flush()
+                flush(background=True)
                 self.report_drops()
         except Exception:
             log.exception("store.flush_failed")

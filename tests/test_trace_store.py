@@ -3,6 +3,7 @@
 import json
 import logging
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -28,10 +29,7 @@ TRACE = "0af7651916cd43dd8448eb211c80319c"
 
 
 @pytest.fixture(autouse=True)
-def empty_buffers():
-    """Each test stores only what it produced; lines of earlier tests wait in memory."""
-    store.spans.clear()
-    store.lines.clear()
+def full_size_buffers():
     yield
     store.spans.resize(store.settings.TRACE_STORE_BUFFER)
     store.lines.resize(store.settings.TRACE_STORE_BUFFER)
@@ -384,3 +382,27 @@ def test_the_pages_answer_404_for_what_does_not_exist(client, make_operator):
     assert client.get("/agents/nobody-here").status_code == 404
     assert client.get("/actions/99999999999999999999").status_code == 404
     assert client.get("/actions/12345").status_code == 404
+
+
+@pytest.mark.django_db(transaction=True)
+def test_its_flusher_drops_a_batch_rather_than_wait_long_for_a_locked_table():
+    flusher = store.Flusher()
+    log.info("while.locked")
+
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("LOCK TABLE observability_logrecord IN EXCLUSIVE MODE")
+        else:
+            # SQLite: a write holds the database's only write lock until commit.
+            LogRecord.objects.create(at=timezone.now(), level="info", logger="t", event="holder")
+        flusher.start()
+        writer = flusher._thread
+        started = time.monotonic()
+        flusher.stop(timeout=10)
+        waited = time.monotonic() - started
+
+    assert not writer.is_alive() and waited < 5
+    # The line, and then the warning about it: neither waited for the lock.
+    assert store.stats()["logs"]["failed"] >= 1 and store.stats()["logs"]["written"] == 0
+    assert not LogRecord.objects.filter(event="while.locked").exists()
