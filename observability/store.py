@@ -149,18 +149,25 @@ def event_dict_of(record: logging.LogRecord) -> dict:
     A line from structlog carries it already processed as its message; a line
     from the standard library goes through the same chain as the formatter's.
     """
-    if isinstance(record.msg, dict):
-        event_dict = dict(record.msg)
-    else:
-        event_dict = {"event": record.getMessage(), "_record": record, "_from_structlog": False}
-        method = record.levelname.lower()
+    event_dict = dict(record.msg) if isinstance(record.msg, dict) else _foreign_event_dict(record)
+    if record.exc_info or event_dict.get("exc_info"):
+        if record.exc_info:
+            event_dict["exc_info"] = record.exc_info
+        event_dict = structlog.processors.format_exc_info(None, "", event_dict)
+    return event_dict
+
+
+def _foreign_event_dict(record: logging.LogRecord) -> dict:
+    event_dict = {"event": record.getMessage(), "_record": record, "_from_structlog": False}
+    method = record.levelname.lower()
+    try:
         for processor in structured.SHARED_PROCESSORS:
             event_dict = processor(None, method, event_dict)
-        event_dict.pop("_record", None)
-        event_dict.pop("_from_structlog", None)
-    if record.exc_info:
-        event_dict["exc_info"] = record.exc_info
-        event_dict = structlog.processors.format_exc_info(None, "", event_dict)
+    except Exception:
+        # The line still reaches stderr through the formatter; here it keeps its text only.
+        event_dict = {"event": record.getMessage()}
+    event_dict.pop("_record", None)
+    event_dict.pop("_from_structlog", None)
     return event_dict
 
 

@@ -37,6 +37,16 @@ def full_size_buffers():
     store.lines.clear()
 
 
+@pytest.fixture(autouse=True)
+def info_logged():
+    """Lines at INFO reach the handlers, whatever an earlier test (gameday's quiet mode) set."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)
+    yield
+    root.setLevel(level)
+
+
 @pytest.fixture
 def viewer(make_operator):
     return bearer(make_operator("viewer")[1])
