@@ -342,10 +342,6 @@ class Flusher:
         self.enabled = False
         self.stop()
 
-    def running(self) -> bool:
-        thread = self._thread
-        return thread is not None and thread.is_alive()
-
     def _run(self) -> None:
         _flushing.active = True
         while not self._stop.is_set():
@@ -393,6 +389,8 @@ class Flusher:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._lock = threading.Lock()
+        self._failing = set()
+        self._reported_drops = 0
         spans.reset_after_fork()
         lines.reset_after_fork()
 
