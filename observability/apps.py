@@ -6,7 +6,7 @@ class ObservabilityConfig(AppConfig):
     verbose_name = "Observability"
 
     def ready(self):
-        from observability import prometheus, retention  # noqa: F401  (registers retention)
+        from observability import prometheus, retention, store_retention  # noqa: F401
         from observability.tracing import configure_tracing
 
         configure_tracing()

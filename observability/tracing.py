@@ -26,6 +26,8 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 
+from observability.store import StoreSpanProcessor
+
 _configured = False
 
 
@@ -74,7 +76,10 @@ def configure_tracing() -> None:
     global _configured
     if _configured:
         return
-    trace.set_tracer_provider(build_provider())
+    provider = build_provider()
+    if settings.TRACE_STORE:
+        provider.add_span_processor(StoreSpanProcessor())
+    trace.set_tracer_provider(provider)
     for instrumentor in (
         DjangoInstrumentor(),
         CeleryInstrumentor(),

@@ -368,6 +368,12 @@ ACCESS_LOG = env_bool("OMOI_ACCESS_LOG", True)
 # Beat sends several ticks a second, and Celery logs each one when it is sent,
 # received and done: below DEBUG that would drown everything else.
 TICK_LOG_LEVEL = "DEBUG" if LOG_LEVEL == "DEBUG" else "WARNING"
+# The console keeps its own recent spans and log lines (at this level and above)
+# in its database, for the agent and action pages (docs/observability/console-store.md).
+TRACE_STORE = env_bool("OMOI_TRACE_STORE", True)
+LOG_STORE_LEVEL = env_choice(
+    "OMOI_LOG_STORE_LEVEL", ("debug", "info", "warning", "error", "critical"), "info"
+).upper()
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -379,13 +385,14 @@ LOGGING = {
     },
     "handlers": {
         "stderr": {"class": "logging.StreamHandler", "formatter": "structured"},
+        "store": {"class": "observability.store.StoreLogHandler", "level": LOG_STORE_LEVEL},
     },
     "filters": {
         "drop_counted_responses": {
             "()": "observability.logging.DropCountedResponses",
         },
     },
-    "root": {"handlers": ["stderr"], "level": LOG_LEVEL},
+    "root": {"handlers": ["stderr", "store"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "INFO"},
         # 401 and 429 answers are logged once per window, with a count.
@@ -638,6 +645,20 @@ RETAIN_ANOMALIES_DAYS = _retention_days("OMOI_RETAIN_ANOMALIES_DAYS", 90)
 RETAIN_NOTIFICATIONS_DAYS = _retention_days("OMOI_RETAIN_NOTIFICATIONS_DAYS", 30)
 RETAIN_REMEDIATIONS_DAYS = _retention_days("OMOI_RETAIN_REMEDIATIONS_DAYS", 90)
 RETAIN_PROFILES_DAYS = _retention_days("OMOI_RETAIN_PROFILES_DAYS", 14)
+# The console's own spans and log lines: days kept, and at most this many rows of
+# each (0: no cap); between flushes, at most this many of each wait in memory
+# (the oldest make way), written every this many seconds by a background thread.
+TRACE_STORE_DAYS = _retention_days("OMOI_TRACE_STORE_DAYS", 3)
+LOG_STORE_DAYS = _retention_days("OMOI_LOG_STORE_DAYS", 3)
+TRACE_STORE_MAX_SPANS = env_int("OMOI_TRACE_STORE_MAX_SPANS", 200_000)
+LOG_STORE_MAX_LINES = env_int("OMOI_LOG_STORE_MAX_LINES", 200_000)
+TRACE_STORE_BUFFER = env_int("OMOI_TRACE_STORE_BUFFER", 10_000)
+TRACE_STORE_FLUSH_SECONDS = _seconds("OMOI_TRACE_STORE_FLUSH_SECONDS", 1.0, 0.05, 60)
+if TRACE_STORE_MAX_SPANS < 0 or LOG_STORE_MAX_LINES < 0 or TRACE_STORE_BUFFER < 1:
+    raise ImproperlyConfigured(
+        "OMOI_TRACE_STORE_MAX_SPANS and OMOI_LOG_STORE_MAX_LINES must be 0 (no cap) or more, "
+        "OMOI_TRACE_STORE_BUFFER at least 1"
+    )
 # One prune run: rows per DELETE, batches per kind, and seconds before it stops
 # starting new batches (the embedded ticker runs it beside the heartbeat check).
 RETENTION_BATCH_SIZE = env_int("OMOI_RETENTION_BATCH_SIZE", 1000)

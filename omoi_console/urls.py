@@ -7,18 +7,21 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from monitoring.api.otlp import OtlpMetricsView
 from observability import prometheus
 from omoi_console.foundation.api import problems
-from omoi_console.top import views
+from omoi_console.top import pages, views
 from omoi_console.top.login import ThrottledLoginView
 
 api_v1 = [
     path("", include("monitoring.api.urls")),
     path("", include("alerting.api.urls")),
     path("", include("watchdog.api.urls")),
+    path("", include("observability.api.urls")),
 ]
 
 urlpatterns = [
     path("", views.console, name="console"),
     path("console/state", views.console_state, name="console-state"),
+    path("agents/<agent_id:agent_id>", pages.agent_page, name="console-agent"),
+    path("actions/<int:pk>", pages.action_page, name="console-action"),
     path("healthz", views.healthz, name="healthz"),
     path("favicon.ico", views.favicon),
     path("accounts/login/", ThrottledLoginView.as_view(), name="login"),

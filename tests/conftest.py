@@ -22,11 +22,17 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from rest_framework.test import APIClient
 
+from observability import store
 from observability.logging import structured_formatter
 from omoi_console.celery import app as celery_app
 from omoi_console.top.embedded import EmbeddedApp
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+# The console's span and log store is written only when a test flushes it: a
+# background flusher would write one test's lines into another test's database.
+# Server processes the tests start inherit the environment and keep no store.
+store.flusher.disable()
+os.environ["OMOI_TRACE_STORE"] = "off"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
@@ -92,6 +98,13 @@ def pytest_collection_modifyitems(config, items):
         for marker, reason in reasons.items():
             if reason and item.get_closest_marker(marker):
                 item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(autouse=True)
+def empty_trace_store_buffers():
+    """Each test stores only what it produced, and holds on to nothing of earlier tests."""
+    store.spans.clear()
+    store.lines.clear()
 
 
 @pytest.fixture(autouse=True)

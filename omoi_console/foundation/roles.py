@@ -12,7 +12,8 @@ ROLES = (VIEWER, OPERATOR, ADMIN)
 
 # What each role adds to the one below it. ``*`` = every permission of the product apps.
 ROLE_GRANTS: dict[str, tuple[str, ...]] = {
-    VIEWER: ("view_*",),
+    # The console's own spans and log lines; its profiles stay with admins.
+    VIEWER: ("view_*", "observability.view_spanrecord", "observability.view_logrecord"),
     OPERATOR: (
         "alerting.acknowledge_alert",
         "alerting.resolve_alert",

@@ -7,11 +7,24 @@
   let state = JSON.parse(document.getElementById("snapshot").textContent);
   let refreshTimer = null;
 
-  function cell(text, cls) {
+  function cell(text, cls, href) {
     const td = document.createElement("td");
-    td.textContent = text == null ? "" : String(text);
+    const content = text == null ? "" : String(text);
+    if (href) {
+      const link = document.createElement("a");
+      link.href = href;
+      link.textContent = content;
+      td.appendChild(link);
+    } else {
+      td.textContent = content;
+    }
     if (cls) td.className = cls;
     return td;
+  }
+
+  // The agent's and the action's own pages: their log lines and traces.
+  function agentPage(id) {
+    return "/agents/" + encodeURIComponent(id);
   }
 
   function time(iso) {
@@ -23,7 +36,8 @@
     body.replaceChildren(...rows.map((row) => {
       const tr = document.createElement("tr");
       tr.dataset.id = row.id;
-      columns.forEach(([value, cls]) => tr.appendChild(cell(value(row), cls && cls(row))));
+      columns.forEach(([value, cls, href]) =>
+        tr.appendChild(cell(value(row), cls && cls(row), href && href(row))));
       return tr;
     }));
   }
@@ -37,15 +51,15 @@
       [(a) => (a.trace_id || "").slice(0, 12)],
     ]);
     fill("agents", state.agents, [
-      [(a) => a.id],
+      [(a) => a.id, null, (a) => agentPage(a.id)],
       [(a) => a.role],
       [(a) => a.state, (a) => "state-" + a.state],
       [(a) => time(a.last_heartbeat_at)],
       [(a) => a.current_task],
     ]);
     fill("actions", state.actions, [
-      [(a) => a.agent],
-      [(a) => a.step],
+      [(a) => a.agent, null, (a) => agentPage(a.agent)],
+      [(a) => a.step, null, (a) => "/actions/" + a.id],
       [(a) => a.status],
       [(a) => time(a.started_at)],
       [(a) => a.outcome],
