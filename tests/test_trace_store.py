@@ -340,8 +340,8 @@ def test_an_actions_page_shows_its_log_lines_and_its_trace_as_a_waterfall(
     html = page.content.decode()
     assert action.trace_id and f"<code>{action.trace_id}</code>" in html
     lines = LogRecord.objects.filter(action_id=str(action.pk))
-    assert "watchdog.action_started" in set(lines.values_list("event", flat=True))
-    assert "watchdog.action_started" in html
+    assert "watchdog.step_acted" in set(lines.values_list("event", flat=True))
+    assert "watchdog.step_acted" in html
     # The loss that led to the action is on its trace, though it does not name the action.
     assert "agent.heartbeat_lost" in html
     bars = SpanRecord.objects.filter(trace_id=action.trace_id)
