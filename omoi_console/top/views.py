@@ -15,6 +15,7 @@ from monitoring.api.serializers import AgentSerializer
 from monitoring.models import Agent, AgentState
 from omoi_console.models import Event
 from watchdog.api.serializers import RemediationActionSerializer
+from watchdog.guards import watchdog_status
 from watchdog.models import RemediationAction
 
 log = structlog.get_logger(__name__)
@@ -31,6 +32,7 @@ def console_snapshot() -> dict:
         "agents": AgentSerializer(agents, many=True).data,
         "alerts": AlertSerializer(alerts, many=True).data,
         "actions": RemediationActionSerializer(actions, many=True).data,
+        "watchdog": watchdog_status(),
         "events": [
             {
                 "id": str(e.id),
