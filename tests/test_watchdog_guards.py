@@ -229,6 +229,39 @@ def test_failures_spread_wider_than_the_window_or_too_few_are_no_storm(seeded):
     assert not events("watchdog.storm.started").exists()
 
 
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@override_settings(WATCHDOG_BUDGET_PER_MINUTE=0, WATCHDOG_POLICY_PER_MINUTE=0)
+def test_two_workers_seeing_one_storm_at_once_pause_it_once(seeded):
+    with override_settings(WATCHDOG_MODE="off"):
+        workers = fleet(10)
+        for worker in workers[:6]:
+            record_heartbeat(worker, state="failed")
+    StormState.objects.create(role="worker")  # evaluated before, when all was well
+    start = threading.Barrier(2)
+    errors = []
+
+    def worker_process(agent):
+        try:
+            start.wait(10)
+            services.open_remediation(Trigger.AGENT_FAILED, agent.pk)
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=worker_process, args=(w,)) for w in workers[4:6]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert errors == []
+    assert skipped(SkipReason.STORM_GUARD).count() == 2
+    assert events("watchdog.storm.started").count() == 1
+    assert Alert.objects.filter(rule__name="watchdog-storm").count() == 1
+
+
 # --- budgets ---------------------------------------------------------------------------
 
 
