@@ -55,7 +55,8 @@ def evaluate(role: str, now=None) -> StormState:
             since = now - timedelta(seconds=settings.WATCHDOG_STORM_WINDOW_SECONDS)
             recent = unhealthy.filter(unhealthy_since__gte=since).count()
             if (
-                recent >= settings.WATCHDOG_STORM_MIN_AGENTS
+                recent
+                and recent >= settings.WATCHDOG_STORM_MIN_AGENTS
                 and recent >= settings.WATCHDOG_STORM_SHARE * total
             ):
                 _pause(state, recent, total, now)
