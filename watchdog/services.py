@@ -63,9 +63,9 @@ BACKOFF_CAP_SECONDS = 300
 BACKOFF_RESET = timedelta(minutes=10)
 # How many due actions one run of the periodic job takes.
 CLAIM_BATCH = 200
-# Skips that tell a person about their agent: never for "another action has it"
-# or "nothing to do", nor one by one in a storm (its one alert says it all); always
-# when a healthy agent was kept in service by the capacity floor.
+# Which skips tell a person about their agent, beyond "it is left unhealthy": never
+# "another action has it", nor one by one in a storm (its one alert says it all);
+# always a capacity floor, which keeps even a healthy agent from its remediation.
 ESCALATE_NEVER = frozenset({SkipReason.BUSY, SkipReason.STORM_GUARD})
 ESCALATE_ALWAYS = frozenset({SkipReason.CAPACITY_FLOOR})
 
