@@ -42,6 +42,13 @@ DEFAULT_RULES = [
         "summary": "Automatic remediation of agent {agent_id} ({role}) gave up: a person is needed",
     },
     {
+        "name": "watchdog-storm",
+        "kind": "storm",
+        "severity": "critical",
+        "summary": "{unhealthy} of {total} {role}s failed at once: automatic restarts of "
+        "{role}s are paused",
+    },
+    {
         "name": "agent-anomaly-high",
         "kind": "agent",
         "severity": "error",

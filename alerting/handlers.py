@@ -1,7 +1,8 @@
 """What alerting does with events: heartbeats lost and recovered, the watchdog giving up.
 
-``watchdog.escalated`` comes from above (the watchdog imports alerting, never the
-reverse): alerting knows it by name only, as every subscriber knows an event.
+``watchdog.escalated`` and ``watchdog.storm.*`` come from above (the watchdog imports
+alerting, never the reverse): alerting knows them by name only, as every subscriber
+knows an event.
 
 Batch handlers: a mass outage is one task; each event is acted on in its own trace.
 """
@@ -33,3 +34,19 @@ def on_remediation_escalated(events):
         for event in events:
             with event_trace(event):
                 lifecycle.fire_remediation_alerts(event.payload)
+
+
+@subscribe("watchdog.storm.started", handler_id="alerting.storm_started", batch=True)
+def on_storm_started(events):
+    with tree_held():
+        for event in events:
+            with event_trace(event):
+                lifecycle.fire_storm_alerts(event.payload)
+
+
+@subscribe("watchdog.storm.ended", handler_id="alerting.storm_ended", batch=True)
+def on_storm_ended(events):
+    with tree_held():
+        for event in events:
+            with event_trace(event):
+                lifecycle.resolve_storm_alerts(event.payload)

@@ -355,6 +355,44 @@ def fire_remediation_alerts(payload: dict) -> list[Alert]:
     return [fire_alert(rule, labels) for rule in rules]
 
 
+def fire_storm_alerts(payload: dict) -> list[Alert]:
+    """The watchdog paused restarts of a role: one alert per role, whatever the count.
+
+    The counts are labels for the summary, but the fingerprint is the role's
+    alone: while one is open, a second pause of the role is the same alert.
+    """
+    alerts = []
+    for rule in AlertRule.objects.filter(kind=RuleKind.STORM, enabled=True):
+        open_one = _open_storm_alert(rule, payload["role"])
+        if open_one is not None:
+            alerts.append(open_one)
+            continue
+        labels = {
+            "role": payload["role"],
+            "unhealthy": str(payload["unhealthy"]),
+            "total": str(payload["total"]),
+        }
+        alerts.append(fire_alert(rule, labels))
+    return alerts
+
+
+def resolve_storm_alerts(payload: dict) -> list[Alert]:
+    resolved = []
+    for rule in AlertRule.objects.filter(kind=RuleKind.STORM):
+        alert = _open_storm_alert(rule, payload["role"])
+        if alert is not None:
+            resolved.append(resolve_alert(alert, reason="the role recovered: restarts resumed"))
+    return resolved
+
+
+def _open_storm_alert(rule, role: str) -> Alert | None:
+    return (
+        Alert.objects.filter(rule=rule, status__in=OPEN_STATUSES, labels__role=role)
+        .order_by("pk")
+        .first()
+    )
+
+
 def resolve_heartbeat_alerts(payload: dict) -> list[Alert]:
     resolved = []
     for rule in AlertRule.objects.filter(kind=RuleKind.REMEDIATION):

@@ -23,6 +23,7 @@ class RuleKind(models.TextChoices):
     ABSENT = "absent", "Absent series"
     AGENT = "agent", "Agent state or health"
     REMEDIATION = "remediation", "Remediation failed"
+    STORM = "storm", "Remediation storm (restarts of a role paused)"
 
 
 def kind_choices():

@@ -626,6 +626,51 @@ DEADMAN_METHOD = env_choice("OMOI_DEADMAN_METHOD", ("post", "get"), "post")
 
 WATCHDOG_MODE = env_choice("OMOI_WATCHDOG_MODE", ("on", "off", "dry-run"), "on")
 
+# Safety guards (docs/watchdog.md, "Safety guards"). A limit of 0 turns its guard off.
+# At most this many acts a minute across the fleet, and per policy.
+WATCHDOG_BUDGET_PER_MINUTE = env_int("OMOI_WATCHDOG_BUDGET_PER_MINUTE", 60)
+WATCHDOG_POLICY_PER_MINUTE = env_int("OMOI_WATCHDOG_POLICY_PER_MINUTE", 30)
+# Storm: at least this share of a role's agents, and at least this many, fell
+# unhealthy within the window: restarts of that role pause until fewer than the
+# resume share are unhealthy.
+WATCHDOG_STORM_SHARE = env_float("OMOI_WATCHDOG_STORM_SHARE", 0.5)
+WATCHDOG_STORM_MIN_AGENTS = env_int("OMOI_WATCHDOG_STORM_MIN_AGENTS", 3)
+WATCHDOG_STORM_WINDOW_SECONDS = _seconds("OMOI_WATCHDOG_STORM_WINDOW", 60.0, 1, 86400)
+WATCHDOG_STORM_RESUME_SHARE = env_float("OMOI_WATCHDOG_STORM_RESUME_SHARE", 0.2)
+# Fewer healthy agents of a role than this must never be left by a step that takes one out.
+WATCHDOG_MIN_HEALTHY_BY_ROLE = {
+    role: env_int(f"OMOI_WATCHDOG_MIN_HEALTHY_{role.upper()}", 0) for role in AGENT_ROLES
+}
+# A policy whose actions fail this many times in a row pauses for this long.
+WATCHDOG_BREAKER_FAILURES = env_int("OMOI_WATCHDOG_BREAKER_FAILURES", 5)
+WATCHDOG_BREAKER_OPEN_SECONDS = _seconds("OMOI_WATCHDOG_BREAKER_OPEN", 600.0, 1, 86400)
+# No selection of agents may take more than this share of the fleet at once.
+WATCHDOG_MAX_SELECTION_SHARE = env_float("OMOI_WATCHDOG_MAX_SELECTION_SHARE", 0.25)
+if not 0 < WATCHDOG_STORM_RESUME_SHARE < WATCHDOG_STORM_SHARE <= 1:
+    raise ImproperlyConfigured(
+        "OMOI_WATCHDOG_STORM_SHARE must be more than 0 and at most 1, and "
+        "OMOI_WATCHDOG_STORM_RESUME_SHARE more than 0 and less than it, got "
+        f"{WATCHDOG_STORM_SHARE} and {WATCHDOG_STORM_RESUME_SHARE}"
+    )
+if not 0 < WATCHDOG_MAX_SELECTION_SHARE <= 1:
+    raise ImproperlyConfigured(
+        "OMOI_WATCHDOG_MAX_SELECTION_SHARE must be more than 0 and at most 1, "
+        f"got {WATCHDOG_MAX_SELECTION_SHARE}"
+    )
+_watchdog_counts = {
+    "OMOI_WATCHDOG_BUDGET_PER_MINUTE": WATCHDOG_BUDGET_PER_MINUTE,
+    "OMOI_WATCHDOG_POLICY_PER_MINUTE": WATCHDOG_POLICY_PER_MINUTE,
+    "OMOI_WATCHDOG_STORM_MIN_AGENTS": WATCHDOG_STORM_MIN_AGENTS,
+    "OMOI_WATCHDOG_BREAKER_FAILURES": WATCHDOG_BREAKER_FAILURES,
+    **{
+        f"OMOI_WATCHDOG_MIN_HEALTHY_{role.upper()}": floor
+        for role, floor in WATCHDOG_MIN_HEALTHY_BY_ROLE.items()
+    },
+}
+for _name, _count in _watchdog_counts.items():
+    if _count < 0:
+        raise ImproperlyConfigured(f"{_name} must be 0 or more, got {_count}")
+
 
 # --- retention ----------------------------------------------------------------
 

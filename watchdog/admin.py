@@ -1,6 +1,13 @@
 from django.contrib import admin
 
-from watchdog.models import RemediationAction, RemediationPolicy
+from watchdog import guards
+from watchdog.models import (
+    PolicyBreaker,
+    RemediationAction,
+    RemediationPolicy,
+    StormState,
+    WatchdogSwitch,
+)
 
 
 @admin.register(RemediationPolicy)
@@ -50,3 +57,51 @@ class RemediationActionAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+@admin.register(WatchdogSwitch)
+class WatchdogSwitchAdmin(admin.ModelAdmin):
+    """The kill switch: admins turn the fleet-wide dry run on and off, saying why.
+
+    Who and when are set from the request, and each change is audited as a
+    ``watchdog.switch.changed`` event.
+    """
+
+    list_display = ["__str__", "dry_run", "changed_by", "changed_at", "reason"]
+    fields = ["dry_run", "reason", "changed_by", "changed_at"]
+    readonly_fields = ["changed_by", "changed_at"]
+
+    def has_add_permission(self, request):
+        return super().has_add_permission(request) and not WatchdogSwitch.objects.exists()
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def save_model(self, request, obj, form, change):
+        switch = guards.set_kill_switch(
+            obj.dry_run, by=f"user:{request.user.get_username()}", reason=obj.reason
+        )
+        obj.changed_by, obj.changed_at = switch.changed_by, switch.changed_at
+
+
+class GuardStateAdmin(admin.ModelAdmin):
+    """What the guards hold now: read here, changed only by the watchdog."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(StormState)
+class StormStateAdmin(GuardStateAdmin):
+    list_display = ["role", "paused", "paused_at", "resumed_at", "unhealthy", "total"]
+
+
+@admin.register(PolicyBreaker)
+class PolicyBreakerAdmin(GuardStateAdmin):
+    list_display = ["policy", "failures", "opened_at", "open_until"]

@@ -5,7 +5,7 @@ Batch handlers: a mass outage is one task; each event is acted on in its own tra
 
 from monitoring.models import AgentState
 from omoi_console.foundation.events import event_trace, subscribe
-from watchdog import services
+from watchdog import services, storm
 from watchdog.models import Trigger
 
 
@@ -49,6 +49,8 @@ def on_agent_recovered(events):
     for event in events:
         with event_trace(event):
             services.verify_recovery(event.payload["agent_id"])
+    # A role whose restarts a storm paused resumes as soon as enough of it is back.
+    storm.resume_recovered()
 
 
 @subscribe("monitor.alert.triggered", handler_id="watchdog.alert_triggered", batch=True)

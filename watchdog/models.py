@@ -93,6 +93,7 @@ class RemediationPolicy(models.Model):
                 "alert_rule": self.alert_rule,
                 "severity": self.severity,
                 "matchers": self.matchers,
+                "agent_role": self.agent_role,
                 "steps": self.steps,
             }
         )
@@ -121,6 +122,11 @@ class SkipReason(models.TextChoices):
     DRY_RUN = "dry_run", "Dry run"
     NOT_ACTIONABLE = "not_actionable", "Agent not actionable"
     BUSY = "busy", "Another action is remediating the agent"
+    STORM_GUARD = "storm_guard", "Storm guard: restarts of the role are paused"
+    BUDGET = "budget", "Fleet-wide budget of actions per minute spent"
+    POLICY_RATE = "policy_rate", "The policy's actions per minute spent"
+    CAPACITY_FLOOR = "capacity_floor", "Too few healthy agents of the role would remain"
+    BREAKER_OPEN = "breaker_open", "The policy's circuit breaker is open"
 
 
 class RemediationAction(models.Model):
@@ -206,3 +212,75 @@ class RestartBackoff(models.Model):
 
     def __str__(self):
         return f"{self.agent_id}: {self.streak} restart(s)"
+
+
+class WatchdogSwitch(models.Model):
+    """The fleet-wide kill switch: one row. On, the whole watchdog is a dry run.
+
+    It decides and audits as usual and acts on nothing, whatever each policy
+    says. Changed in the admin; every change is a ``watchdog.switch.changed`` event.
+    """
+
+    SINGLETON = 1
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=SINGLETON, editable=False)
+    dry_run = models.BooleanField(
+        default=False, help_text="On: the watchdog decides and audits, and acts on nothing."
+    )
+    reason = models.CharField(max_length=300, blank=True, help_text="Why it was last changed.")
+    changed_by = models.CharField(max_length=150, blank=True, editable=False)
+    changed_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        verbose_name = "watchdog kill switch"
+        verbose_name_plural = "watchdog kill switch"
+
+    def __str__(self):
+        return "fleet-wide dry run" if self.dry_run else "watchdog acting"
+
+    def clean(self):
+        if not self.reason.strip():
+            raise ValidationError({"reason": "say why the kill switch changes"})
+
+
+class ActionBudget(models.Model):
+    """Acts spent in the current minute, per scope: ``fleet`` or ``policy:<id>``.
+
+    Spent with one conditional UPDATE, so workers sharing the database never
+    spend more than the limit together (the row is the lock).
+    """
+
+    scope = models.CharField(max_length=120, primary_key=True)
+    minute = models.DateTimeField(null=True, blank=True)
+    spent = models.PositiveIntegerField(default=0)
+
+    def __str__(self):
+        return f"{self.scope}: {self.spent} at {self.minute}"
+
+
+class StormState(models.Model):
+    """Per role: are automatic restarts paused because too much of it failed at once?"""
+
+    role = models.CharField(max_length=16, choices=AgentRole.choices, primary_key=True)
+    paused = models.BooleanField(default=False)
+    paused_at = models.DateTimeField(null=True, blank=True)
+    resumed_at = models.DateTimeField(null=True, blank=True)
+    unhealthy = models.PositiveIntegerField(default=0, help_text="When last evaluated.")
+    total = models.PositiveIntegerField(default=0, help_text="When last evaluated.")
+
+    def __str__(self):
+        return f"{self.role}: {'paused' if self.paused else 'acting'}"
+
+
+class PolicyBreaker(models.Model):
+    """Per policy: its actions that failed in a row, and until when it is open (paused)."""
+
+    policy = models.OneToOneField(
+        RemediationPolicy, on_delete=models.CASCADE, primary_key=True, related_name="breaker"
+    )
+    failures = models.PositiveIntegerField(default=0)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    open_until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"{self.policy_id}: {self.failures} failure(s) in a row"

@@ -56,6 +56,14 @@ def policy_problems(fields: dict) -> dict[str, list[str]]:
     severity = fields.get("severity") or ""
     if severity and severity not in Severity.values:
         problems["severity"] = [f"one of {', '.join(Severity.values)}, or empty for any"]
+    if fields.get("trigger") == Trigger.ALERT and not any(
+        fields.get(name) for name in (*ALERT_FIELDS, "agent_role")
+    ):
+        # It would act on every agent any alert names: the empty selector.
+        problems.setdefault("matchers", []).append(
+            "an alert policy must say what it acts on: set alert_rule, severity, "
+            "matchers or agent_role"
+        )
     if fields.get("trigger") != Trigger.ALERT:
         for name in ALERT_FIELDS:
             if fields.get(name):

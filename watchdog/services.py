@@ -34,6 +34,7 @@ from monitoring.models import (
 )
 from omoi_console.foundation.events import publish
 from omoi_console.foundation.events.tracing import current_trace_ids
+from watchdog import guards, storm
 from watchdog.adapters import get_adapter
 from watchdog.models import (
     OPEN_ACTION_STATUSES,
@@ -65,6 +66,11 @@ BACKOFF_CAP_SECONDS = 300
 BACKOFF_RESET = timedelta(minutes=10)
 # How many due actions one run of the periodic job takes.
 CLAIM_BATCH = 200
+# Which skips tell a person about their agent, beyond "it is left unhealthy": never
+# "another action has it", nor one by one in a storm (its one alert says it all);
+# always a capacity floor, which keeps even a healthy agent from its remediation.
+ESCALATE_NEVER = frozenset({SkipReason.BUSY, SkipReason.STORM_GUARD})
+ESCALATE_ALWAYS = frozenset({SkipReason.CAPACITY_FLOOR})
 
 
 def serves(action_id: int) -> str:
@@ -131,6 +137,10 @@ def open_remediation(
         if refusal:
             reason, detail = refusal
             _skip(action, agent, reason, detail, now)
+            return action
+        switch = guards.kill_switch()
+        if switch is not None:
+            _dry_run(action, agent, now, why=guards.switch_detail(switch))
             return action
         if settings.WATCHDOG_MODE == "dry-run" or policy.dry_run:
             _dry_run(action, agent, now)
@@ -211,6 +221,8 @@ def advance_due(now=None, limit: int = CLAIM_BATCH) -> list[RemediationAction]:
     Everything it needs is in the database, so pending steps survive a restart.
     """
     now = now or timezone.now()
+    # A paused role resumes when its agents are back, even if no action asks.
+    storm.resume_recovered(now)
     due = RemediationAction.objects.filter(
         status__in=OPEN_ACTION_STATUSES, next_step_at__lte=now
     ).order_by("next_step_at")
@@ -252,8 +264,13 @@ def _advance(action: RemediationAction, now) -> None:
             if action.step_index >= len(action.steps):
                 spec = action.steps[-1]
                 waited = max(spec.get("after", 0), spec.get("verify", 0))
+                # A policy that keeps failing to heal is a loop: its breaker counts it.
+                paused = guards.record_failure(action.policy, now)
                 _escalate(
-                    action, agent, f"agent not healthy within {waited}s of the last step", now
+                    action,
+                    agent,
+                    f"agent not healthy within {waited}s of the last step{paused}",
+                    now,
                 )
                 return
             action.step = action.steps[action.step_index]["kind"]
@@ -282,6 +299,16 @@ def _act(action: RemediationAction, agent: Agent, now) -> bool:
     gate, why = restart_gate(action, agent, step, now)
     if gate is not None and gate > now:
         _defer(action, agent, gate, why, now)
+        return False
+    if step.acts_on_agent:
+        # Turned on while the action waited: it acts on nothing from now on.
+        switch = guards.kill_switch()
+        if switch is not None:
+            _skip(action, agent, SkipReason.DRY_RUN, guards.switch_detail(switch), now)
+            return False
+    refusal = guards.refusal_of(action, agent, step, now)
+    if refusal:
+        _skip(action, agent, *refusal, now)
         return False
     verify_seconds = spec.get("verify", 0)
     wait = max(spec.get("after", 0), verify_seconds)
@@ -460,6 +487,7 @@ def _payload(action, agent) -> dict:
 
 def _succeed(action, agent, now) -> None:
     _finish(action, agent, ActionStatus.SUCCEEDED, "agent healthy again", now)
+    guards.record_success(action.policy)
     publish(
         "watchdog.action.succeeded",
         {
@@ -508,11 +536,13 @@ def _skip(action, agent, reason: str, detail: str, now) -> None:
         reason=reason,
         detail=detail,
     )
-    if agent.state in UNHEALTHY_STATES and reason != SkipReason.BUSY:
+    if reason in ESCALATE_ALWAYS or (
+        agent.state in UNHEALTHY_STATES and reason not in ESCALATE_NEVER
+    ):
         _publish_escalation(action, agent, f"remediation skipped ({reason}): {detail}")
 
 
-def _dry_run(action, agent, now) -> None:
+def _dry_run(action, agent, now, why: str = "") -> None:
     """Decide and audit, act on nothing: say what each step would have done."""
     ctx = StepContext(action=action, agent=agent, adapter=None)
     plans = [get_step(spec["kind"]).plan(ctx) for spec in action.steps]
@@ -522,7 +552,8 @@ def _dry_run(action, agent, now) -> None:
         {**_payload(action, agent), "kind": action.step, "dry_run": True},
         key=f"action.started:{action.pk}",
     )
-    _skip(action, agent, SkipReason.DRY_RUN, "would " + "; then ".join(plans), now)
+    would = "would " + "; then ".join(plans)
+    _skip(action, agent, SkipReason.DRY_RUN, f"{why}: {would}" if why else would, now)
 
 
 def verify_recovery(agent_id: str) -> list[RemediationAction]:

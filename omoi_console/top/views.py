@@ -12,6 +12,7 @@ from monitoring.models import Agent, AgentState
 from omoi_console.models import Event
 from omoi_console.top.health import console_health
 from watchdog.api.serializers import RemediationActionSerializer
+from watchdog.guards import watchdog_status
 from watchdog.models import RemediationAction
 
 RECENT = 50
@@ -27,6 +28,7 @@ def console_snapshot() -> dict:
         "alerts": AlertSerializer(alerts, many=True).data,
         "actions": RemediationActionSerializer(actions, many=True).data,
         "health": console_health(),
+        "watchdog": watchdog_status(),
         "events": [
             {
                 "id": str(e.id),

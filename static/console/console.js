@@ -65,6 +65,14 @@
       [(a) => a.outcome],
     ]);
     renderHealth(state.health);
+    const banner = document.getElementById("watchdog-banner");
+    const warnings = (state.watchdog && state.watchdog.warnings) || [];
+    banner.replaceChildren(...warnings.map((text) => {
+      const p = document.createElement("p");
+      p.textContent = text;
+      return p;
+    }));
+    banner.hidden = warnings.length === 0;
     document.getElementById("alert-count").textContent = state.alerts.length;
     document.getElementById("agent-count").textContent = state.agents.length;
     const list = document.getElementById("events");

@@ -29,7 +29,7 @@ class RemediationPolicySerializer(serializers.ModelSerializer):
     def validate(self, attrs):
         fields = {
             name: attrs.get(name, getattr(self.instance, name, None))
-            for name in ("trigger", "alert_rule", "severity", "matchers", "steps")
+            for name in ("trigger", "alert_rule", "severity", "matchers", "agent_role", "steps")
         }
         problems = policy_problems(fields)
         if problems:

@@ -34,8 +34,12 @@ class StepKind:
     label = ""
     # Counted by the per-agent hourly cap and gated by the restart backoff.
     is_restart = False
-    # Takes the agent out of service (drain, quarantine): a seam for a capacity floor.
+    # Takes the agent out of service (restart, drain, quarantine): counted by the
+    # capacity floor and paused by the storm guard.
     removes_capacity = False
+    # Does something to the agent (so the rate limits and the kill switch apply);
+    # False for a step that only hands over to a person.
+    acts_on_agent = True
 
     def plan(self, ctx: StepContext) -> str:
         return f"{self.name} {ctx.agent.id}"

@@ -8,6 +8,7 @@ from watchdog.steps.base import Outcome, StepContext, StepKind
 class Escalate(StepKind):
     name = "escalate"
     label = "Escalate to a person"
+    acts_on_agent = False
 
     def plan(self, ctx: StepContext) -> str:
         return f"escalate {ctx.agent.id} to a person"

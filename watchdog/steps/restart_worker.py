@@ -9,6 +9,7 @@ class RestartWorker(StepKind):
     name = "restart_worker"
     label = "Restart the worker"
     is_restart = True
+    removes_capacity = True
 
     def plan(self, ctx: StepContext) -> str:
         grace = ctx.action.policy.graceful_stop_seconds

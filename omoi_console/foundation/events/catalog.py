@@ -51,6 +51,10 @@ CATALOG: dict[str, tuple[str, ...]] = {
     "watchdog.action.skipped": ("action_id", "agent_id", "kind", "policy", "reason", "detail"),
     "watchdog.action.failed": ("action_id", "agent_id", "kind", "policy", "reason"),
     "watchdog.escalated": ("action_id", "agent_id", "role", "policy", "reason"),
+    "watchdog.storm.started": ("role", "unhealthy", "total", "window_seconds"),
+    "watchdog.storm.ended": ("role", "unhealthy", "total", "paused_seconds"),
+    "watchdog.breaker.opened": ("policy", "failures", "until"),
+    "watchdog.switch.changed": ("dry_run", "by", "reason"),
 }
 
 
