@@ -21,6 +21,7 @@ from alerting.models import (
 )
 from alerting.rules.base import KIND_FIELDS
 from alerting.transports import kind_choices
+from omoi_console.foundation.record_admin import RecordAdmin
 
 # Label sets the rule preview lists.
 PREVIEW_ROWS = 20
@@ -121,7 +122,7 @@ class ReceiverAdmin(admin.ModelAdmin):
 
 
 @admin.register(Notification)
-class NotificationAdmin(admin.ModelAdmin):
+class NotificationAdmin(RecordAdmin):
     """History: read-only and never deleted here (retention removes old rows)."""
 
     list_display = ["id", "alert", "kind", "receiver", "status", "attempts", "created_at"]
@@ -131,15 +132,6 @@ class NotificationAdmin(admin.ModelAdmin):
     fields = NOTIFICATION_FIELDS
     list_select_related = ["receiver"]
     actions = ["resend"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def has_resend_permission(self, request):
         return request.user.has_perm("alerting.resend_notification")

@@ -14,6 +14,7 @@ from monitoring.models import (
     MonitorAnomaly,
     SeriesDetector,
 )
+from omoi_console.foundation.record_admin import RecordAdmin
 from omoi_console.foundation.token_admin import HashedTokenAdmin
 
 
@@ -80,7 +81,7 @@ class AgentTokenAdmin(HashedTokenAdmin):
 
 
 @admin.register(AgentCommand)
-class AgentCommandAdmin(admin.ModelAdmin):
+class AgentCommandAdmin(RecordAdmin):
     """Commands are an audit of what agents were told: read-only here.
 
     Operators issue commands through the API, which records them as the actor.
@@ -101,15 +102,6 @@ class AgentCommandAdmin(admin.ModelAdmin):
     search_fields = ["agent__id", "serves"]
     readonly_fields = [f.name for f in AgentCommand._meta.fields]
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(MetricSeries)
 class MetricSeriesAdmin(admin.ModelAdmin):
@@ -129,7 +121,7 @@ class MetricSeriesAdmin(admin.ModelAdmin):
 
 
 @admin.register(MonitorAnomaly)
-class MonitorAnomalyAdmin(admin.ModelAdmin):
+class MonitorAnomalyAdmin(RecordAdmin):
     """Anomalies are written by the detectors only: the admin lists and shows them."""
 
     list_display = [
@@ -147,15 +139,6 @@ class MonitorAnomalyAdmin(admin.ModelAdmin):
     search_fields = ["agent_id", "metric"]
     date_hierarchy = "started_at"
     list_select_related = ["series"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 class DetectorSettingForm(forms.ModelForm):
@@ -202,7 +185,7 @@ class SeriesDetectorAdmin(admin.ModelAdmin):
 
 
 @admin.register(AgentHealth)
-class AgentHealthAdmin(admin.ModelAdmin):
+class AgentHealthAdmin(RecordAdmin):
     """Health is computed by the periodic evaluation only: the admin lists and shows it."""
 
     list_display = ["agent", "score", "anomalous", "streak", "anomalous_since", "evaluated_at"]
@@ -210,12 +193,3 @@ class AgentHealthAdmin(admin.ModelAdmin):
     search_fields = ["agent__id"]
     ordering = ["-score", "agent"]
     list_select_related = ["agent"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

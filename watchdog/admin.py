@@ -1,5 +1,6 @@
 from django.contrib import admin
 
+from omoi_console.foundation.record_admin import RecordAdmin
 from watchdog import guards
 from watchdog.models import (
     PolicyBreaker,
@@ -31,7 +32,7 @@ class RemediationPolicyAdmin(admin.ModelAdmin):
 
 
 @admin.register(RemediationAction)
-class RemediationActionAdmin(admin.ModelAdmin):
+class RemediationActionAdmin(RecordAdmin):
     """The audit: read-only and never deleted here (retention prunes it)."""
 
     list_display = [
@@ -48,15 +49,6 @@ class RemediationActionAdmin(admin.ModelAdmin):
     list_filter = ["status", "skip_reason", "step", "policy"]
     search_fields = ["agent__id", "idempotency_key"]
     readonly_fields = [f.name for f in RemediationAction._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(WatchdogSwitch)
@@ -84,17 +76,8 @@ class WatchdogSwitchAdmin(admin.ModelAdmin):
         obj.changed_by, obj.changed_at = switch.changed_by, switch.changed_at
 
 
-class GuardStateAdmin(admin.ModelAdmin):
+class GuardStateAdmin(RecordAdmin):
     """What the guards hold now: read here, changed only by the watchdog."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(StormState)
