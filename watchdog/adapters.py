@@ -9,6 +9,10 @@ from monitoring import services as monitoring
 from monitoring.models import Agent, AgentCommand, CommandKind
 
 
+class AdapterError(Exception):
+    """The registry refused a call or never answered; the action fails, audited."""
+
+
 class RegistryAdapter:
     name = ""
 

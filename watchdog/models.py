@@ -14,6 +14,8 @@ DEFAULT_VERIFY_SECONDS = 60
 class Trigger(models.TextChoices):
     AGENT_FAILED = "agent_failed", "Agent failed (heartbeats lost, reported failed, or stuck)"
     ALERT = "alert", "Alert triggered (matched on rule, severity and labels)"
+    # An operator asked through the API; only the built-in ``manual`` policy has it.
+    MANUAL = "manual", "Manual action by an operator"
 
 
 class Step(models.TextChoices):
@@ -25,6 +27,7 @@ class Step(models.TextChoices):
     MARK_UNHEALTHY = "mark_unhealthy", "Mark unhealthy (degraded)"
     QUARANTINE = "quarantine", "Quarantine"
     ESCALATE = "escalate", "Escalate to a person"
+    RELEASE = "release", "Release from quarantine (operators only)"
 
 
 def default_steps() -> list:
@@ -165,6 +168,7 @@ class RemediationAction(models.Model):
 
     class Meta:
         ordering = ["-started_at"]
+        permissions = [("act_on_agent", "Can run manual remediation actions on agents")]
         indexes = [
             models.Index(fields=["status", "verify_by"], name="action_verify_idx"),
             models.Index(fields=["agent", "policy", "started_at"], name="action_agent_idx"),

@@ -1,6 +1,7 @@
 from rest_framework import serializers
 
-from watchdog.models import RemediationAction, RemediationPolicy
+from watchdog.builtins import MANUAL_POLICY
+from watchdog.models import RemediationAction, RemediationPolicy, Trigger
 from watchdog.policies import policy_problems
 
 
@@ -32,6 +33,8 @@ class RemediationPolicySerializer(serializers.ModelSerializer):
             for name in ("trigger", "alert_rule", "severity", "matchers", "steps")
         }
         problems = policy_problems(fields)
+        if self.instance is not None and self.instance.name == MANUAL_POLICY:
+            problems = {"name": ["the manual policy is the product's; it is not edited"]}
         if problems:
             raise serializers.ValidationError(problems)
         return attrs
@@ -70,3 +73,26 @@ class RemediationActionSerializer(serializers.ModelSerializer):
             "outcome",
             "trace_id",
         ]
+
+
+class ExplainQuerySerializer(serializers.Serializer):
+    """``?alert=<id>``, or ``?agent=<id>`` with an optional ``trigger`` (default agent_failed)."""
+
+    alert = serializers.IntegerField(required=False, min_value=1)
+    agent = serializers.CharField(required=False, max_length=100)
+    trigger = serializers.ChoiceField(
+        choices=[Trigger.AGENT_FAILED.value, Trigger.ALERT.value], required=False
+    )
+
+    def validate(self, attrs):
+        if ("alert" in attrs) == ("agent" in attrs):
+            raise serializers.ValidationError({"alert": ["give either alert or agent"]})
+        if attrs.get("trigger") == Trigger.ALERT and "agent" in attrs:
+            raise serializers.ValidationError(
+                {"trigger": ["an alert trigger is explained from its alert: give alert"]}
+            )
+        return attrs
+
+
+class ManualActionSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=300)

@@ -36,6 +36,8 @@ class StepKind:
     is_restart = False
     # Takes the agent out of service (drain, quarantine): a seam for a capacity floor.
     removes_capacity = False
+    # Only an operator runs it (manual actions); a policy may not list it.
+    manual_only = False
 
     def plan(self, ctx: StepContext) -> str:
         return f"{self.name} {ctx.agent.id}"
