@@ -543,6 +543,20 @@ INGEST_FLUSH_SECONDS = env_float("OMOI_INGEST_FLUSH_SECONDS", 0.1)
 INGEST_REVOCATION_POLL_SECONDS = env_float("OMOI_INGEST_REVOCATION_POLL_SECONDS", 1.0)
 
 WATCHDOG_MODE = env_choice("OMOI_WATCHDOG_MODE", ("on", "off", "dry-run"), "on")
+# How the watchdog reaches agents: ``local`` (commands ride on heartbeat responses)
+# or ``http`` (an external registry API at OMOI_REGISTRY_URL; docs/watchdog.md).
+WATCHDOG_ADAPTER = env_choice("OMOI_WATCHDOG_ADAPTER", ("local", "http"), "local")
+REGISTRY_URL = env_str("OMOI_REGISTRY_URL").rstrip("/")
+REGISTRY_TOKEN = env_str("OMOI_REGISTRY_TOKEN")
+# Each call's timeout, and how many times a 5xx or a connection error is retried
+# (backing off from OMOI_REGISTRY_BACKOFF seconds, doubling); a 4xx is never retried.
+REGISTRY_TIMEOUT_SECONDS = _seconds("OMOI_REGISTRY_TIMEOUT", 2.0, 0.1, 30)
+REGISTRY_RETRIES = env_int("OMOI_REGISTRY_RETRIES", 2)
+REGISTRY_BACKOFF_SECONDS = _seconds("OMOI_REGISTRY_BACKOFF", 0.2, 0, 10)
+if not 0 <= REGISTRY_RETRIES <= 5:
+    raise ImproperlyConfigured("OMOI_REGISTRY_RETRIES must be from 0 to 5")
+if WATCHDOG_ADAPTER == "http" and not REGISTRY_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured("OMOI_WATCHDOG_ADAPTER=http needs OMOI_REGISTRY_URL (http or https)")
 
 
 # --- retention ----------------------------------------------------------------
