@@ -1,5 +1,10 @@
+import threading
+import time
+from datetime import timedelta
+
 import pytest
 import time_machine
+from django.db import connections
 from django.utils import timezone
 
 from alerting.models import Alert, AlertRule
@@ -7,6 +12,8 @@ from monitoring.models import AgentCommand, AgentState, CommandKind
 from monitoring.services import record_heartbeat, register_agent, transition
 from omoi_console.models import Event
 from tests.conftest import bearer
+from tests.test_events import other_backend_waits_on_a_lock
+from watchdog import manual, services
 from watchdog.builtins import RESTART_POLICY, manual_policy
 from watchdog.models import ActionStatus, RemediationAction, RemediationPolicy, Trigger
 
@@ -253,3 +260,47 @@ def test_the_manual_policy_is_not_edited_nor_chosen_as_a_trigger(api, seeded, ma
     assert edited.status_code == created.status_code == release_step.status_code == 422
     assert "trigger" in [e["field"] for e in created.json()["errors"]]
     assert any(e["field"].startswith("steps") for e in release_step.json()["errors"])
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_two_operators_acting_at_once_on_one_agent_get_one_action_and_one_409(
+    registered_agent, monkeypatch
+):
+    agent, _ = registered_agent
+    entered = []
+    context = services.monitoring_context
+
+    def slow_context(*args, **kwargs):
+        # Hold the first action's transaction open until the second operator either
+        # came in here too or waits behind the agent's lock.
+        entered.append(1)
+        deadline = timezone.now() + timedelta(seconds=10)
+        while (
+            timezone.now() < deadline and len(entered) < 2 and not other_backend_waits_on_a_lock()
+        ):
+            time.sleep(0.01)  # polling another thread's progress, not waiting out a clock
+        return context(*args, **kwargs)
+
+    monkeypatch.setattr(services, "monitoring_context", slow_context)
+    start = threading.Barrier(2)
+    outcomes = []
+
+    def operator(name):
+        try:
+            start.wait(10)
+            manual.run_manual_action(agent.pk, "restart", actor=f"user:{name}")
+            outcomes.append("acted")
+        except manual.Conflict:
+            outcomes.append("conflict")
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=operator, args=(n,)) for n in ("ann", "bob")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert sorted(outcomes) == ["acted", "conflict"]
+    assert RemediationAction.objects.count() == 1
