@@ -543,6 +543,10 @@ INGEST_FLUSH_SECONDS = env_float("OMOI_INGEST_FLUSH_SECONDS", 0.1)
 INGEST_REVOCATION_POLL_SECONDS = env_float("OMOI_INGEST_REVOCATION_POLL_SECONDS", 1.0)
 
 WATCHDOG_MODE = env_choice("OMOI_WATCHDOG_MODE", ("on", "off", "dry-run"), "on")
+# The receiver (an alerting Receiver's name) a "guardian" escalation level tells.
+WATCHDOG_GUARDIAN_RECEIVER = env_str("OMOI_WATCHDOG_GUARDIAN_RECEIVER")
+# Which ``environments:`` section of a policy file applies (manage.py policies import).
+ENVIRONMENT = env_str("OMOI_ENVIRONMENT")
 # How the watchdog reaches agents: ``local`` (commands ride on heartbeat responses)
 # or ``http`` (an external registry API at OMOI_REGISTRY_URL; docs/watchdog.md).
 WATCHDOG_ADAPTER = env_choice("OMOI_WATCHDOG_ADAPTER", ("local", "http"), "local")

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from watchdog.models import RemediationAction, RemediationPolicy
+from watchdog.models import EscalationChain, RemediationAction, RemediationPolicy
 
 
 @admin.register(RemediationPolicy)
@@ -20,6 +20,14 @@ class RemediationPolicyAdmin(admin.ModelAdmin):
         "priority",
     ]
     list_filter = ["enabled", "trigger", "dry_run"]
+    search_fields = ["name"]
+
+
+@admin.register(EscalationChain)
+class EscalationChainAdmin(admin.ModelAdmin):
+    """Chains are edited here too; ``clean()`` refuses invalid levels, naming each problem."""
+
+    list_display = ["name"]
     search_fields = ["name"]
 
 

@@ -33,6 +33,7 @@ from monitoring.models import (
 )
 from omoi_console.foundation.events import publish
 from omoi_console.foundation.events.tracing import current_trace_ids
+from watchdog import chains
 from watchdog.adapters import AdapterError, get_adapter
 from watchdog.models import (
     OPEN_ACTION_STATUSES,
@@ -488,6 +489,7 @@ def _publish_escalation(action, agent, reason: str) -> None:
         key=f"escalated:{action.pk}",
     )
     log.error("watchdog.escalated", action_id=action.pk, agent_id=agent.pk, reason=reason)
+    chains.start(action, timezone.now())
 
 
 def _registry_failed(action, agent, error: str, now) -> None:

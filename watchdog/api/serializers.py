@@ -1,12 +1,32 @@
 from rest_framework import serializers
 
 from watchdog.builtins import MANUAL_POLICY
-from watchdog.models import RemediationAction, RemediationPolicy, Trigger
+from watchdog.chains import level_problems
+from watchdog.models import EscalationChain, RemediationAction, RemediationPolicy, Trigger
 from watchdog.policies import policy_problems
+
+
+class EscalationChainSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = EscalationChain
+        fields = ["id", "name", "levels"]
+
+    def validate_levels(self, levels):
+        problems = level_problems(levels)
+        if problems:
+            raise serializers.ValidationError(problems)
+        return levels
 
 
 class RemediationPolicySerializer(serializers.ModelSerializer):
     """A policy; refused as a whole (422, each field named) when invalid: never half-saved."""
+
+    escalation_chain = serializers.SlugRelatedField(
+        slug_field="name",
+        queryset=EscalationChain.objects.all(),
+        allow_null=True,
+        required=False,
+    )
 
     class Meta:
         model = RemediationPolicy
@@ -25,6 +45,7 @@ class RemediationPolicySerializer(serializers.ModelSerializer):
             "max_per_hour",
             "dry_run",
             "priority",
+            "escalation_chain",
         ]
 
     def validate(self, attrs):
@@ -72,6 +93,8 @@ class RemediationActionSerializer(serializers.ModelSerializer):
             "finished_at",
             "outcome",
             "trace_id",
+            "escalation_level",
+            "escalation_next_at",
         ]
 
 
