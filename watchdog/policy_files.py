@@ -75,7 +75,8 @@ def dump() -> str:
         if model is RemediationPolicy:
             rows = rows.exclude(name=MANUAL_POLICY)
         document[section] = [
-            {name: data[name] for name in fields} for data in serializer(rows, many=True).data
+            {name: _ordered(name, data[name]) for name in fields}
+            for data in serializer(rows, many=True).data
         ]
     return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
 
@@ -206,6 +207,20 @@ def _override(document: dict, environment: str) -> list[str]:
             else:
                 entries[entry_name].update(fields)
     return problems
+
+
+# PostgreSQL's jsonb keeps its own key order: the file's is restored on the way out.
+KEY_ORDER = {"levels": ("receivers", "guardian", "after"), "steps": ("kind", "after", "verify")}
+
+
+def _ordered(name: str, value):
+    order = KEY_ORDER.get(name)
+    if order is None or not isinstance(value, list):
+        return value
+    return [
+        {**{k: item[k] for k in order if k in item}, **item} if isinstance(item, dict) else item
+        for item in value
+    ]
 
 
 def _lines(errors, prefix: str = "") -> list[str]:
