@@ -50,7 +50,7 @@ COMMAND = "uv run python bench/remediation.py"
 TARGET_SECONDS = 2.0
 CHECK_PERIOD = 1.0
 ADVANCE_PERIOD = 2.0
-AGENT_THREADS = 4
+AGENT_THREADS = 20
 
 
 # --- the step, inside Django ------------------------------------------------------------
@@ -242,9 +242,9 @@ def check_services() -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--failures", type=int, default=100, help="induced failures per kind")
+    parser.add_argument("--failures", type=int, default=50, help="induced failures per kind")
     parser.add_argument("--interval", type=float, default=1.0, help="agents' heartbeat interval")
-    parser.add_argument("--spread", type=float, default=20.0, help="seconds the failures span")
+    parser.add_argument("--spread", type=float, default=60.0, help="seconds the failures span")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--step", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
