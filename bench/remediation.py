@@ -270,6 +270,8 @@ def main() -> int:
                 OMOI_DATA_DIR=tmp,
                 OMOI_HEARTBEAT_INTERVAL=str(options.interval),
                 OMOI_HEARTBEAT_SKEW="0.5",
+                # One connection per simulated-agent thread, and the jobs' own.
+                DATABASE_POOL_MAX_SIZE=str(AGENT_THREADS + 4),
             )
             steps.run_step(["uv", "run", "manage.py", "migrate", "--no-input", "-v", "0"], env)
             print("inducing failures", file=sys.stderr)
