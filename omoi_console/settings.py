@@ -625,6 +625,24 @@ DEADMAN_INTERVAL_SECONDS = _seconds("OMOI_DEADMAN_INTERVAL_SECONDS", 60.0, 10, 8
 DEADMAN_METHOD = env_choice("OMOI_DEADMAN_METHOD", ("post", "get"), "post")
 
 WATCHDOG_MODE = env_choice("OMOI_WATCHDOG_MODE", ("on", "off", "dry-run"), "on")
+# The receiver (an alerting Receiver's name) a "guardian" escalation level tells.
+WATCHDOG_GUARDIAN_RECEIVER = env_str("OMOI_WATCHDOG_GUARDIAN_RECEIVER")
+# Which ``environments:`` section of a policy file applies (manage.py policies import).
+ENVIRONMENT = env_str("OMOI_ENVIRONMENT")
+# How the watchdog reaches agents: ``local`` (commands ride on heartbeat responses)
+# or ``http`` (an external registry API at OMOI_REGISTRY_URL; docs/watchdog.md).
+WATCHDOG_ADAPTER = env_choice("OMOI_WATCHDOG_ADAPTER", ("local", "http"), "local")
+REGISTRY_URL = env_str("OMOI_REGISTRY_URL").rstrip("/")
+REGISTRY_TOKEN = env_str("OMOI_REGISTRY_TOKEN")
+# Each call's timeout, and how many times a 5xx or a connection error is retried
+# (backing off from OMOI_REGISTRY_BACKOFF seconds, doubling); a 4xx is never retried.
+REGISTRY_TIMEOUT_SECONDS = _seconds("OMOI_REGISTRY_TIMEOUT", 2.0, 0.1, 30)
+REGISTRY_RETRIES = env_int("OMOI_REGISTRY_RETRIES", 2)
+REGISTRY_BACKOFF_SECONDS = _seconds("OMOI_REGISTRY_BACKOFF", 0.2, 0, 10)
+if not 0 <= REGISTRY_RETRIES <= 5:
+    raise ImproperlyConfigured("OMOI_REGISTRY_RETRIES must be from 0 to 5")
+if WATCHDOG_ADAPTER == "http" and not REGISTRY_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured("OMOI_WATCHDOG_ADAPTER=http needs OMOI_REGISTRY_URL (http or https)")
 
 # Safety guards (docs/watchdog.md, "Safety guards"). A limit of 0 turns its guard off.
 # At most this many acts a minute across the fleet, and per policy.

@@ -3,6 +3,7 @@ from django.contrib import admin
 from omoi_console.foundation.record_admin import RecordAdmin
 from watchdog import guards
 from watchdog.models import (
+    EscalationChain,
     PolicyBreaker,
     RemediationAction,
     RemediationPolicy,
@@ -28,6 +29,14 @@ class RemediationPolicyAdmin(admin.ModelAdmin):
         "priority",
     ]
     list_filter = ["enabled", "trigger", "dry_run"]
+    search_fields = ["name"]
+
+
+@admin.register(EscalationChain)
+class EscalationChainAdmin(admin.ModelAdmin):
+    """Chains are edited here too; ``clean()`` refuses invalid levels, naming each problem."""
+
+    list_display = ["name"]
     search_fields = ["name"]
 
 

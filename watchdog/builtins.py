@@ -16,6 +16,8 @@ from watchdog.models import (
 )
 
 RESTART_POLICY = "restart-failed-worker"
+# What operators' manual actions are recorded under: its trigger matches no event.
+MANUAL_POLICY = "manual"
 
 # Restart; not healthy within 60 s: the action escalates to a person.
 DEFAULT_STEPS = [{"kind": Step.RESTART_WORKER.value, "after": 0, "verify": DEFAULT_VERIFY_SECONDS}]
@@ -33,3 +35,17 @@ def ensure_default_policies() -> None:
             "max_per_hour": DEFAULT_MAX_RESTARTS_PER_HOUR,
         },
     )
+
+
+def manual_policy() -> RemediationPolicy:
+    """The policy operators' manual actions are recorded under, created on first use."""
+    policy, _ = RemediationPolicy.objects.get_or_create(
+        name=MANUAL_POLICY,
+        defaults={
+            "trigger": Trigger.MANUAL,
+            "steps": DEFAULT_STEPS,
+            "graceful_stop_seconds": DEFAULT_GRACEFUL_STOP_SECONDS,
+            "priority": 1000,
+        },
+    )
+    return policy

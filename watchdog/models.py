@@ -14,6 +14,8 @@ DEFAULT_VERIFY_SECONDS = 60
 class Trigger(models.TextChoices):
     AGENT_FAILED = "agent_failed", "Agent failed (heartbeats lost, reported failed, or stuck)"
     ALERT = "alert", "Alert triggered (matched on rule, severity and labels)"
+    # An operator asked through the API; only the built-in ``manual`` policy has it.
+    MANUAL = "manual", "Manual action by an operator"
 
 
 class Step(models.TextChoices):
@@ -25,10 +27,38 @@ class Step(models.TextChoices):
     MARK_UNHEALTHY = "mark_unhealthy", "Mark unhealthy (degraded)"
     QUARANTINE = "quarantine", "Quarantine"
     ESCALATE = "escalate", "Escalate to a person"
+    RELEASE = "release", "Release from quarantine (operators only)"
 
 
 def default_steps() -> list:
     return [{"kind": Step.RESTART_WORKER.value, "after": 0, "verify": DEFAULT_VERIFY_SECONDS}]
+
+
+class EscalationChain(models.Model):
+    """Who hears of an agent the watchdog gave up on, level by level.
+
+    ``levels`` is ``[{"receivers": [...], "after": seconds, "guardian": bool}, ...]``:
+    level 1 is told ``after`` seconds after the escalation (usually 0: at once),
+    each next level ``after`` seconds after the one before, unless the agent
+    recovered or someone acknowledged the alert meanwhile. A ``guardian`` level
+    tells the configured guardian receiver (OMOI_WATCHDOG_GUARDIAN_RECEIVER) too.
+    """
+
+    name = models.SlugField(max_length=100, unique=True)
+    levels = models.JSONField(default=list)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        from watchdog.chains import level_problems
+
+        problems = level_problems(self.levels)
+        if problems:
+            raise ValidationError({"levels": problems})
 
 
 class RemediationPolicy(models.Model):
@@ -76,6 +106,14 @@ class RemediationPolicy(models.Model):
     )
     dry_run = models.BooleanField(default=False)
     priority = models.PositiveIntegerField(default=100, help_text="Lower runs first.")
+    escalation_chain = models.ForeignKey(
+        EscalationChain,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="policies",
+        help_text="Who is told, level by level, when this policy's action escalates.",
+    )
 
     class Meta:
         ordering = ["priority", "name"]
@@ -168,15 +206,24 @@ class RemediationAction(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     outcome = models.CharField(max_length=300, blank=True)
     trace_id = models.CharField(max_length=32, blank=True)
+    # The policy's escalation chain, walked after the action escalated.
+    escalation_level = models.PositiveSmallIntegerField(default=0)
+    escalation_next_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-started_at"]
+        permissions = [("act_on_agent", "Can run manual remediation actions on agents")]
         indexes = [
             models.Index(fields=["status", "verify_by"], name="action_verify_idx"),
             models.Index(fields=["agent", "policy", "started_at"], name="action_agent_idx"),
             # Retention walks finished actions, the longest finished first.
             models.Index(fields=["finished_at"], name="action_finished_idx"),
             # The periodic job's claim: open actions whose next step is due.
+            models.Index(
+                fields=["escalation_next_at"],
+                condition=Q(escalation_next_at__isnull=False),
+                name="action_escalation_due_idx",
+            ),
             models.Index(
                 fields=["next_step_at"],
                 condition=Q(status__in=["planned", "running", "verifying"]),

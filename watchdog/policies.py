@@ -30,9 +30,10 @@ def step_problems(steps) -> list[str]:
         unknown = sorted(set(step) - STEP_KEYS)
         if unknown:
             problems.append(f"step {number}: unknown key(s) {', '.join(unknown)}")
-        if step.get("kind") not in STEPS:
+        kinds = [name for name, kind in STEPS.items() if not kind.manual_only]
+        if step.get("kind") not in kinds:
             problems.append(
-                f"step {number}: kind {step.get('kind')!r} is not one of {', '.join(STEPS)}"
+                f"step {number}: kind {step.get('kind')!r} is not one of {', '.join(kinds)}"
             )
         for key in ("after", "verify"):
             value = step.get(key, 0)
@@ -64,6 +65,10 @@ def policy_problems(fields: dict) -> dict[str, list[str]]:
             "an alert policy must say what it acts on: set alert_rule, severity, "
             "matchers or agent_role"
         )
+    if fields.get("trigger") == Trigger.MANUAL:
+        problems["trigger"] = [
+            "manual is reserved for operators' actions; choose agent_failed or alert"
+        ]
     if fields.get("trigger") != Trigger.ALERT:
         for name in ALERT_FIELDS:
             if fields.get(name):

@@ -34,8 +34,8 @@ from monitoring.models import (
 )
 from omoi_console.foundation.events import publish
 from omoi_console.foundation.events.tracing import current_trace_ids
-from watchdog import guards, storm
-from watchdog.adapters import get_adapter
+from watchdog import chains, guards, storm
+from watchdog.adapters import AdapterError, get_adapter
 from watchdog.models import (
     OPEN_ACTION_STATUSES,
     ActionStatus,
@@ -319,7 +319,11 @@ def _act(action: RemediationAction, agent: Agent, now) -> bool:
         expires_at=now + timedelta(seconds=max(wait, 1)),
     )
     first = not any(entry.get("acted") for entry in action.history)
-    outcome = step.act(ctx)
+    try:
+        outcome = step.act(ctx)
+    except AdapterError as exc:
+        _registry_failed(action, agent, str(exc), now)
+        return False
     _note(action, now, outcome.detail)
     action.history[-1]["acted"] = True
     if outcome.command is not None:
@@ -518,6 +522,20 @@ def _publish_escalation(action, agent, reason: str) -> None:
         key=f"escalated:{action.pk}",
     )
     log.error("watchdog.escalated", action_id=action.pk, agent_id=agent.pk, reason=reason)
+    chains.start(action, timezone.now())
+
+
+def _registry_failed(action, agent, error: str, now) -> None:
+    """The registry refused the step or never answered: the action failed, a person takes over."""
+    _note(action, now, f"registry: {error}")
+    reason = f"the registry did not take step {action.step_index + 1}: {error}"
+    _finish(action, agent, ActionStatus.FAILED, reason, now)
+    publish(
+        "watchdog.action.failed",
+        {**_payload(action, agent), "kind": action.step, "reason": reason},
+        key=f"action.failed:{action.pk}",
+    )
+    _publish_escalation(action, agent, reason)
 
 
 def _skip(action, agent, reason: str, detail: str, now) -> None:

@@ -20,6 +20,7 @@ ROLE_GRANTS: dict[str, tuple[str, ...]] = {
         "alerting.add_silence",
         "alerting.change_silence",
         "alerting.resend_notification",
+        "watchdog.act_on_agent",
     ),
     ADMIN: ("*",),
 }

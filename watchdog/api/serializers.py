@@ -1,11 +1,32 @@
 from rest_framework import serializers
 
-from watchdog.models import RemediationAction, RemediationPolicy
+from watchdog.builtins import MANUAL_POLICY
+from watchdog.chains import level_problems
+from watchdog.models import EscalationChain, RemediationAction, RemediationPolicy, Trigger
 from watchdog.policies import policy_problems
+
+
+class EscalationChainSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = EscalationChain
+        fields = ["id", "name", "levels"]
+
+    def validate_levels(self, levels):
+        problems = level_problems(levels)
+        if problems:
+            raise serializers.ValidationError(problems)
+        return levels
 
 
 class RemediationPolicySerializer(serializers.ModelSerializer):
     """A policy; refused as a whole (422, each field named) when invalid: never half-saved."""
+
+    escalation_chain = serializers.SlugRelatedField(
+        slug_field="name",
+        queryset=EscalationChain.objects.all(),
+        allow_null=True,
+        required=False,
+    )
 
     class Meta:
         model = RemediationPolicy
@@ -24,6 +45,7 @@ class RemediationPolicySerializer(serializers.ModelSerializer):
             "max_per_hour",
             "dry_run",
             "priority",
+            "escalation_chain",
         ]
 
     def validate(self, attrs):
@@ -32,6 +54,8 @@ class RemediationPolicySerializer(serializers.ModelSerializer):
             for name in ("trigger", "alert_rule", "severity", "matchers", "agent_role", "steps")
         }
         problems = policy_problems(fields)
+        if self.instance is not None and self.instance.name == MANUAL_POLICY:
+            problems = {"name": ["the manual policy is the product's; it is not edited"]}
         if problems:
             raise serializers.ValidationError(problems)
         return attrs
@@ -69,4 +93,29 @@ class RemediationActionSerializer(serializers.ModelSerializer):
             "finished_at",
             "outcome",
             "trace_id",
+            "escalation_level",
+            "escalation_next_at",
         ]
+
+
+class ExplainQuerySerializer(serializers.Serializer):
+    """``?alert=<id>``, or ``?agent=<id>`` with an optional ``trigger`` (default agent_failed)."""
+
+    alert = serializers.IntegerField(required=False, min_value=1)
+    agent = serializers.CharField(required=False, max_length=100)
+    trigger = serializers.ChoiceField(
+        choices=[Trigger.AGENT_FAILED.value, Trigger.ALERT.value], required=False
+    )
+
+    def validate(self, attrs):
+        if ("alert" in attrs) == ("agent" in attrs):
+            raise serializers.ValidationError({"alert": ["give either alert or agent"]})
+        if attrs.get("trigger") == Trigger.ALERT and "agent" in attrs:
+            raise serializers.ValidationError(
+                {"trigger": ["an alert trigger is explained from its alert: give alert"]}
+            )
+        return attrs
+
+
+class ManualActionSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=300)

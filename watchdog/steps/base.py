@@ -40,6 +40,8 @@ class StepKind:
     # Does something to the agent (so the rate limits and the kill switch apply);
     # False for a step that only hands over to a person.
     acts_on_agent = True
+    # Only an operator runs it (manual actions); a policy may not list it.
+    manual_only = False
 
     def plan(self, ctx: StepContext) -> str:
         return f"{self.name} {ctx.agent.id}"
