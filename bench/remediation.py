@@ -272,6 +272,15 @@ def main() -> int:
                 OMOI_HEARTBEAT_SKEW="0.5",
                 # One connection per simulated-agent thread, and the jobs' own.
                 DATABASE_POOL_MAX_SIZE=str(AGENT_THREADS + 4),
+                # The bench times the loop, not the safety guards: 100 failures a
+                # minute are a storm and past the action budget by design, and the
+                # guards would (rightly) refuse most of them.
+                OMOI_WATCHDOG_BUDGET_PER_MINUTE="0",
+                OMOI_WATCHDOG_POLICY_PER_MINUTE="0",
+                OMOI_WATCHDOG_STORM_MIN_AGENTS="1000000",
+                OMOI_WATCHDOG_BREAKER_FAILURES="0",
+                OMOI_LIVENESS_STALE_SECONDS="0",
+                OMOI_TRACE_STORE="off",
             )
             steps.run_step(["uv", "run", "manage.py", "migrate", "--no-input", "-v", "0"], env)
             print("inducing failures", file=sys.stderr)
