@@ -229,6 +229,24 @@ def test_failures_spread_wider_than_the_window_or_too_few_are_no_storm(seeded):
     assert not events("watchdog.storm.started").exists()
 
 
+@pytest.mark.django_db(transaction=True)
+@override_settings(WATCHDOG_BUDGET_PER_MINUTE=0, WATCHDOG_POLICY_PER_MINUTE=0)
+def test_agents_that_only_missed_a_heartbeat_are_no_storm(seeded):
+    from monitoring.models import Agent
+
+    with time_machine.travel(timezone.now(), tick=False):
+        workers = fleet(4)
+        # A slow network: three of four late by a heartbeat, which is DEGRADED, not failed.
+        late = [worker.pk for worker in workers[:3]]
+        Agent.objects.filter(pk__in=late).update(
+            state=AgentState.DEGRADED, unhealthy_since=timezone.now()
+        )
+        record_heartbeat(workers[3], state="failed")
+
+    assert restarts().count() == 1
+    assert not events("watchdog.storm.started").exists()
+
+
 @pytest.mark.postgres
 @pytest.mark.django_db(transaction=True)
 @override_settings(WATCHDOG_BUDGET_PER_MINUTE=0, WATCHDOG_POLICY_PER_MINUTE=0)

@@ -3,7 +3,7 @@
 A network partition or a bad deploy fails many agents together; restarting
 them all at once does more harm than the failure. When at least
 ``OMOI_WATCHDOG_STORM_SHARE`` of a role's agents in service, and at least
-``OMOI_WATCHDOG_STORM_MIN_AGENTS`` of them, fell unhealthy within
+``OMOI_WATCHDOG_STORM_MIN_AGENTS`` of them, failed within
 ``OMOI_WATCHDOG_STORM_WINDOW``, automatic restarts (and steps that take agents
 out) of that role pause: ``watchdog.storm.started``, which alerting turns into
 one critical alert. They resume when fewer than ``OMOI_WATCHDOG_STORM_RESUME_SHARE``
@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from monitoring.models import UNHEALTHY_STATES, Agent, AgentState
+from monitoring.models import Agent, AgentState
 from omoi_console.foundation.events import publish
 from watchdog.models import SkipReason, StormState
 
@@ -29,6 +29,10 @@ log = structlog.get_logger(__name__)
 
 # Out of service by a person's or the system's decision: not part of the role's fleet.
 OUT_OF_FLEET = (AgentState.TERMINATED, AgentState.QUARANTINED)
+# What a storm counts: agents that failed (or are being restarted for it). Not DEGRADED:
+# a missed heartbeat or two across a busy fleet is a slow network, not a storm, and
+# pausing restarts on it would leave the one agent that did fail unhealed.
+FAILING_STATES = (AgentState.FAILED, AgentState.STUCK, AgentState.RESTARTING)
 
 
 def refusal(role: str, now) -> tuple[str, str] | None:
@@ -50,7 +54,7 @@ def evaluate(role: str, now=None) -> StormState:
         state = _locked(role)
         fleet = Agent.objects.filter(role=role).exclude(state__in=OUT_OF_FLEET)
         total = fleet.count()
-        unhealthy = fleet.filter(state__in=UNHEALTHY_STATES)
+        unhealthy = fleet.filter(state__in=FAILING_STATES)
         if not state.paused:
             since = now - timedelta(seconds=settings.WATCHDOG_STORM_WINDOW_SECONDS)
             recent = unhealthy.filter(unhealthy_since__gte=since).count()

@@ -9,6 +9,7 @@ ticker and the console listener. After ``stop()`` the fleet's counters
 """
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -127,9 +128,21 @@ async def _serve(conn) -> None:
 
     def reply_when_done(ident, coroutine):
         task = loop.create_task(coroutine)
-        task.add_done_callback(lambda t: t.cancelled() or conn.send((ident, t.result())))
+        task.add_done_callback(lambda t: reply(ident, t))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+    def reply(ident, task: asyncio.Task) -> None:
+        # Every question gets an answer, a failure too: the parent waits for it.
+        if task.cancelled():
+            answer = RuntimeError("the simulated fleet's command was cancelled")
+        elif task.exception() is not None:
+            error = task.exception()
+            answer = RuntimeError(f"simulated fleet: {type(error).__name__}: {error}")
+        else:
+            answer = task.result()
+        with contextlib.suppress(OSError):  # the parent is gone: nobody to tell
+            conn.send((ident, answer))
 
     stop_ident = None
     conn.send((READY, True))
