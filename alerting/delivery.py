@@ -76,10 +76,7 @@ def destinations_for(alert: Alert) -> list[Destination]:
     routed = destinations(routing_labels(alert))
     if routed is None:
         top = top_grouping()
-        defaults = held(
-            "defaults", lambda: list(Receiver.objects.filter(enabled=True, default=True))
-        )
-        routed = [Destination(receiver, None, top) for receiver in defaults]
+        routed = [Destination(r, None, top) for r in held("defaults", _default_receivers)]
     chosen: dict[int, Destination] = {}
     for destination in routed:
         receiver = destination.receiver
@@ -117,6 +114,7 @@ def notify(alert: Alert, kind: str) -> list[Notification]:
     created = []
     now = timezone.now()
     # Atomic: a group's row is locked while its notifications join it.
+    labels = routing_labels(alert)
     with transaction.atomic():
         for destination in destinations_for(alert):
             receiver = destination.receiver
@@ -128,7 +126,6 @@ def notify(alert: Alert, kind: str) -> list[Notification]:
                     # It resolved before its group went out: this receiver never hears of it.
                     log.info("notification.cancelled", alert_id=alert.pk, receiver=receiver.name)
                     continue
-                labels = routing_labels(alert)
                 group, due = grouping.schedule(alert, kind, destination, now, labels)
             notification = create_notification(alert, kind, receiver, group=group, due=due)
             if notification is not None:
