@@ -256,6 +256,11 @@ class AgentCommand(models.Model):
     generation = models.PositiveIntegerField(null=True, blank=True)
     # Kind-specific parameters sent with the command (graceful_stop_seconds ...).
     params = models.JSONField(default=dict, blank=True)
+    # The trace of whatever queued it (a remediation): the heartbeats that take
+    # and answer the command continue it, so a restart and the recovery it
+    # brings are one trace.
+    trace_id = models.CharField(max_length=32, blank=True)
+    span_id = models.CharField(max_length=16, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     delivered_at = models.DateTimeField(null=True, blank=True)
     acked_at = models.DateTimeField(null=True, blank=True)

@@ -3,6 +3,7 @@
 import functools
 import math
 from collections import defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -36,7 +37,12 @@ from monitoring.transitions import (
     transition_many,
 )
 from omoi_console.foundation.events import NewEvent, publish, publish_many
-from omoi_console.foundation.events.tracing import new_trace_ids
+from omoi_console.foundation.events.tracing import (
+    continued_trace,
+    current_span_context,
+    current_trace_ids,
+    new_trace_ids,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -236,7 +242,8 @@ def record_heartbeat(
         sent_at = now if at is None else min(at, now)
         if at is not None and agent.last_heartbeat_at and sent_at <= agent.last_heartbeat_at:
             return HeartbeatResult(agent=agent, commands=[], stale=True)
-        restarted = _acknowledge(agent, acks or [], now)
+        answered = _acknowledge(agent, acks or [], now)
+        restarted = answered is not None
         commands = _deliver_commands(agent, now) if deliver else []
         moved = progress_moved(agent, task_id, progress)
         # A failed report from before the agent's newest restart: not a new failure.
@@ -262,8 +269,29 @@ def record_heartbeat(
             agent.overdue_at = miss_deadline(agent, sent_at, 1)
         agent.save(update_fields=[*HEARTBEAT_FIELDS])
         if target != agent.state:
-            transition(agent, target, reason=reason, actor=f"agent:{agent.id}")
+            restart = next((c for c in commands if c.kind == CommandKind.RESTART), answered)
+            with restart_trace(restart, delivered=restart is not answered):
+                transition(agent, target, reason=reason, actor=f"agent:{agent.id}")
     return HeartbeatResult(agent=agent, commands=commands)
+
+
+def restart_trace(command: AgentCommand | None, *, delivered: bool):
+    """The span in which a heartbeat that takes or answers a restart moves its agent.
+
+    It continues the trace of whoever queued the restart (a remediation, which
+    continues the failure's), linked to the heartbeat's own request: the
+    failure, the restart and the recovery it brings are one trace.
+    """
+    if command is None or not command.trace_id:
+        return nullcontext()
+    return continued_trace(
+        "agent.restart_delivered" if delivered else "agent.restart_acknowledged",
+        command.trace_id,
+        command.span_id,
+        links=[current_span_context()],
+        agent_id=command.agent_id,
+        command_id=command.pk,
+    )
 
 
 def _reported_target(agent, reported, commands, restarted, moved) -> tuple[str, str]:
@@ -287,14 +315,14 @@ def _reported_target(agent, reported, commands, restarted, moved) -> tuple[str, 
     return reported, "reported by the agent"
 
 
-def _acknowledge(agent: Agent, acks: list[int], now) -> bool:
-    """Mark delivered commands as done; True when a restart was among them."""
+def _acknowledge(agent: Agent, acks: list[int], now) -> AgentCommand | None:
+    """Mark delivered commands as done; return the restart among them, if any."""
     if not acks:
-        return False
+        return None
     done = AgentCommand.objects.filter(agent=agent, pk__in=acks, status=CommandStatus.DELIVERED)
-    restarted = done.filter(kind=CommandKind.RESTART).exists()
+    restart = done.filter(kind=CommandKind.RESTART).order_by("-pk").first()
     done.update(status=CommandStatus.ACKED, acked_at=now)
-    return restarted
+    return restart
 
 
 def _deliver_commands(agent: Agent, now) -> list[AgentCommand]:
@@ -348,6 +376,7 @@ def queue_command(
     past ``expires_at`` a command still queued is never handed out.
     """
     generation = None
+    trace_id, span_id = current_trace_ids()
     with transaction.atomic():
         if kind == CommandKind.RESTART:
             locked = Agent.objects.select_for_update().get(pk=agent.pk)
@@ -363,6 +392,8 @@ def queue_command(
             expires_at=expires_at,
             generation=generation,
             params=params or {},
+            trace_id=trace_id,
+            span_id=span_id,
         )
     log.info("agent.command_queued", agent_id=agent.id, command_id=command.pk, kind=kind)
     return command

@@ -29,20 +29,23 @@ from alerting.evaluator import evaluate_due
 from alerting.lifecycle import fire_heartbeat_alerts
 from alerting.models import Alert, AlertRule, Notification, NotificationStatus
 from alerting.rules import KINDS
-from monitoring.models import Agent, MetricSeries
+from monitoring.models import Agent, AgentCommand, MetricSeries
 from monitoring.services import check_heartbeats, record_heartbeat
 from observability import tracing
 from observability.models import ProfileKind, ProfileSnapshot
 from observability.profiling import profiled
 from omoi_console.foundation.events import publish
-from omoi_console.foundation.events.tracing import continued_trace, new_trace_ids
+from omoi_console.foundation.events.tracing import continued_trace, new_trace, new_trace_ids
 from omoi_console.foundation.retention import service as retention
+from omoi_console.models import Event
 from omoi_console.top import hot_paths
 from tests.conftest import REQUIRE_SERVICES, bearer, named, trace_of
 from tests.delivery_receivers import HttpReceiver
 from tests.test_console_feed import communicator
 from tests.test_settings import load_settings
-from watchdog.models import RemediationAction
+from watchdog import services
+from watchdog.builtins import RESTART_POLICY
+from watchdog.models import RemediationAction, RemediationPolicy
 
 LOST = {"agent_id": "worker-01", "role": "worker", "last_heartbeat_at": None, "missed": 3}
 
@@ -63,6 +66,11 @@ def test_it_follows_a_lost_heartbeat_to_its_remediation_in_one_trace(registered_
         clock.shift(18)
         spans.clear()
         check_heartbeats()
+        # The agent polls, takes its restart, and comes back acknowledging it.
+        clock.shift(1)
+        handed = record_heartbeat(agent, state="failed")
+        clock.shift(1)
+        record_heartbeat(agent, state="running", acks=[c.pk for c in handed.commands])
 
     alert = Alert.objects.get()
     incident = alert.trace_id
@@ -82,6 +90,45 @@ def test_it_follows_a_lost_heartbeat_to_its_remediation_in_one_trace(registered_
     assert {s.attributes["notification.id"] for s in delivered} == {n.pk for n in sent}
     assert {n.trace_id for n in sent} == {incident}
     assert RemediationAction.objects.get().trace_id == incident
+    # The restart carried the trace to the heartbeats that took and answered it,
+    # and the recovery they brought (resolved alert, verified action) stayed in it.
+    for name in (
+        "agent.restart_delivered",
+        "agent.restart_acknowledged",
+        "event monitor.agent.recovered",
+    ):
+        assert incident in {trace_of(s) for s in named(spans, name)}, name
+    closed = Event.objects.filter(
+        name__in=["monitor.agent.recovered", "monitor.alert.resolved", "watchdog.action.succeeded"]
+    )
+    assert sorted(closed.values_list("trace_id", flat=True)) == [incident] * 3
+
+
+@pytest.mark.django_db(transaction=True)
+def test_it_keeps_a_later_step_in_its_failures_trace(registered_agent, spans):
+    RemediationPolicy.objects.filter(name=RESTART_POLICY).update(
+        steps=[
+            {"kind": "mark_unhealthy", "after": 0, "verify": 30},
+            {"kind": "restart_worker", "after": 0, "verify": 60},
+        ]
+    )
+    agent, _ = registered_agent
+    with time_machine.travel(timezone.now(), tick=False) as clock:
+        record_heartbeat(agent, state="running")
+        clock.shift(18)
+        check_heartbeats()
+        clock.shift(31)
+        # The periodic job runs in a trace of its own ...
+        with new_trace("periodic job") as job:
+            services.advance_due()
+
+    action = RemediationAction.objects.get()
+    restart = AgentCommand.objects.get(kind="restart")
+    # ... yet the restart it queued belongs to the failure, and links back to the job.
+    assert action.trace_id and restart.trace_id == action.trace_id
+    (advance,) = named(spans, "watchdog.advance")
+    assert trace_of(advance) == action.trace_id
+    assert [link.context.span_id for link in advance.links] == [job.get_span_context().span_id]
 
 
 @pytest.mark.django_db

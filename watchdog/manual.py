@@ -96,7 +96,7 @@ def run_manual_action(agent_id: str, kind: str, *, actor: str, reason: str = "")
             raise Conflict(f"action {busy} is already running on the agent")
         now = timezone.now()
         verify = DEFAULT_VERIFY_SECONDS if step.is_restart else 0
-        trace_id, _ = current_trace_ids()
+        trace_id, span_id = current_trace_ids()
         action = RemediationAction.objects.create(
             policy=manual_policy(),
             agent=agent,
@@ -111,6 +111,7 @@ def run_manual_action(agent_id: str, kind: str, *, actor: str, reason: str = "")
             before_state=agent.state,
             started_at=now,
             trace_id=trace_id,
+            span_id=span_id,
             context=services.monitoring_context(agent),
         )
         ctx = StepContext(

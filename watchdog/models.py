@@ -206,6 +206,8 @@ class RemediationAction(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     outcome = models.CharField(max_length=300, blank=True)
     trace_id = models.CharField(max_length=32, blank=True)
+    # The span that opened it: later steps are its children.
+    span_id = models.CharField(max_length=16, blank=True)
     # The policy's escalation chain, walked after the action escalated.
     escalation_level = models.PositiveSmallIntegerField(default=0)
     escalation_next_at = models.DateTimeField(null=True, blank=True)

@@ -33,7 +33,11 @@ from monitoring.models import (
     MonitorAnomaly,
 )
 from omoi_console.foundation.events import publish
-from omoi_console.foundation.events.tracing import current_trace_ids
+from omoi_console.foundation.events.tracing import (
+    continued_trace,
+    current_span_context,
+    current_trace_ids,
+)
 from watchdog import chains, guards, storm
 from watchdog.adapters import AdapterError, get_adapter
 from watchdog.models import (
@@ -107,7 +111,7 @@ def open_remediation(
         if existing is not None:
             return existing
         now = timezone.now()
-        trace_id, _ = current_trace_ids()
+        trace_id, span_id = current_trace_ids()
         action = RemediationAction(
             policy=policy,
             agent=agent,
@@ -125,6 +129,7 @@ def open_remediation(
             started_at=now,
             next_step_at=now,
             trace_id=trace_id,
+            span_id=span_id,
             context=monitoring_context(agent, alert),
         )
         try:
@@ -233,8 +238,21 @@ def advance_due(now=None, limit: int = CLAIM_BATCH) -> list[RemediationAction]:
             due.select_for_update(skip_locked=True, of=("self",)).select_related("policy")[:limit]
         )
         for action in claimed:
-            _advance(action, now)
+            with action_trace(action):
+                _advance(action, now)
     return claimed
+
+
+def action_trace(action: RemediationAction):
+    """A later step acts in the trace of the failure its action answers, linked to the job."""
+    return continued_trace(
+        "watchdog.advance",
+        action.trace_id,
+        action.span_id,
+        links=[current_span_context()],
+        action_id=action.pk,
+        agent_id=action.agent_id,
+    )
 
 
 # Kept for callers of the old name.

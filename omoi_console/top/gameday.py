@@ -53,18 +53,10 @@ STAGES = (
     StageSpec("remediation_verified", "remediation verified", "watchdog.action.succeeded"),
 )
 EVENT_STAGES = {s.event: s.key for s in STAGES if s.event}
-# The two halves of the loop, one trace each: the failure's, from the missed
-# heartbeat to the restart, and the recovery's, from the heartbeat that came back.
-TRACES = {
-    "failure": (
-        "heartbeat_lost",
-        "alert_fired",
-        "console_updated",
-        "notification_sent",
-        "remediation_started",
-    ),
-    "recovery": ("agent_back", "alert_resolved", "remediation_verified"),
-}
+# The whole loop is one trace: the failure's, from the missed heartbeat through
+# the alert, the notification and the restart, to the heartbeat that answers the
+# restart and what its recovery closes (the restart command carries the trace).
+LOOP = tuple(s.key for s in STAGES)
 
 
 @dataclass
@@ -322,18 +314,16 @@ class GameDay:
         report.passed = not report.failures
 
     def _judge_traces(self) -> None:
-        """One trace id per half of the loop, or a failure naming the stages that left it."""
-        traces = self.report.facts.setdefault("traces", {})
-        for half, keys in TRACES.items():
-            seen = {key: self.stages[key].trace_id for key in keys if self.stages[key].at}
-            ids = set(seen.values())
-            if len(ids) == 1 and "" not in ids:
-                traces[half] = ids.pop()
-            elif seen:
-                self.report.failures.append(
-                    f"the {half} is not one trace: "
-                    + ", ".join(f"{key}={trace_id or '-'}" for key, trace_id in seen.items())
-                )
+        """One trace id for the whole loop, or a failure naming the stages that left it."""
+        seen = {key: self.stages[key].trace_id for key in LOOP if self.stages[key].at}
+        ids = set(seen.values())
+        if len(ids) == 1 and "" not in ids:
+            self.report.facts["trace_id"] = ids.pop()
+        elif seen:
+            self.report.failures.append(
+                "the loop is not one trace: "
+                + ", ".join(f"{key}={trace_id or '-'}" for key, trace_id in seen.items())
+            )
 
     def render(self) -> str:
         report = self.report
@@ -348,8 +338,8 @@ class GameDay:
                 note = f" ({row['detail']})" if row.get("detail") else ""
                 lines.append(f"  {row['label']:<24}{'MISSING':>9}{'':>9}  -{note}")
         facts = report.facts
-        for half, trace_id in facts.get("traces", {}).items():
-            lines.append(f"  trace of the {half}: {trace_id}")
+        if facts.get("trace_id"):
+            lines.append(f"  trace of the loop: {facts['trace_id']}")
         if "loss_to_recovery_seconds" in facts:
             lines.append(
                 f"\n  loss to recovery: {facts['loss_to_recovery_seconds']:.2f}s "

@@ -15,6 +15,10 @@ def current_trace_ids() -> tuple[str, str]:
     return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
+def current_span_context() -> trace.SpanContext:
+    return trace.get_current_span().get_span_context()
+
+
 def root_flags(trace_id: int) -> TraceFlags:
     """Whether the trace's root span was sampled, asked again of the process's sampler.
 
@@ -29,8 +33,12 @@ def root_flags(trace_id: int) -> TraceFlags:
 
 
 @contextmanager
-def continued_trace(span_name: str, trace_id: str, span_id: str, **attributes):
-    """Run the block in a span that is a child of the stored trace, or a new root."""
+def continued_trace(span_name: str, trace_id: str, span_id: str, *, links=(), **attributes):
+    """Run the block in a span that is a child of the stored trace, or a new root.
+
+    ``links`` are span contexts the block also follows from (another trace that
+    led here, such as the request that carried the news).
+    """
     parent = None
     if trace_id and span_id:
         remote = SpanContext(
@@ -40,7 +48,12 @@ def continued_trace(span_name: str, trace_id: str, span_id: str, **attributes):
             trace_flags=root_flags(int(trace_id, 16)),
         )
         parent = trace.set_span_in_context(NonRecordingSpan(remote))
-    with tracer.start_as_current_span(span_name, context=parent, attributes=attributes) as span:
+    with tracer.start_as_current_span(
+        span_name,
+        context=parent,
+        attributes=attributes,
+        links=[trace.Link(link) for link in links if link.is_valid],
+    ) as span:
         yield span
 
 
