@@ -61,6 +61,8 @@ class ProcfileServer:
             "OMOI_LIVENESS_STALE_SECONDS": "0",
             # Production's log format, whatever the database.
             "LOG_FORMAT": "json",
+            # The line's shared metrics directory, kept out of the checkout.
+            "PROMETHEUS_MULTIPROC_DIR": str(log_path.parent / "prometheus"),
             **environment,
         }
         self.process: subprocess.Popen | None = None

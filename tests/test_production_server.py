@@ -16,6 +16,7 @@ from http.client import HTTPConnection
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitoring.models import Agent, AgentState, AgentTransition
 from monitoring.services import check_heartbeats, register_agent
@@ -244,3 +245,30 @@ def test_it_writes_a_json_access_line_with_the_request_id(procfile_server):
     assert line["logger"] == "omoi.access" and line["event"] == "http.request"
     assert (line["method"], line["path"], line["status"]) == ("GET", "/healthz", 200)
     assert line["client"] == "127.0.0.1" and line["duration_ms"] > 0
+
+
+HEALTHZ_COUNT = "django_http_requests_total_by_view_transport_method_total"
+
+
+def healthz_requests(web) -> float:
+    page = httpx.get(f"{web.base_url}/metrics", timeout=10)
+    assert page.status_code == 200, page.text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(page.text)
+        for sample in family.samples
+        if sample.name == HEALTHZ_COUNT and sample.labels.get("view") == "healthz"
+    )
+
+
+def test_it_counts_every_worker_in_each_scrape(procfile_server):
+    web = procfile_server
+    assert len(web.worker_pids()) >= 2
+    before = healthz_requests(web)
+    for _ in range(40):
+        # A new connection each: the workers take turns accepting them.
+        assert httpx.get(f"{web.base_url}/healthz", timeout=10).status_code == 200
+    # Whichever worker answers a scrape, it counts what all of them served.
+    counts = {healthz_requests(web) for _ in range(8)}
+
+    assert counts == {before + 40}
