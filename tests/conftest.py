@@ -108,6 +108,17 @@ def empty_trace_store_buffers():
 
 
 @pytest.fixture(autouse=True)
+def fresh_channel_layers():
+    """Each test gets channel layers of its own: a layer keeps locks and connections
+    bound to the event loop that first used it, and each test runs its own loop."""
+    from channels.layers import channel_layers
+
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()
+
+
+@pytest.fixture(autouse=True)
 def eager_celery():
     """Tasks run in-process: tests exercise the code, not a broker."""
     previous = celery_app.conf.task_always_eager

@@ -7,6 +7,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 
 from monitoring.models import Agent, AgentState
+from observability.models import LogRecord, SpanRecord
 from tests.conftest import named, trace_of
 
 # A short interval keeps the run to a few seconds: FAILED 5 s after the last heartbeat.
@@ -48,6 +49,10 @@ def test_it_proves_the_whole_loop(tmp_path, spans):
     loop = report["facts"]["trace_id"]
     assert {s["trace_id"] for s in stages.values()} == {loop}
     assert f"trace of the loop: {loop}" in out
+    # The console's own store holds the loop's spans and log lines, as its pages show them.
+    stored = report["facts"]["stored"]
+    assert stored["spans"] == SpanRecord.objects.filter(trace_id=loop).count() > 0
+    assert stored["log_lines"] == LogRecord.objects.filter(trace_id=loop).count()
     for name in (
         "alert.fire",
         "notification.deliver",

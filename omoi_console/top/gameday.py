@@ -21,6 +21,8 @@ from django.utils import timezone
 from alerting.models import Notification, NotificationKind, NotificationStatus
 from monitoring.models import Agent, AgentRole
 from monitoring.services import failed_after_seconds
+from observability import store
+from observability.models import LogRecord, SpanRecord
 from omoi_console.foundation.roles import VIEWER, grant_role
 from omoi_console.models import Event, OperatorToken
 from omoi_console.top.embedded import EmbeddedApp, in_thread
@@ -120,6 +122,17 @@ def read_stages(victim: str, since: datetime, stages: dict[str, Stage]) -> None:
             sent.at, sent.trace_id, sent.detail = first.sent_at, first.trace_id, first.channel
 
 
+def stored_of(trace_id: str) -> dict[str, int] | None:
+    """How many of the trace's spans and log lines the console's own store holds."""
+    if not trace_id or not settings.TRACE_STORE:
+        return None
+    store.flush()
+    return {
+        "spans": SpanRecord.objects.filter(trace_id=trace_id).count(),
+        "log_lines": LogRecord.objects.filter(trace_id=trace_id).count(),
+    }
+
+
 def create_observer() -> tuple[str, int]:
     """A viewer account and token for the gameday's own console connection."""
     user, _ = get_user_model().objects.get_or_create(username=GAMEDAY_USER)
@@ -164,6 +177,7 @@ class GameDay:
         self.t0: datetime | None = None  # the faulty agent's last heartbeat
         self.console_messages: list[dict] = []
         self.report = Report(run=self.run_id)
+        self.stored: dict[str, int] | None = None
 
     async def run(self) -> Report:
         periods = {"monitoring.tasks.check_heartbeats": min(1.0, self.options.interval / 4)}
@@ -188,6 +202,7 @@ class GameDay:
             await fleet.stop()
             await app.stop()
             await in_thread(finish)([a.id for a in agents], observer_pk)
+        self.stored = await in_thread(stored_of)(self._loop_trace())
         self._judge(fleet)
         return self.report
 
@@ -313,17 +328,28 @@ class GameDay:
                 )
         report.passed = not report.failures
 
+    def _loop_trace(self) -> str:
+        """The loop's one trace id, or "" when its stages are not one trace."""
+        ids = {self.stages[key].trace_id for key in LOOP if self.stages[key].at}
+        return ids.pop() if len(ids) == 1 else ""
+
     def _judge_traces(self) -> None:
-        """One trace id for the whole loop, or a failure naming the stages that left it."""
-        seen = {key: self.stages[key].trace_id for key in LOOP if self.stages[key].at}
-        ids = set(seen.values())
-        if len(ids) == 1 and "" not in ids:
-            self.report.facts["trace_id"] = ids.pop()
-        elif seen:
+        """One trace id for the whole loop, in the console's store too, or a failure saying why."""
+        trace_id = self._loop_trace()
+        if trace_id:
+            self.report.facts["trace_id"] = trace_id
+        elif any(self.stages[key].at for key in LOOP):
+            seen = {key: self.stages[key].trace_id for key in LOOP if self.stages[key].at}
             self.report.failures.append(
                 "the loop is not one trace: "
                 + ", ".join(f"{key}={trace_id or '-'}" for key, trace_id in seen.items())
             )
+        if self.stored is None:
+            return
+        self.report.facts["stored"] = self.stored
+        # Log lines depend on the level the run logs at; spans are always kept.
+        if not self.stored["spans"]:
+            self.report.failures.append("the console's store holds no span of the loop's trace")
 
     def render(self) -> str:
         report = self.report
@@ -339,7 +365,9 @@ class GameDay:
                 lines.append(f"  {row['label']:<24}{'MISSING':>9}{'':>9}  -{note}")
         facts = report.facts
         if facts.get("trace_id"):
-            lines.append(f"  trace of the loop: {facts['trace_id']}")
+            stored = facts.get("stored")
+            kept = f" ({stored['spans']} spans, {stored['log_lines']} log lines)" if stored else ""
+            lines.append(f"  trace of the loop: {facts['trace_id']}{kept}")
         if "loss_to_recovery_seconds" in facts:
             lines.append(
                 f"\n  loss to recovery: {facts['loss_to_recovery_seconds']:.2f}s "
