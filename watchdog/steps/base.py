@@ -47,8 +47,8 @@ class StepKind:
     acts_on_agent = True
     # Only an operator runs it (manual actions); a policy may not list it.
     manual_only = False
-    # What ``verify`` waits for, as the explain endpoint words it.
-    healed = "healthy"
+    # What ``verify`` finding nothing means, as the explain endpoint words it.
+    unhealed = "not healthy"
 
     @property
     def held_in_storm(self) -> bool:

@@ -28,7 +28,7 @@ class Failover(StepKind):
     name = "failover"
     label = "Fail over the current task"
     held_in_storm = True
-    healed = "healthy, or its task running on the agent that took it"
+    unhealed = "neither healthy nor its task running on the agent that took it"
 
     def plan(self, ctx: StepContext) -> str:
         agent = ctx.agent

@@ -21,7 +21,7 @@ class RequestReplacement(StepKind):
     label = "Request a replacement agent"
     # A storm looks like a partition: asking for half a role again would double it.
     held_in_storm = True
-    healed = "healthy, or a new agent of its role registered and healthy"
+    unhealed = "neither healthy nor replaced by a new healthy agent of its role"
 
     def plan(self, ctx: StepContext) -> str:
         return f"request a new {ctx.agent.role} to replace {ctx.agent.id}"
