@@ -322,6 +322,17 @@ def _act(action: RemediationAction, agent: Agent, now) -> bool:
     if outcome.command is not None:
         action.command = outcome.command
     _mark_acted(agent, action, step, now)
+    _publish_act(action, agent, step, outcome.detail, first)
+    if outcome.final:
+        _escalate(action, agent, f"escalated by step {action.step_index + 1} of the policy", now)
+        return False
+    action.status = ActionStatus.VERIFYING if verify_seconds else ActionStatus.RUNNING
+    action.verify_by = now + timedelta(seconds=verify_seconds) if verify_seconds else None
+    action.next_step_at = now + timedelta(seconds=wait)
+    return True
+
+
+def _publish_act(action, agent: Agent, step, detail: str, first: bool) -> None:
     payload = {
         "action_id": action.pk,
         "agent_id": agent.pk,
@@ -337,7 +348,7 @@ def _act(action: RemediationAction, agent: Agent, now) -> bool:
     else:
         publish(
             "watchdog.action.step",
-            {**payload, "step_index": action.step_index, "detail": outcome.detail},
+            {**payload, "step_index": action.step_index, "detail": detail},
             key=f"action.step:{action.pk}:{action.step_index}",
         )
     log.warning(
@@ -345,15 +356,8 @@ def _act(action: RemediationAction, agent: Agent, now) -> bool:
         action_id=action.pk,
         agent_id=agent.pk,
         step=step.name,
-        detail=outcome.detail,
+        detail=detail,
     )
-    if outcome.final:
-        _escalate(action, agent, f"escalated by step {action.step_index + 1} of the policy", now)
-        return False
-    action.status = ActionStatus.VERIFYING if verify_seconds else ActionStatus.RUNNING
-    action.verify_by = now + timedelta(seconds=verify_seconds) if verify_seconds else None
-    action.next_step_at = now + timedelta(seconds=wait)
-    return True
 
 
 def _pass(action: RemediationAction, agent: Agent, detail: str, now) -> bool:
