@@ -227,6 +227,7 @@ class CommandKind(models.TextChoices):
     RESTART = "restart", "Restart"
     DRAIN = "drain", "Drain (finish the current task, take no new one)"
     RECYCLE_TOKEN = "recycle_token", "Recycle the ingest token"
+    TAKE_TASK = "take_task", "Take over another agent's task"
 
 
 class CommandStatus(models.TextChoices):

@@ -399,6 +399,29 @@ def queue_command(
     return command
 
 
+def release_task(agent: Agent, task_id: str, *, reason: str) -> bool:
+    """Clear ``task_id`` from ``agent``, as it is handed to another: one owner per task.
+
+    Conditional on the agent still holding that task, so a task it moved on from
+    meanwhile is left alone; False then. The serving processes forget the agent,
+    so a stuck snapshot of the old task does not outlive it.
+    """
+    released = Agent.objects.filter(pk=agent.pk, current_task=task_id).update(
+        current_task="",
+        task_progress=None,
+        progress_changed_at=None,
+        task_stuck_after=None,
+        stuck_at=None,
+    )
+    if not released:
+        return False
+    agent.current_task, agent.task_progress = "", None
+    agent.progress_changed_at = agent.task_stuck_after = agent.stuck_at = None
+    invalidate_on_commit(agents=[agent.pk])
+    log.warning("agent.task_released", agent_id=agent.id, task_id=task_id, reason=reason)
+    return True
+
+
 def cancel_commands(serves: str, *, reason: str = "") -> int:
     """Withdraw every command serving ``serves`` that the agent has not received yet."""
     pending = AgentCommand.objects.filter(serves=serves, status=CommandStatus.QUEUED)

@@ -44,7 +44,8 @@ class Command:
     issued_at: datetime
     # A restart's generation: echo it in later heartbeats (``generation=``).
     generation: int | None = None
-    # Per kind: restart has graceful_stop_seconds; recycle_token has token.
+    # Per kind: restart has graceful_stop_seconds; recycle_token has token;
+    # take_task has task_id, progress and from_agent.
     params: dict = field(default_factory=dict)
 
     @classmethod

@@ -662,6 +662,9 @@ WATCHDOG_MIN_HEALTHY_BY_ROLE = {
 # A policy whose actions fail this many times in a row pauses for this long.
 WATCHDOG_BREAKER_FAILURES = env_int("OMOI_WATCHDOG_BREAKER_FAILURES", 5)
 WATCHDOG_BREAKER_OPEN_SECONDS = _seconds("OMOI_WATCHDOG_BREAKER_OPEN", 600.0, 1, 86400)
+# Failover hands a task over only once its agent has been down this long: a short
+# network split heals before it, and the task stays where it is.
+WATCHDOG_FAILOVER_GRACE_SECONDS = _seconds("OMOI_WATCHDOG_FAILOVER_GRACE_SECONDS", 60.0, 0, 86400)
 # No selection of agents may take more than this share of the fleet at once.
 WATCHDOG_MAX_SELECTION_SHARE = env_float("OMOI_WATCHDOG_MAX_SELECTION_SHARE", 0.25)
 if not 0 < WATCHDOG_STORM_RESUME_SHARE < WATCHDOG_STORM_SHARE <= 1:

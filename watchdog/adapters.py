@@ -13,6 +13,7 @@ import httpx
 import structlog
 import tenacity
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from monitoring import services as monitoring
@@ -45,9 +46,35 @@ class RegistryAdapter:
     def set_state(self, agent: Agent, state: str, *, reason: str, actor: str) -> None:
         raise NotImplementedError
 
+    def hand_over_task(
+        self,
+        source: Agent,
+        target: Agent,
+        *,
+        task_id,
+        progress,
+        reason,
+        actor,
+        serves="",
+        expires_at=None,
+    ) -> AgentCommand | None:
+        """Give ``source``'s task to ``target`` and take it from ``source``, both or neither.
+
+        None when ``source`` no longer holds the task (it moved on meanwhile).
+        """
+        raise NotImplementedError
+
+    def request_replacement(self, agent: Agent, *, reason, actor, serves="") -> dict:
+        """Ask for a new agent of ``agent``'s role; what was asked, for the audit."""
+        raise NotImplementedError
+
     def cancel(self, serves: str, *, reason: str) -> int:
         """Withdraw the commands serving ``serves`` that have not left yet."""
         raise NotImplementedError
+
+
+def take_task_params(source: Agent, task_id: str, progress) -> dict:
+    return {"task_id": task_id, "progress": progress, "from_agent": source.pk}
 
 
 class LocalRegistryAdapter(RegistryAdapter):
@@ -90,6 +117,26 @@ class LocalRegistryAdapter(RegistryAdapter):
 
     def set_state(self, agent, state, *, reason, actor):
         monitoring.transition(agent, state, reason=reason, actor=actor)
+
+    def hand_over_task(
+        self, source, target, *, task_id, progress, reason, actor, serves="", expires_at=None
+    ):
+        with transaction.atomic():
+            if not monitoring.release_task(source, task_id, reason=reason):
+                return None
+            return monitoring.queue_command(
+                target,
+                CommandKind.TAKE_TASK,
+                reason=reason,
+                issued_by=actor,
+                serves=serves,
+                expires_at=expires_at,
+                params=take_task_params(source, task_id, progress),
+            )
+
+    def request_replacement(self, agent, *, reason, actor, serves=""):
+        # No registry to ask: the request is the audit and the event a provisioner follows.
+        return {"role": agent.role, "replaces": agent.pk, "via": self.name}
 
     def cancel(self, serves, *, reason):
         return monitoring.cancel_commands(serves, reason=reason)
@@ -142,6 +189,35 @@ class HttpRegistryAdapter(RegistryAdapter):
         )
         # The registry agreed: our mirror follows.
         monitoring.transition(agent, state, reason=reason, actor=actor)
+
+    def hand_over_task(
+        self, source, target, *, task_id, progress, reason, actor, serves="", expires_at=None
+    ):
+        # Released first, in a savepoint: a registry that refuses rolls the release back.
+        with transaction.atomic():
+            if not monitoring.release_task(source, task_id, reason=reason):
+                return None
+            return self._command(
+                target,
+                CommandKind.TAKE_TASK,
+                "take-task",
+                reason,
+                actor,
+                serves,
+                expires_at,
+                take_task_params(source, task_id, progress),
+            )
+
+    def request_replacement(self, agent, *, reason, actor, serves=""):
+        body = {"reason": reason, "actor": actor, "serves": serves, "role": agent.role}
+        answer = self.call("POST", f"/agents/{agent.pk}/replacement", body)
+        answer = answer if isinstance(answer, dict) else {}
+        return {
+            "role": agent.role,
+            "replaces": agent.pk,
+            "via": self.name,
+            "registry_request_id": str(answer.get("request_id", ""))[:100],
+        }
 
     def cancel(self, serves, *, reason):
         sent = AgentCommand.objects.filter(serves=serves, status=CommandStatus.DELIVERED)

@@ -118,7 +118,7 @@ def _steps(policy, agent: Agent) -> list[dict]:
     for index, spec in enumerate(policy.steps):
         wait = max(spec.get("after", 0), spec.get("verify", 0))
         step = get_step(spec["kind"])
-        then = f"if not healthy within {wait}s, " + (
+        then = f"if {step.unhealed} within {wait}s, " + (
             "escalate to a person" if index == last else f"step {index + 2}"
         )
         steps.append(

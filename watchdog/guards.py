@@ -6,7 +6,8 @@ or None; the orchestrator turns a refusal into an audited skipped action.
 
 - the kill switch (``WatchdogSwitch``): fleet-wide dry run;
 - the circuit breaker: a policy whose actions keep failing pauses;
-- the storm guard (``watchdog.storm``): restarts of a role pause while much of it
+- the storm guard (``watchdog.storm``): restarts of a role (and the steps that
+  take agents out or move work and capacity around) pause while much of it
   failed at once;
 - the capacity floor: never leave fewer healthy agents of a role than configured;
 - rate limits: per policy and fleet-wide, acts per minute.
@@ -108,7 +109,7 @@ def refusal_of(action, agent: Agent, step, now) -> tuple[str, str] | None:
     if not step.acts_on_agent:
         return None
     checks = [breaker_refusal(action.policy, now)]
-    if step.is_restart or step.removes_capacity:
+    if step.held_in_storm:
         checks.append(storm.refusal(agent.role, now))
     if step.removes_capacity:
         checks.append(floor_refusal(agent))

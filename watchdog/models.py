@@ -26,6 +26,8 @@ class Step(models.TextChoices):
     DRAIN = "drain", "Drain (finish the current task, take no new one)"
     MARK_UNHEALTHY = "mark_unhealthy", "Mark unhealthy (degraded)"
     QUARANTINE = "quarantine", "Quarantine"
+    FAILOVER = "failover", "Fail over (hand the current task to a healthy agent of the role)"
+    REQUEST_REPLACEMENT = "request_replacement", "Request a replacement agent of the role"
     ESCALATE = "escalate", "Escalate to a person"
     RELEASE = "release", "Release from quarantine (operators only)"
 

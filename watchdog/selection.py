@@ -8,9 +8,10 @@ of the fleet in service.
 """
 
 from django.conf import settings
+from django.db.models import Case, Exists, IntegerField, OuterRef, Q, Value, When
 
 from alerting import matchers as alert_matchers
-from monitoring.models import Agent, AgentRole, AgentState
+from monitoring.models import Agent, AgentCommand, AgentRole, AgentState, CommandKind, CommandStatus
 
 
 class SelectionRefused(ValueError):
@@ -53,3 +54,79 @@ def select_agents(*, role: str = "", matchers=None) -> list[Agent]:
             f"{share:.0%} of the fleet at once: narrow it",
         )
     return selected
+
+
+# --- one agent to take over a task ------------------------------------------------------
+
+# A command still on its way (or obeyed) keeps its agent from taking a task over.
+LIVE_COMMAND_STATUSES = (CommandStatus.QUEUED, CommandStatus.DELIVERED)
+# How many locked candidates a claim checks again before it gives up.
+CLAIM_TRIES = 10
+
+
+def failover_candidates(source: Agent, now):
+    """The agents that may take over ``source``'s task, best first; one role, never all.
+
+    Same role, not the source, healthy and free: idle first, then running with
+    no task; never one being drained (a drain not followed by a restart) nor
+    one already promised another task (a ``take_task`` still on its way).
+    Ties go to the id, so the choice is the same every time it is asked.
+    """
+    if not source.role:
+        return Agent.objects.none()
+    draining = AgentCommand.objects.filter(
+        agent=OuterRef("pk"),
+        kind=CommandKind.DRAIN,
+        status__in=(*LIVE_COMMAND_STATUSES, CommandStatus.ACKED),
+    ).exclude(
+        Exists(
+            AgentCommand.objects.filter(
+                agent=OuterRef("agent"),
+                kind=CommandKind.RESTART,
+                created_at__gt=OuterRef("created_at"),
+            )
+        )
+    )
+    promised = AgentCommand.objects.filter(
+        agent=OuterRef("pk"), kind=CommandKind.TAKE_TASK, status__in=LIVE_COMMAND_STATUSES
+    ).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+    free = Q(state=AgentState.IDLE) | Q(state=AgentState.RUNNING, current_task="")
+    return (
+        Agent.objects.filter(free, role=source.role)
+        .exclude(pk=source.pk)
+        .exclude(Exists(draining))
+        .exclude(Exists(promised))
+        .annotate(
+            preference=Case(
+                When(state=AgentState.IDLE, then=Value(0)),
+                default=Value(1),
+                output_field=IntegerField(),
+            )
+        )
+        .order_by("preference", "id")
+    )
+
+
+def failover_target(source: Agent, now, *, claim: bool = False) -> Agent | None:
+    """The agent to take ``source``'s task, or None when no agent fits.
+
+    With ``claim`` (inside the transaction that hands the task over), the row is
+    locked, rows other workers hold are skipped, and the locked agent is checked
+    again by a fresh statement: a worker that committed its promise just before
+    the lock was taken is seen then. So two failovers running at once never
+    promise one agent two tasks. Without ``claim``, a plain read for plans.
+    """
+    candidates = failover_candidates(source, now)
+    if not claim:
+        return candidates.first()
+    passed = []
+    for _ in range(CLAIM_TRIES):
+        target = (
+            candidates.exclude(pk__in=passed)
+            .select_for_update(skip_locked=True, of=("self",))
+            .first()
+        )
+        if target is None or failover_candidates(source, now).filter(pk=target.pk).exists():
+            return target
+        passed.append(target.pk)
+    return None

@@ -267,8 +267,9 @@ def _advance(action: RemediationAction, now) -> None:
             _finish(action, agent, ActionStatus.FAILED, "agent terminated", now)
             return
         if action.status in (ActionStatus.RUNNING, ActionStatus.VERIFYING):
-            if get_step(action.step).verify(agent):
-                _succeed(action, agent, now)
+            step = get_step(action.step)
+            if step.verify(agent, action):
+                _succeed(action, agent, now, step.verified(agent, action))
                 return
             _note(action, now, "not recovered")
             if action.status == ActionStatus.VERIFYING:
@@ -278,21 +279,12 @@ def _advance(action: RemediationAction, now) -> None:
                     agent_id=agent.pk,
                     step=action.step,
                 )
-            action.step_index += 1
-            if action.step_index >= len(action.steps):
-                spec = action.steps[-1]
-                waited = max(spec.get("after", 0), spec.get("verify", 0))
-                # A policy that keeps failing to heal is a loop: its breaker counts it.
-                paused = guards.record_failure(action.policy, now)
-                _escalate(
-                    action,
-                    agent,
-                    f"agent not healthy within {waited}s of the last step{paused}",
-                    now,
-                )
+            spec = action.steps[action.step_index]
+            waited = max(spec.get("after", 0), spec.get("verify", 0))
+            if not _next_step(
+                action, agent, f"agent not healthy within {waited}s of the last step", now
+            ):
                 return
-            action.step = action.steps[action.step_index]["kind"]
-            action.status = ActionStatus.PLANNED
         if action.trigger == Trigger.AGENT_FAILED and agent.state in HEALTHY_STATES:
             # Back on its own while the step waited (its recovery event may be on its way).
             _succeed(action, agent, now)
@@ -314,7 +306,11 @@ def _act(action: RemediationAction, agent: Agent, now) -> bool:
         else:
             _escalate(action, agent, detail, now)
         return False
-    gate, why = restart_gate(action, agent, step, now)
+    ctx = StepContext(action=action, agent=agent, adapter=get_adapter())
+    idle = step.nothing_to_do(ctx, now)
+    if idle:
+        return _pass(action, agent, idle, now)
+    gate, why = step_gate(action, agent, step, now)
     if gate is not None and gate > now:
         _defer(action, agent, gate, why, now)
         return False
@@ -330,23 +326,31 @@ def _act(action: RemediationAction, agent: Agent, now) -> bool:
         return False
     verify_seconds = spec.get("verify", 0)
     wait = max(spec.get("after", 0), verify_seconds)
-    ctx = StepContext(
-        action=action,
-        agent=agent,
-        adapter=get_adapter(),
-        expires_at=now + timedelta(seconds=max(wait, 1)),
-    )
+    ctx.expires_at = now + timedelta(seconds=max(wait, 1))
     first = not any(entry.get("acted") for entry in action.history)
     try:
         outcome = step.act(ctx)
     except AdapterError as exc:
         _registry_failed(action, agent, str(exc), now)
         return False
+    if not outcome.acted:
+        return _pass(action, agent, outcome.detail, now)
     _note(action, now, outcome.detail)
-    action.history[-1]["acted"] = True
+    action.history[-1].update(outcome.record, acted=True)
     if outcome.command is not None:
         action.command = outcome.command
     _mark_acted(agent, action, step, now)
+    _publish_act(action, agent, step, outcome.detail, first)
+    if outcome.final:
+        _escalate(action, agent, f"escalated by step {action.step_index + 1} of the policy", now)
+        return False
+    action.status = ActionStatus.VERIFYING if verify_seconds else ActionStatus.RUNNING
+    action.verify_by = now + timedelta(seconds=verify_seconds) if verify_seconds else None
+    action.next_step_at = now + timedelta(seconds=wait)
+    return True
+
+
+def _publish_act(action, agent: Agent, step, detail: str, first: bool) -> None:
     payload = {
         "action_id": action.pk,
         "agent_id": agent.pk,
@@ -362,7 +366,7 @@ def _act(action: RemediationAction, agent: Agent, now) -> bool:
     else:
         publish(
             "watchdog.action.step",
-            {**payload, "step_index": action.step_index, "detail": outcome.detail},
+            {**payload, "step_index": action.step_index, "detail": detail},
             key=f"action.step:{action.pk}:{action.step_index}",
         )
     log.warning(
@@ -370,14 +374,34 @@ def _act(action: RemediationAction, agent: Agent, now) -> bool:
         action_id=action.pk,
         agent_id=agent.pk,
         step=step.name,
-        detail=outcome.detail,
+        detail=detail,
     )
-    if outcome.final:
-        _escalate(action, agent, f"escalated by step {action.step_index + 1} of the policy", now)
+
+
+def _pass(action: RemediationAction, agent: Agent, detail: str, now) -> bool:
+    """The step has nothing to do: say so in the history and let the next one act now."""
+    _note(action, now, f"nothing done: {detail}")
+    log.warning(
+        "watchdog.step_passed",
+        action_id=action.pk,
+        agent_id=agent.pk,
+        step=action.step,
+        detail=detail,
+    )
+    return _next_step(action, agent, f"step {action.step_index + 1} did nothing: {detail}", now)
+
+
+def _next_step(action: RemediationAction, agent: Agent, why: str, now) -> bool:
+    """Move to the next step, due now; escalate when none is left. False when it escalated."""
+    action.step_index += 1
+    if action.step_index >= len(action.steps):
+        # A policy that keeps failing to heal is a loop: its breaker counts it.
+        paused = guards.record_failure(action.policy, now)
+        _escalate(action, agent, f"{why}{paused}", now)
         return False
-    action.status = ActionStatus.VERIFYING if verify_seconds else ActionStatus.RUNNING
-    action.verify_by = now + timedelta(seconds=verify_seconds) if verify_seconds else None
-    action.next_step_at = now + timedelta(seconds=wait)
+    action.step = action.steps[action.step_index]["kind"]
+    action.status = ActionStatus.PLANNED
+    action.next_step_at, action.verify_by = now, None
     return True
 
 
@@ -429,6 +453,15 @@ def restart_gate(action, agent: Agent, step, now):
     if not gates:
         return None, ""
     return max(gates, key=lambda gate: gate[0])
+
+
+def step_gate(action, agent: Agent, step, now):
+    """The latest of the restart gates and the step's own (a failover's partition grace)."""
+    gates = [restart_gate(action, agent, step, now), step.not_before(agent, now) or (None, "")]
+    timed = [gate for gate in gates if gate[0] is not None]
+    if not timed:
+        return None, ""
+    return max(timed, key=lambda gate: gate[0])
 
 
 def _last_act_of_other_actions(action, backoff: RestartBackoff):
@@ -507,8 +540,8 @@ def _payload(action, agent) -> dict:
     return {"action_id": action.pk, "agent_id": agent.pk, "policy": action.policy.name}
 
 
-def _succeed(action, agent, now) -> None:
-    _finish(action, agent, ActionStatus.SUCCEEDED, "agent healthy again", now)
+def _succeed(action, agent, now, outcome: str = "agent healthy again") -> None:
+    _finish(action, agent, ActionStatus.SUCCEEDED, outcome, now)
     guards.record_success(action.policy)
     publish(
         "watchdog.action.succeeded",

@@ -68,7 +68,8 @@ class CommandSerializer(serializers.ModelSerializer):
     )
     params = serializers.DictField(
         help_text="Per kind: restart has graceful_stop_seconds; recycle_token has token, "
-        "the new ingest token (shown once; the old one stops working)."
+        "the new ingest token (shown once; the old one stops working); take_task has "
+        "task_id, progress and from_agent (the failed agent the task was taken from)."
     )
 
     class Meta:
