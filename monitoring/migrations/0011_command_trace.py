@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("monitoring", "0009_command_serves_generation"),
+        ("monitoring", "0010_take_task_command"),
     ]
 
     operations = [

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("watchdog", "0007_escalation_chains"),
+        ("watchdog", "0008_failover_steps"),
     ]
 
     operations = [
