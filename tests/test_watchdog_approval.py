@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 import time_machine
 import yaml
+from django.contrib.auth import get_user_model
 from django.db import connections
 from django.utils import timezone
 
@@ -414,3 +415,38 @@ def test_the_periodic_job_skips_a_waiting_action_another_worker_holds(waiting):
     assert rows.get().approval_decision == ApprovalDecision.EXPIRED
     assert services.advance_due() == []
     assert events("watchdog.approval.decided").count() == 1
+
+
+# --- the console -----------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_action_page_offers_operators_the_decision_and_then_shows_it(
+    client, api, waiting, make_operator, operator
+):
+    _, action, _ = waiting
+    viewer, _ = make_operator("viewer", "vic")
+    olga = get_user_model().objects.get(username="olga")
+
+    client.force_login(olga)
+    for_operator = client.get(f"/actions/{action.pk}").content.decode()
+    front = client.get("/").content.decode()
+    client.force_login(viewer)
+    for_viewer = client.get(f"/actions/{action.pk}").content.decode()
+    decide(api, operator, action.pk, "reject", reason="holds a migration")
+    client.force_login(olga)
+    decided = client.get(f"/actions/{action.pk}").content.decode()
+
+    assert 'id="approval-form"' in for_operator
+    assert 'value="approve">Approve</button>' in for_operator
+    assert 'value="reject">Reject</button>' in for_operator
+    assert 'name="csrfmiddlewaretoken"' in for_operator
+    assert "console/approval.js" in for_operator
+    assert "restart worker-01" in for_operator  # what the step would do
+    assert 'id="approval-form"' not in for_viewer
+    assert "Only operators may approve or reject it." in for_viewer
+    assert ">1 awaiting approval</span>" in front
+    assert 'id="approval-form"' not in decided
+    assert "<strong>rejected</strong> by olga" in decided
+    assert "(holds a migration)" in decided
+    assert ">0 awaiting approval</span>" in client.get("/").content.decode()
