@@ -89,7 +89,8 @@ class RemediationPolicy(models.Model):
     )
     steps = models.JSONField(
         default=default_steps,
-        help_text='Ordered steps: [{"kind": "restart_worker", "after": 0, "verify": 60}, ...].',
+        help_text='Ordered steps: [{"kind": "restart_worker", "after": 0, "verify": 60}, ...]; '
+        '"approve": 600 makes a step wait up to 600 s for an operator\'s approval.',
     )
     graceful_stop_seconds = models.PositiveIntegerField(
         default=DEFAULT_GRACEFUL_STOP_SECONDS,
