@@ -42,6 +42,13 @@ DEFAULT_RULES = [
         "summary": "Automatic remediation of agent {agent_id} ({role}) gave up: a person is needed",
     },
     {
+        "name": "remediation-approval",
+        "kind": "approval",
+        "severity": "warning",
+        "summary": "Remediation of agent {agent_id} ({role}) waits for an operator: "
+        "approve or reject step {step} ({kind}) of action {action_id}",
+    },
+    {
         "name": "watchdog-storm",
         "kind": "storm",
         "severity": "critical",

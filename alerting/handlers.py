@@ -1,8 +1,8 @@
 """What alerting does with events: heartbeats lost and recovered, the watchdog giving up.
 
-``watchdog.escalated`` and ``watchdog.storm.*`` come from above (the watchdog imports
-alerting, never the reverse): alerting knows them by name only, as every subscriber
-knows an event.
+``watchdog.escalated``, ``watchdog.approval.*`` and ``watchdog.storm.*`` come from above
+(the watchdog imports alerting, never the reverse): alerting knows them by name only,
+as every subscriber knows an event.
 
 Batch handlers: a mass outage is one task; each event is acted on in its own trace.
 """
@@ -34,6 +34,22 @@ def on_remediation_escalated(events):
         for event in events:
             with event_trace(event):
                 lifecycle.fire_remediation_alerts(event.payload)
+
+
+@subscribe("watchdog.approval.requested", handler_id="alerting.approval_requested", batch=True)
+def on_approval_requested(events):
+    with tree_held():
+        for event in events:
+            with event_trace(event):
+                lifecycle.fire_approval_alerts(event.payload)
+
+
+@subscribe("watchdog.approval.decided", handler_id="alerting.approval_decided", batch=True)
+def on_approval_decided(events):
+    with tree_held():
+        for event in events:
+            with event_trace(event):
+                lifecycle.resolve_approval_alerts(event.payload)
 
 
 @subscribe("watchdog.storm.started", handler_id="alerting.storm_started", batch=True)

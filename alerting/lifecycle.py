@@ -355,6 +355,35 @@ def fire_remediation_alerts(payload: dict) -> list[Alert]:
     return [fire_alert(rule, labels) for rule in rules]
 
 
+def fire_approval_alerts(payload: dict) -> list[Alert]:
+    """A remediation step waits for an operator: one alert per action and step.
+
+    Routed and delivered like every alert; it resolves when the step is decided
+    (``resolve_approval_alerts``), whoever decided and however.
+    """
+    labels = {
+        **agent_labels(payload),
+        "policy": payload["policy"],
+        "action_id": str(payload["action_id"]),
+        "step": str(payload["step_index"] + 1),
+        "kind": payload["kind"],
+    }
+    rules = AlertRule.objects.filter(kind=RuleKind.APPROVAL, enabled=True)
+    return [fire_alert(rule, labels) for rule in rules]
+
+
+def resolve_approval_alerts(payload: dict) -> list[Alert]:
+    resolved = []
+    for alert in Alert.objects.filter(
+        rule__kind=RuleKind.APPROVAL,
+        status__in=OPEN_STATUSES,
+        labels__action_id=str(payload["action_id"]),
+        labels__step=str(payload["step_index"] + 1),
+    ):
+        resolved.append(resolve_alert(alert, reason=f"the step was {payload['decision']}"))
+    return resolved
+
+
 def fire_storm_alerts(payload: dict) -> list[Alert]:
     """The watchdog paused restarts of a role: one alert per role, whatever the count.
 

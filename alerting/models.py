@@ -24,6 +24,7 @@ class RuleKind(models.TextChoices):
     AGENT = "agent", "Agent state or health"
     REMEDIATION = "remediation", "Remediation failed"
     STORM = "storm", "Remediation storm (restarts of a role paused)"
+    APPROVAL = "approval", "Remediation step awaiting approval"
 
 
 def kind_choices():

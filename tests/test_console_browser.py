@@ -180,3 +180,33 @@ def test_it_shows_within_seconds_that_a_console_process_stopped(
         liveness.stopped(liveness.TICKER)
     # The browser reports each 503 from /healthz as a failed resource load.
     console_errors[:] = [error for error in console_errors if "503" not in error]
+
+
+def test_an_operator_approves_a_waiting_step_from_the_action_page(
+    registered_agent, make_operator, page
+):
+    from playwright.sync_api import expect
+
+    from monitoring.services import record_heartbeat
+    from tests.test_watchdog_approval import ask_first
+    from watchdog.models import ActionStatus, RemediationAction
+    from watchdog.policies import MAX_APPROVAL_SECONDS
+
+    agent, _ = registered_agent
+    off_thread(ask_first, MAX_APPROVAL_SECONDS)
+    user, _ = off_thread(make_operator, "operator", "olga")
+    off_thread(record_heartbeat, agent, state="failed")
+    action = off_thread(lambda: RemediationAction.objects.get())
+    assert action.status == ActionStatus.AWAITING_APPROVAL
+    log_in(page, user.username)
+    expect(page.locator("#approval-count")).to_have_text("1 awaiting approval", timeout=WAIT_MS)
+
+    page.goto(f"/actions/{action.pk}")
+    page.fill("#approval-form input[name=reason]", "host checked")
+    page.click("#approval-form button[value=approve]")
+
+    expect(page.locator("#approval-decision")).to_contain_text("approved by olga", timeout=WAIT_MS)
+    expect(page.locator("#approval-decision")).to_contain_text("(host checked)")
+    action = off_thread(lambda: RemediationAction.objects.get())
+    assert action.status == ActionStatus.VERIFYING
+    assert action.approval_decided_by == "olga"

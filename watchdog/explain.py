@@ -121,6 +121,7 @@ def _steps(policy, agent: Agent) -> list[dict]:
         then = f"if {step.unhealed} within {wait}s, " + (
             "escalate to a person" if index == last else f"step {index + 2}"
         )
+        approve = spec.get("approve", 0)
         steps.append(
             {
                 "index": index,
@@ -128,6 +129,13 @@ def _steps(policy, agent: Agent) -> list[dict]:
                 "plan": step.plan(ctx),
                 "after": spec.get("after", 0),
                 "verify": spec.get("verify", 0),
+                "approve": approve,
+                "approval": (
+                    f"waits up to {approve}s for an operator to approve it; rejected or "
+                    "not approved in time, the action is skipped (rejected)"
+                    if approve
+                    else ""
+                ),
                 "then": "ends the action, escalated" if step.name == "escalate" else then,
             }
         )

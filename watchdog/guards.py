@@ -104,8 +104,13 @@ def watchdog_status() -> dict:
 # --- the gate --------------------------------------------------------------------------
 
 
-def refusal_of(action, agent: Agent, step, now) -> tuple[str, str] | None:
-    """Why this step may not act now, or None. Spends the rate limits when it may."""
+def refusal_of(action, agent: Agent, step, now, *, spend_budget: bool = True):
+    """Why this step may not act now, as (reason, detail), or None.
+
+    Spends the rate limits when it may act. ``spend_budget=False`` asks without
+    spending (a step about to wait for approval): it is asked again, spending,
+    when the step acts.
+    """
     if not step.acts_on_agent:
         return None
     checks = [breaker_refusal(action.policy, now)]
@@ -116,6 +121,8 @@ def refusal_of(action, agent: Agent, step, now) -> tuple[str, str] | None:
     for refusal in checks:
         if refusal:
             return refusal
+    if not spend_budget:
+        return None
     policy_limit = settings.WATCHDOG_POLICY_PER_MINUTE
     if not spend(f"policy:{action.policy_id}", policy_limit, now):
         return SkipReason.POLICY_RATE, f"policy {action.policy.name} acted {policy_limit} times"

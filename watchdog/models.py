@@ -91,7 +91,8 @@ class RemediationPolicy(models.Model):
     )
     steps = models.JSONField(
         default=default_steps,
-        help_text='Ordered steps: [{"kind": "restart_worker", "after": 0, "verify": 60}, ...].',
+        help_text='Ordered steps: [{"kind": "restart_worker", "after": 0, "verify": 60}, ...]; '
+        '"approve": 600 makes a step wait up to 600 s for an operator\'s approval.',
     )
     graceful_stop_seconds = models.PositiveIntegerField(
         default=DEFAULT_GRACEFUL_STOP_SECONDS,
@@ -145,13 +146,33 @@ class ActionStatus(models.TextChoices):
     PLANNED = "planned", "Planned (the next step is due at next_step_at)"
     RUNNING = "running", "Running (a step acted; waiting before the next)"
     VERIFYING = "verifying", "Verifying (waiting for the agent to recover)"
+    AWAITING_APPROVAL = (
+        "awaiting_approval",
+        "Awaiting approval (an operator approves or rejects the step before it acts)",
+    )
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     ESCALATED = "escalated", "Escalated to a person"
     SKIPPED = "skipped", "Skipped"
 
 
-OPEN_ACTION_STATUSES = (ActionStatus.PLANNED, ActionStatus.RUNNING, ActionStatus.VERIFYING)
+OPEN_ACTION_STATUSES = (
+    ActionStatus.PLANNED,
+    ActionStatus.RUNNING,
+    ActionStatus.VERIFYING,
+    ActionStatus.AWAITING_APPROVAL,
+)
+
+
+class ApprovalDecision(models.TextChoices):
+    """How a step that asked for approval was answered."""
+
+    APPROVED = "approved", "Approved by an operator"
+    REJECTED = "rejected", "Rejected by an operator"
+    EXPIRED = "expired", "Nobody decided in time (treated as rejected)"
+    # The action closed for another reason while it waited: the agent recovered,
+    # was terminated, or the action was otherwise finished.
+    WITHDRAWN = "withdrawn", "Withdrawn (the action ended while it waited)"
 
 
 class SkipReason(models.TextChoices):
@@ -167,6 +188,7 @@ class SkipReason(models.TextChoices):
     POLICY_RATE = "policy_rate", "The policy's actions per minute spent"
     CAPACITY_FLOOR = "capacity_floor", "Too few healthy agents of the role would remain"
     BREAKER_OPEN = "breaker_open", "The policy's circuit breaker is open"
+    REJECTED = "rejected", "An operator rejected the step, or nobody approved it in time"
 
 
 class RemediationAction(models.Model):
@@ -175,7 +197,8 @@ class RemediationAction(models.Model):
     ``idempotency_key`` is (policy, agent, alert fingerprint or trigger, episode):
     every copy of the events about one failure lands on this one row.
     ``step_index`` is the step that acts next (or acted last, while waiting);
-    ``next_step_at`` is when the periodic job (``advance_due``) next looks at it.
+    ``next_step_at`` is when the periodic job (``advance_due``) next looks at it;
+    while a step awaits approval, that is when the approval expires.
     """
 
     policy = models.ForeignKey(RemediationPolicy, on_delete=models.PROTECT, related_name="actions")
@@ -185,7 +208,7 @@ class RemediationAction(models.Model):
     steps = models.JSONField(default=list, help_text="The policy's steps when the action opened.")
     step_index = models.PositiveSmallIntegerField(default=0)
     next_step_at = models.DateTimeField(null=True, blank=True)
-    status = models.CharField(max_length=16, choices=ActionStatus.choices)
+    status = models.CharField(max_length=32, choices=ActionStatus.choices)
     skip_reason = models.CharField(max_length=16, choices=SkipReason.choices, blank=True)
     idempotency_key = models.CharField(max_length=200, unique=True)
     alert_fingerprint = models.CharField(max_length=64, blank=True)
@@ -213,6 +236,15 @@ class RemediationAction(models.Model):
     # The policy's escalation chain, walked after the action escalated.
     escalation_level = models.PositiveSmallIntegerField(default=0)
     escalation_next_at = models.DateTimeField(null=True, blank=True)
+    # A step that asks for approval: set while it waits (``awaiting_approval``), the
+    # decision kept afterwards. Every request and decision is also a line in ``history``.
+    approval_expires_at = models.DateTimeField(null=True, blank=True)
+    approval_decision = models.CharField(
+        max_length=16, choices=ApprovalDecision.choices, blank=True
+    )
+    approval_decided_by = models.CharField(max_length=150, blank=True)
+    approval_decided_at = models.DateTimeField(null=True, blank=True)
+    approval_reason = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering = ["-started_at"]
@@ -230,7 +262,7 @@ class RemediationAction(models.Model):
             ),
             models.Index(
                 fields=["next_step_at"],
-                condition=Q(status__in=["planned", "running", "verifying"]),
+                condition=Q(status__in=["planned", "running", "verifying", "awaiting_approval"]),
                 name="action_due_idx",
             ),
         ]

@@ -11,7 +11,9 @@ from watchdog.models import RemediationPolicy, Trigger
 
 MAX_STEPS = 10
 MAX_STEP_SECONDS = 86400
-STEP_KEYS = frozenset({"kind", "after", "verify"})
+# How long a step may wait for an operator's approval before it counts as rejected.
+MAX_APPROVAL_SECONDS = 86400
+STEP_KEYS = frozenset({"kind", "after", "verify", "approve"})
 ALERT_FIELDS = ("alert_rule", "severity", "matchers")
 
 
@@ -25,7 +27,7 @@ def step_problems(steps) -> list[str]:
     problems = []
     for number, step in enumerate(steps, 1):
         if not isinstance(step, dict):
-            problems.append(f"step {number}: an object with kind, after and verify")
+            problems.append(f"step {number}: an object with kind, after, verify and approve")
             continue
         unknown = sorted(set(step) - STEP_KEYS)
         if unknown:
@@ -41,7 +43,24 @@ def step_problems(steps) -> list[str]:
                 problems.append(
                     f"step {number}: {key} is whole seconds from 0 to {MAX_STEP_SECONDS}"
                 )
+        problems += approval_problems(number, step)
     return problems
+
+
+def approval_problems(number: int, step: dict) -> list[str]:
+    """``approve``: how long the step waits for an operator's approval (0 or absent: none)."""
+    from watchdog.steps import STEPS
+
+    value = step.get("approve", 0)
+    if type(value) is not int or not 0 <= value <= MAX_APPROVAL_SECONDS:
+        return [
+            f"step {number}: approve is whole seconds from 0 (no approval) to "
+            f"{MAX_APPROVAL_SECONDS}: how long the step waits for an operator"
+        ]
+    kind = STEPS.get(step.get("kind"))
+    if value and kind is not None and not kind.acts_on_agent:
+        return [f"step {number}: approve: a {kind.name} step does nothing to the agent to approve"]
+    return []
 
 
 def policy_problems(fields: dict) -> dict[str, list[str]]:

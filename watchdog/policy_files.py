@@ -210,7 +210,10 @@ def _override(document: dict, environment: str) -> list[str]:
 
 
 # PostgreSQL's jsonb keeps its own key order: the file's is restored on the way out.
-KEY_ORDER = {"levels": ("receivers", "guardian", "after"), "steps": ("kind", "after", "verify")}
+KEY_ORDER = {
+    "levels": ("receivers", "guardian", "after"),
+    "steps": ("kind", "after", "verify", "approve"),
+}
 
 
 def _ordered(name: str, value):

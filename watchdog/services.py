@@ -38,7 +38,7 @@ from omoi_console.foundation.events.tracing import (
     current_span_context,
     current_trace_ids,
 )
-from watchdog import chains, guards, storm
+from watchdog import approval, chains, guards, storm
 from watchdog.adapters import AdapterError, get_adapter
 from watchdog.models import (
     OPEN_ACTION_STATUSES,
@@ -289,6 +289,10 @@ def _advance(action: RemediationAction, now) -> None:
             # Back on its own while the step waited (its recovery event may be on its way).
             _succeed(action, agent, now)
             return
+        if action.status == ActionStatus.AWAITING_APPROVAL:
+            # Due means its approval expired undecided (next_step_at is the expiry).
+            approval.expire(action, agent, now)
+            return
         if not _act(action, agent, now):
             return
         agent.refresh_from_db()
@@ -320,6 +324,15 @@ def _act(action: RemediationAction, agent: Agent, now) -> bool:
         if switch is not None:
             _skip(action, agent, SkipReason.DRY_RUN, guards.switch_detail(switch), now)
             return False
+    if approval.needs_approval(action, spec):
+        # Ask only for a step the guards would let act now; they are asked again
+        # (and the rate limits spent) when it is approved.
+        refusal = guards.refusal_of(action, agent, step, now, spend_budget=False)
+        if refusal:
+            _skip(action, agent, *refusal, now)
+        else:
+            approval.request(action, agent, spec, now)
+        return False
     refusal = guards.refusal_of(action, agent, step, now)
     if refusal:
         _skip(action, agent, *refusal, now)
@@ -405,10 +418,16 @@ def _next_step(action: RemediationAction, agent: Agent, why: str, now) -> bool:
     return True
 
 
-def _note(action: RemediationAction, now, detail: str) -> None:
+def _note(action: RemediationAction, now, detail: str, **extra) -> None:
     action.history = [
         *action.history,
-        {"step": action.step_index, "kind": action.step, "at": now.isoformat(), "detail": detail},
+        {
+            "step": action.step_index,
+            "kind": action.step,
+            "at": now.isoformat(),
+            "detail": detail,
+            **extra,
+        },
     ]
 
 
@@ -525,6 +544,9 @@ def _defer(action, agent, gate, why: str, now) -> None:
 
 
 def _finish(action, agent, status: str, outcome: str, now) -> None:
+    if action.approval_expires_at is not None:
+        # It ends while its step waits for an operator: nothing is left to decide.
+        approval.withdraw(action, agent, outcome, now)
     action.status = status
     count_action(action.step, status)
     action.after_state = agent.state

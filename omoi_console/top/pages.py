@@ -12,7 +12,7 @@ from observability.filtersets import TRACE_ID
 from observability.related import lines_about, traces_about
 from observability.waterfall import trace_waterfall
 from omoi_console.foundation.api.fields import BIGINT_MAX
-from watchdog.models import RemediationAction
+from watchdog.models import ActionStatus, RemediationAction
 
 STORE_PERMISSIONS = ("observability.view_logrecord", "observability.view_spanrecord")
 
@@ -42,11 +42,25 @@ def action_page(request, pk: int):
     action = get_object_or_404(RemediationAction.objects.select_related("policy"), pk=pk)
     link = Q(action_id=str(action.pk))
     traces = traces_about(link, also=[action.trace_id] if action.trace_id else [])
+    awaiting = action.status == ActionStatus.AWAITING_APPROVAL
     return render(
         request,
         "console/action.html",
-        {"action": action, **_store_context(request, link, traces, with_traces=True)},
+        {
+            "action": action,
+            "awaiting": awaiting,
+            # What the step waiting on the decision would do, from its audit line.
+            "requested": _approval_request(action) if awaiting else None,
+            **_store_context(request, link, traces, with_traces=True),
+        },
     )
+
+
+def _approval_request(action: RemediationAction) -> dict | None:
+    for entry in reversed(action.history):
+        if entry.get("approval") == "requested":
+            return entry
+    return None
 
 
 def _store_context(request, link: Q, traces: list[str], *, with_traces: bool = False) -> dict:

@@ -13,7 +13,7 @@ from omoi_console.models import Event
 from omoi_console.top.health import console_health
 from watchdog.api.serializers import RemediationActionSerializer
 from watchdog.guards import watchdog_status
-from watchdog.models import RemediationAction
+from watchdog.models import ActionStatus, RemediationAction
 
 RECENT = 50
 
@@ -27,6 +27,9 @@ def console_snapshot() -> dict:
         "agents": AgentSerializer(agents, many=True).data,
         "alerts": AlertSerializer(alerts, many=True).data,
         "actions": RemediationActionSerializer(actions, many=True).data,
+        "awaiting_approval": RemediationAction.objects.filter(
+            status=ActionStatus.AWAITING_APPROVAL
+        ).count(),
         "health": console_health(),
         "watchdog": watchdog_status(),
         "events": [

@@ -75,6 +75,9 @@
     banner.hidden = warnings.length === 0;
     document.getElementById("alert-count").textContent = state.alerts.length;
     document.getElementById("agent-count").textContent = state.agents.length;
+    const awaiting = document.getElementById("approval-count");
+    awaiting.textContent = state.awaiting_approval + " awaiting approval";
+    awaiting.hidden = !state.awaiting_approval;
     const list = document.getElementById("events");
     list.replaceChildren(...state.events.slice(0, MAX_EVENTS).map((e) => {
       const li = document.createElement("li");

@@ -18,6 +18,16 @@ class EscalationChainSerializer(serializers.ModelSerializer):
         return levels
 
 
+class EscalationChainDetailSerializer(EscalationChainSerializer):
+    """A chain as the API shows it: its levels (the one check the admin and policy
+    files use), and the policies that name it."""
+
+    policies = serializers.SlugRelatedField(slug_field="name", many=True, read_only=True)
+
+    class Meta(EscalationChainSerializer.Meta):
+        fields = [*EscalationChainSerializer.Meta.fields, "policies"]
+
+
 class RemediationPolicySerializer(serializers.ModelSerializer):
     """A policy; refused as a whole (422, each field named) when invalid: never half-saved."""
 
@@ -95,6 +105,11 @@ class RemediationActionSerializer(serializers.ModelSerializer):
             "trace_id",
             "escalation_level",
             "escalation_next_at",
+            "approval_expires_at",
+            "approval_decision",
+            "approval_decided_by",
+            "approval_decided_at",
+            "approval_reason",
         ]
 
 
@@ -118,4 +133,10 @@ class ExplainQuerySerializer(serializers.Serializer):
 
 
 class ManualActionSerializer(serializers.Serializer):
+    reason = serializers.CharField(required=False, allow_blank=True, max_length=300)
+
+
+class ApprovalDecisionSerializer(serializers.Serializer):
+    """The body of an approve or reject: an optional reason, kept in the action's audit."""
+
     reason = serializers.CharField(required=False, allow_blank=True, max_length=300)

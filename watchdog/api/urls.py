@@ -6,6 +6,7 @@ from watchdog.api import views
 router = SimpleRouter(trailing_slash=False)
 router.register("remediation-actions", views.RemediationActionViewSet, basename="remediation")
 router.register("remediation-policies", views.RemediationPolicyViewSet, basename="policy")
+router.register("escalation-chains", views.EscalationChainViewSet, basename="escalation-chain")
 
 urlpatterns = [
     path(

@@ -1,4 +1,5 @@
 from django.db import transaction
+from django.db.models import ProtectedError
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -8,25 +9,106 @@ from rest_framework.views import APIView
 
 from alerting.models import Alert
 from monitoring.models import Agent
+from omoi_console.foundation.api.fields import BIGINT_MAX
 from omoi_console.foundation.api.permissions import ModelPermissions, require
 from omoi_console.foundation.api.problems import problem_response
-from watchdog import explain, manual
+from watchdog import approval, explain, manual
 from watchdog.api.serializers import (
+    ApprovalDecisionSerializer,
+    EscalationChainDetailSerializer,
     ExplainQuerySerializer,
     ManualActionSerializer,
     RemediationActionSerializer,
     RemediationPolicySerializer,
 )
-from watchdog.models import ActionStatus, RemediationAction, RemediationPolicy, Trigger
+from watchdog.models import (
+    ActionStatus,
+    ApprovalDecision,
+    EscalationChain,
+    RemediationAction,
+    RemediationPolicy,
+    Trigger,
+)
 
 
 class RemediationActionViewSet(viewsets.ReadOnlyModelViewSet):
-    """The audit of remediations: read-only."""
+    """The audit of remediations: read-only, but for an operator's decision on a step
+    that awaits approval (``approve``, ``reject``)."""
 
     queryset = RemediationAction.objects.select_related("policy")
     serializer_class = RemediationActionSerializer
     permission_classes = [ModelPermissions]
     filterset_fields = ["agent", "status", "policy", "trigger"]
+
+    @extend_schema(request=ApprovalDecisionSerializer, responses={200: RemediationActionSerializer})
+    @action(
+        detail=True,
+        methods=["post"],
+        permission_classes=[require("watchdog.act_on_agent")],
+        filter_backends=[],
+    )
+    def approve(self, request, pk=None):
+        """Let the step the action waits on act (through the usual guards); operators only."""
+        return self._decide(request, pk, ApprovalDecision.APPROVED)
+
+    @extend_schema(request=ApprovalDecisionSerializer, responses={200: RemediationActionSerializer})
+    @action(
+        detail=True,
+        methods=["post"],
+        permission_classes=[require("watchdog.act_on_agent")],
+        filter_backends=[],
+    )
+    def reject(self, request, pk=None):
+        """Refuse the step the action waits on: the action is skipped (``rejected``)."""
+        return self._decide(request, pk, ApprovalDecision.REJECTED)
+
+    def _decide(self, request, pk, decision):
+        if not str(pk).isdigit() or int(pk) > BIGINT_MAX:
+            raise NotFound(f"No action {pk}.")
+        given = ApprovalDecisionSerializer(data=request.data)
+        given.is_valid(raise_exception=True)
+        try:
+            decided = approval.decide(
+                int(pk),
+                decision,
+                by=request.user.get_username(),
+                reason=given.validated_data.get("reason", ""),
+            )
+        except approval.ActionNotFound:
+            raise NotFound(f"No action {pk}.") from None
+        except approval.Conflict as exc:
+            return problem_response(409, str(exc))
+        decided = self.get_queryset().get(pk=decided.pk)
+        return Response(RemediationActionSerializer(decided).data)
+
+
+class EscalationChainViewSet(viewsets.ModelViewSet):
+    """Escalation chains by name: read by those who may view them, written by admins.
+
+    Levels are checked as in the admin and policy files (one check); a chain that
+    a policy still names is not deleted (409).
+    """
+
+    queryset = EscalationChain.objects.prefetch_related("policies")
+    serializer_class = EscalationChainDetailSerializer
+    permission_classes = [ModelPermissions]
+    lookup_field = "name"
+    lookup_value_regex = r"[-a-zA-Z0-9_]+"
+    http_method_names = ["get", "post", "put", "patch", "delete", "head", "options"]
+
+    def destroy(self, request, *args, **kwargs):
+        chain = self.get_object()
+        named = sorted(chain.policies.values_list("name", flat=True))
+        if named:
+            return problem_response(
+                409, f"Escalation chain {chain.name} is named by policy {', '.join(named)}."
+            )
+        try:
+            chain.delete()
+        except ProtectedError:
+            # A policy came to name it meanwhile.
+            return problem_response(409, f"Escalation chain {chain.name} is named by a policy.")
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class RemediationPolicyViewSet(
