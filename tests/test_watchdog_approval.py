@@ -159,6 +159,8 @@ def test_an_operator_approves_and_the_step_acts_audited(api, waiting, operator):
     assert body["approval_reason"] == "host checked"
     action.refresh_from_db()
     assert action.command.kind == "restart"
+    # The restart carries the failure's trace, not the operator's request's.
+    assert action.trace_id and action.command.trace_id == action.trace_id
     assert action.approval_decided_at == timezone.now()
     approved = [e for e in action.history if e.get("approval") == "approved"]
     assert approved == [

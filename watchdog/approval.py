@@ -123,7 +123,9 @@ def decide(action_id: int, decision: str, *, by: str, reason: str = "") -> Remed
             # Back to the orchestrator: the same gates and guards decide at act time.
             action.status = ActionStatus.PLANNED
             action.next_step_at = now
-            services._advance(action, now)
+            # In the failure's trace, linked to the operator's request.
+            with services.action_trace(action):
+                services._advance(action, now)
         else:
             close(action, agent, ApprovalDecision.REJECTED, by=by, reason=reason, now=now)
             detail = f"rejected by {by}" + (f": {reason}" if reason else "")
