@@ -331,7 +331,7 @@ def _deliver_commands(agent: Agent, now) -> list[AgentCommand]:
     if expired:
         AgentCommand.objects.filter(pk__in=expired).update(status=CommandStatus.EXPIRED)
         log.warning("agent.commands_expired", agent_id=agent.id, command_ids=expired)
-    commands = [c for c in queued if c.pk not in expired]
+    commands = _take_over_tasks(agent, [c for c in queued if c.pk not in expired])
     if commands:
         AgentCommand.objects.filter(pk__in=[c.pk for c in commands]).update(
             status=CommandStatus.DELIVERED, delivered_at=now
@@ -341,6 +341,33 @@ def _deliver_commands(agent: Agent, now) -> list[AgentCommand]:
         if command.kind == CommandKind.RECYCLE_TOKEN:
             command.params = {**command.params, "token": _recycle_token(agent, now)}
     return commands
+
+
+def _take_over_tasks(agent: Agent, commands: list[AgentCommand]) -> list[AgentCommand]:
+    """Move each task a ``take_task`` hands out from its old agent, as it leaves.
+
+    The task changes owner here, in the taker's heartbeat, not when the command
+    was queued: a command that expires or is withdrawn undelivered leaves the task
+    where it was, never with nobody. One whose old agent is healthy again is
+    withdrawn: the task stays with the agent that runs it.
+    """
+    handing = [c for c in commands if c.kind == CommandKind.TAKE_TASK]
+    if not handing:
+        return commands
+    sources = Agent.objects.in_bulk([c.params.get("from_agent") for c in handing])
+    withdrawn = set()
+    for command in handing:
+        source = sources.get(command.params.get("from_agent"))
+        if source is not None and source.state in HEALTHY_STATES:
+            withdrawn.add(command.pk)
+        elif source is not None:
+            release_task(source, command.params["task_id"], reason=f"taken over by {agent.id}")
+    if withdrawn:
+        AgentCommand.objects.filter(pk__in=withdrawn).update(status=CommandStatus.CANCELLED)
+        log.warning(
+            "agent.task_handover_withdrawn", agent_id=agent.id, command_ids=sorted(withdrawn)
+        )
+    return [c for c in commands if c.pk not in withdrawn]
 
 
 def _recycle_token(agent: Agent, now) -> str:
@@ -400,7 +427,7 @@ def queue_command(
 
 
 def release_task(agent: Agent, task_id: str, *, reason: str) -> bool:
-    """Clear ``task_id`` from ``agent``, as it is handed to another: one owner per task.
+    """Clear ``task_id`` from ``agent``, as another takes it: one owner per task.
 
     Conditional on the agent still holding that task, so a task it moved on from
     meanwhile is left alone; False then. The serving processes forget the agent,

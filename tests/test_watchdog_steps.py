@@ -111,7 +111,8 @@ def test_it_hands_the_task_to_the_idle_worker_and_takes_it_from_the_failed_one(s
         assert command.serves == f"remediation:{action.pk}"
         assert command.expires_at == timezone.now() + timedelta(seconds=30)
         assert action.command == command
-        assert holder_of("worker-01") == ""  # never owned by two agents
+        # The task stays with its agent until the target takes the command.
+        assert holder_of("worker-01") == "t-1"
         assert action.history[-1]["failover"] == {
             "source": "worker-01",
             "target": "worker-04",
@@ -124,6 +125,7 @@ def test_it_hands_the_task_to_the_idle_worker_and_takes_it_from_the_failed_one(s
 
         taken = record_heartbeat(Agent.objects.get(pk="worker-04"), state="idle")
         assert [c.kind for c in taken.commands] == ["take_task"]
+        assert holder_of("worker-01") == ""  # never owned by two agents
         record_heartbeat(
             taken.agent, state="running", task_id="t-1", progress=0.4, acks=[command.pk]
         )
@@ -217,8 +219,9 @@ def test_it_waits_out_the_partition_grace_counted_from_the_last_heartbeat(source
         clock.shift(1)
         record_heartbeat(spare, state="idle")
         services.advance_due()
+        assert take_task_commands().get().agent_id == "worker-02"
+        record_heartbeat(spare, state="idle")  # takes it
 
-    assert take_task_commands().get().agent_id == "worker-02"
     assert holder_of("worker-01") == ""
     assert events("watchdog.action.deferred").count() == 1
 
@@ -271,9 +274,27 @@ def test_the_handover_expires_with_its_step_and_the_action_moves_on(source, no_g
 
     assert late.commands == []
     assert take_task_commands().get().status == CommandStatus.EXPIRED
+    assert holder_of("worker-01") == "t-1"  # not left with nobody
     action.refresh_from_db()
     assert action.status == ActionStatus.ESCALATED
     assert [entry["detail"] for entry in action.history][-2] == "not recovered"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_handover_whose_agent_is_back_is_withdrawn_as_it_would_leave(source, no_grace):
+    set_steps(step("failover", verify=30), step("escalate"))
+    spare = worker("worker-02")
+    action = fail_with_task(source)
+    # Back, with its task, in a way that did not (yet) close the action.
+    Agent.objects.filter(pk=source.pk).update(state=AgentState.RUNNING)
+
+    taken = record_heartbeat(spare, state="idle")
+
+    assert taken.commands == []
+    assert take_task_commands().get().status == CommandStatus.CANCELLED
+    assert holder_of("worker-01") == "t-1"
+    action.refresh_from_db()
+    assert action.status == ActionStatus.VERIFYING
 
 
 @pytest.mark.django_db(transaction=True)
@@ -550,5 +571,9 @@ def test_two_failovers_at_once_never_promise_one_idle_worker_two_tasks(
     assert handed.status == ActionStatus.VERIFYING
     assert other.status == ActionStatus.ESCALATED
     assert other.history[0]["detail"].startswith("nothing done: no healthy worker is free")
+    tasks = {"worker-01": "t-1", "worker-02": "t-2"}
+    assert holder_of(other.agent_id) == tasks[other.agent_id]
+    taken = record_heartbeat(Agent.objects.get(pk="worker-09"), state="idle")
+    assert [c.pk for c in taken.commands] == [promise.pk]
     assert holder_of(handed.agent_id) == ""
-    assert holder_of(other.agent_id) == {"worker-01": "t-1", "worker-02": "t-2"}[other.agent_id]
+    assert holder_of(other.agent_id) == tasks[other.agent_id]

@@ -58,7 +58,7 @@ class RegistryAdapter:
         serves="",
         expires_at=None,
     ) -> AgentCommand | None:
-        """Give ``source``'s task to ``target`` and take it from ``source``, both or neither.
+        """Give ``source``'s task to ``target``; it leaves ``source`` as ``target`` takes it.
 
         None when ``source`` no longer holds the task (it moved on meanwhile).
         """
@@ -121,18 +121,19 @@ class LocalRegistryAdapter(RegistryAdapter):
     def hand_over_task(
         self, source, target, *, task_id, progress, reason, actor, serves="", expires_at=None
     ):
-        with transaction.atomic():
-            if not monitoring.release_task(source, task_id, reason=reason):
-                return None
-            return monitoring.queue_command(
-                target,
-                CommandKind.TAKE_TASK,
-                reason=reason,
-                issued_by=actor,
-                serves=serves,
-                expires_at=expires_at,
-                params=take_task_params(source, task_id, progress),
-            )
+        # The task changes owner when the target's heartbeat takes the command
+        # (monitoring moves it then), so an undelivered command orphans nothing.
+        if not Agent.objects.filter(pk=source.pk, current_task=task_id).exists():
+            return None
+        return monitoring.queue_command(
+            target,
+            CommandKind.TAKE_TASK,
+            reason=reason,
+            issued_by=actor,
+            serves=serves,
+            expires_at=expires_at,
+            params=take_task_params(source, task_id, progress),
+        )
 
     def request_replacement(self, agent, *, reason, actor, serves=""):
         # No registry to ask: the request is the audit and the event a provisioner follows.

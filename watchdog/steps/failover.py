@@ -3,8 +3,9 @@
 The target is one agent, chosen the same way every time (idle first, then
 running without a task; same role; never the agent itself, nor one drained,
 unhealthy or already promised a task) and claimed under a row lock, so two
-failovers never hand one agent two tasks. The task is taken from the failed
-agent in the same transaction: it never has two owners. A short network split
+failovers never hand one agent two tasks. The task leaves the failed agent when
+the target's heartbeat takes the command (monitoring moves it then): it never has
+two owners, and a command that never leaves orphans nothing. A short network split
 must not move work, so the step waits until the agent has been down for
 ``OMOI_WATCHDOG_FAILOVER_GRACE_SECONDS``; the storm guard holds it like a restart.
 """
