@@ -9,6 +9,9 @@ from omoi_console.asgi import application
 from omoi_console.foundation.events import publish
 from omoi_console.top.consumers import CLOSE_UNAUTHENTICATED
 
+# Generous: a loaded machine may take seconds to schedule the consumer; a broken
+# feed fails the test all the same, only later.
+WAIT = 20
 LOST = {"agent_id": "worker-01", "role": "worker", "last_heartbeat_at": None, "missed": 3}
 
 
@@ -21,16 +24,16 @@ def communicator(token: str | None = None):
 
 async def receive_event(feed, name):
     while True:
-        message = await feed.receive_json_from(timeout=5)
+        message = await feed.receive_json_from(timeout=WAIT)
         if message["type"] == "event" and message["event"]["name"] == name:
             return message["event"]
 
 
 async def refused(feed) -> int:
     """The close code of a refused connection, which is accepted only to say why."""
-    connected, _ = await feed.connect()
+    connected, _ = await feed.connect(timeout=WAIT)
     assert connected
-    message = await feed.receive_output(timeout=5)
+    message = await feed.receive_output(timeout=WAIT)
     assert message["type"] == "websocket.close"
     assert await feed.receive_nothing(timeout=0.1)  # and nothing is forwarded
     return message["code"]
@@ -38,7 +41,7 @@ async def refused(feed) -> int:
 
 async def _feed_roundtrip(token):
     feed = communicator(token)
-    connected, _ = await feed.connect()
+    connected, _ = await feed.connect(timeout=WAIT)
     assert connected
     event = await database_sync_to_async(publish)("monitor.agent.heartbeat_lost", LOST)
     received = await receive_event(feed, "monitor.agent.heartbeat_lost")
@@ -107,7 +110,7 @@ def test_it_refuses_browsers_from_other_sites(make_operator):
 
 
 async def _connects(feed) -> bool:
-    connected, _ = await feed.connect()
+    connected, _ = await feed.connect(timeout=WAIT)
     await feed.disconnect()
     return connected
 
@@ -130,7 +133,7 @@ def test_it_ignores_whatever_a_client_sends(make_operator):
 
     async def chatter():
         feed = communicator(token)
-        await feed.connect()
+        await feed.connect(timeout=WAIT)
         await feed.send_to(text_data="this is not json {")
         await feed.send_to(bytes_data=b"\x00\xff")
         assert await feed.receive_nothing(timeout=0.2)
@@ -201,9 +204,9 @@ def test_it_forwards_a_batch_of_events_as_one_message(make_operator):
 
     async def mass_outage():
         feed = communicator(token)
-        await feed.connect()
+        await feed.connect(timeout=WAIT)
         events = await database_sync_to_async(publish_many)(state_changes(50))
-        message = await feed.receive_json_from(timeout=5)
+        message = await feed.receive_json_from(timeout=WAIT)
         assert await feed.receive_nothing(timeout=0.2)  # one message, not fifty
         await feed.disconnect()
         return events, message
@@ -273,12 +276,12 @@ def test_each_subscriber_gets_only_the_alert_changes_it_filtered_for(make_operat
 
     async def scenario():
         narrow, everything = communicator(token), communicator(token)
-        await narrow.connect()
-        await everything.connect()
+        await narrow.connect(timeout=WAIT)
+        await everything.connect(timeout=WAIT)
         await narrow.send_json_to({"type": "filter", "labels": {"owner": "team-a"}})
-        assert (await narrow.receive_json_from(timeout=5))["type"] == "filter.accepted"
+        assert (await narrow.receive_json_from(timeout=WAIT))["type"] == "filter.accepted"
         await narrow.send_json_to({"type": "filter", "min_severity": "loud"})
-        assert (await narrow.receive_json_from(timeout=5))["type"] == "filter.refused"
+        assert (await narrow.receive_json_from(timeout=WAIT))["type"] == "filter.refused"
         for payload in (other_team, critical):
             await database_sync_to_async(publish)("monitor.alert.triggered", payload)
         first = await receive_event(narrow, "monitor.alert.triggered")

@@ -41,7 +41,7 @@ from omoi_console.models import Event
 from omoi_console.top import hot_paths
 from tests.conftest import REQUIRE_SERVICES, bearer, named, trace_of
 from tests.delivery_receivers import HttpReceiver
-from tests.test_console_feed import communicator
+from tests.test_console_feed import WAIT, communicator
 from tests.test_settings import load_settings
 from watchdog import services
 from watchdog.builtins import RESTART_POLICY
@@ -175,7 +175,7 @@ def test_it_traces_websocket_connects_and_messages(make_operator, spans):
 
     async def session():
         feed = communicator(token)
-        await feed.connect()
+        await feed.connect(timeout=WAIT)
         await feed.send_json_to({"type": "filter", "events": ["monitor.alert.*"]})
         assert (await feed.receive_json_from(timeout=5))["type"] == "filter.accepted"
         await feed.disconnect()
