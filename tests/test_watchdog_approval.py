@@ -13,11 +13,12 @@ from django.utils import timezone
 
 from alerting.models import Alert, AlertStatus
 from monitoring.models import AgentCommand, AgentState
-from monitoring.services import check_heartbeats, record_heartbeat
+from monitoring.services import record_heartbeat
 from omoi_console.models import Event
 from tests.conftest import bearer
 from tests.row_locks import held_by_another_worker
 from tests.test_events import other_backend_waits_on_a_lock
+from tests.test_watchdog import fail
 from watchdog import approval, guards, policy_files, services
 from watchdog.builtins import RESTART_POLICY
 from watchdog.models import (
@@ -37,15 +38,6 @@ def ask_first(ttl: int = TTL, kind: str = "restart_worker") -> None:
     RemediationPolicy.objects.filter(name=RESTART_POLICY).update(
         steps=[{"kind": kind, "after": 0, "verify": 60, "approve": ttl}]
     )
-
-
-def fail(agent, clock):
-    """Heartbeat, then miss three intervals: the agent is declared FAILED."""
-    record_heartbeat(agent, state="running")
-    clock.shift(18)
-    check_heartbeats()
-    agent.refresh_from_db()
-    assert agent.state == AgentState.FAILED
 
 
 def decide(api, token, action_id, decision, **body):
