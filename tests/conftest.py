@@ -350,6 +350,16 @@ class captured_log:
         root.setLevel(self.level)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def background_dispatch_drained(django_db_setup):
+    """At the end, the background dispatcher lets its connections go before the test
+    databases are dropped (which waits for every session on them)."""
+    yield
+    from omoi_console.foundation.events import background
+
+    background.drain()
+
+
 @pytest.fixture(scope="session")
 def procfile_server(django_db_setup, tmp_path_factory):
     """The web tier as the Procfile starts it, serving the test database; one per run."""
