@@ -52,7 +52,8 @@ def test_it_proves_the_whole_loop(tmp_path, spans):
     # The console's own store holds the loop's spans and log lines, as its pages show them.
     stored = report["facts"]["stored"]
     assert stored["spans"] == SpanRecord.objects.filter(trace_id=loop).count() > 0
-    assert stored["log_lines"] == LogRecord.objects.filter(trace_id=loop).count()
+    # A quiet terminal does not starve the store: the loop's log lines are kept too.
+    assert stored["log_lines"] == LogRecord.objects.filter(trace_id=loop).count() > 0
     for name in (
         "alert.fire",
         "notification.deliver",

@@ -164,9 +164,11 @@ def finish(agent_ids: list[str], token_pk: int | None) -> None:
 
 
 class GameDay:
-    def __init__(self, options: Options, write=print):
+    def __init__(self, options: Options, write=print, log_level: int = logging.INFO):
         self.options = options
         self.write = write
+        # What the simulated fleet's own process logs (to the terminal).
+        self.log_level = log_level
         self.run_id = fleet_prefix("gd")
         self.failed_after = failed_after_seconds(options.interval)
         self.objective = options.objective or self.failed_after + 10.0
@@ -184,7 +186,7 @@ class GameDay:
         app = EmbeddedApp(ticker_periods=periods)
         # The fleet's process sets itself up while the agents are registered: the
         # registration starts their deadlines.
-        fleet = FleetProcess(log_level=logging.getLogger().level)
+        fleet = FleetProcess(log_level=self.log_level)
         await fleet.launch()
         agents, observer_pk, listener = [], None, None
         try:

@@ -1,6 +1,7 @@
 import asyncio
 import logging
 import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 from django.conf import settings
@@ -8,10 +9,30 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.test.utils import override_settings
 
+from observability.store import StoreLogHandler
 from omoi_console.celery import app as celery_app
 from omoi_console.top.gameday import GameDay, Options
 
 SIGNAL_EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+@contextmanager
+def quiet_terminal(quiet: bool):
+    """Only errors on the terminal, where the timeline is printed, while the block runs.
+
+    The handlers are quietened, not the loggers: the console's own store still
+    keeps the run's lines, so the loop's trace shows its logs beside its spans.
+    """
+    handlers = [h for h in logging.getLogger().handlers if not isinstance(h, StoreLogHandler)]
+    levels = [handler.level for handler in handlers]
+    if quiet:
+        for handler in handlers:
+            handler.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for handler, level in zip(handlers, levels, strict=True):
+            handler.setLevel(level)
 
 
 class Command(BaseCommand):
@@ -46,9 +67,7 @@ class Command(BaseCommand):
         # Importing the ASGI app re-applies LOGGING, so quieten the log only after it.
         import omoi_console.asgi  # noqa: F401
 
-        if options["verbosity"] < 2:
-            for name in ("", "celery"):
-                logging.getLogger(name).setLevel(logging.ERROR)
+        quiet = options["verbosity"] < 2
         gameday = GameDay(
             Options(
                 agents=options["agents"],
@@ -57,6 +76,7 @@ class Command(BaseCommand):
                 outage=options["outage"],
             ),
             write=self.stdout.write,
+            log_level=logging.ERROR if quiet else logging.INFO,
         )
         overrides = {
             "WATCHDOG_MODE": options["watchdog"] or settings.WATCHDOG_MODE,
@@ -70,7 +90,7 @@ class Command(BaseCommand):
         eager = celery_app.conf.task_always_eager
         celery_app.conf.task_always_eager = True
         try:
-            with override_settings(**overrides):
+            with override_settings(**overrides), quiet_terminal(quiet):
                 received = asyncio.run(self._run(gameday))
         finally:
             celery_app.conf.task_always_eager = eager
