@@ -330,18 +330,22 @@ class GameDay:
                 )
         report.passed = not report.failures
 
+    def _loop_traces(self) -> dict[str, str]:
+        """The trace id of each stage of the loop that happened."""
+        return {key: self.stages[key].trace_id for key in LOOP if self.stages[key].at}
+
     def _loop_trace(self) -> str:
         """The loop's one trace id, or "" when its stages are not one trace."""
-        ids = {self.stages[key].trace_id for key in LOOP if self.stages[key].at}
+        ids = set(self._loop_traces().values())
         return ids.pop() if len(ids) == 1 else ""
 
     def _judge_traces(self) -> None:
         """One trace id for the whole loop, in the console's store too, or a failure saying why."""
         trace_id = self._loop_trace()
+        seen = self._loop_traces()
         if trace_id:
             self.report.facts["trace_id"] = trace_id
-        elif any(self.stages[key].at for key in LOOP):
-            seen = {key: self.stages[key].trace_id for key in LOOP if self.stages[key].at}
+        elif seen:
             self.report.failures.append(
                 "the loop is not one trace: "
                 + ", ".join(f"{key}={trace_id or '-'}" for key, trace_id in seen.items())
@@ -349,7 +353,7 @@ class GameDay:
         if self.stored is None:
             return
         self.report.facts["stored"] = self.stored
-        # Log lines depend on the level the run logs at; spans are always kept.
+        # Log lines depend on the store's level (OMOI_LOG_STORE_LEVEL); spans are always kept.
         if not self.stored["spans"]:
             self.report.failures.append("the console's store holds no span of the loop's trace")
 
