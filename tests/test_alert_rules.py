@@ -617,7 +617,18 @@ def test_rules_that_share_a_read_find_what_each_finds_alone(aggregation):
     rules = [
         saved(name=f"r{n}", aggregation=aggregation, operator=operator, threshold=threshold)
         for n, (operator, threshold) in enumerate(
-            [(">", 0.0), (">=", 100.0), ("<", 100.0), ("!=", 1.0), ("==", 0.0)]
+            [
+                (">", 0.0),
+                (">=", 100.0),
+                ("<", 100.0),
+                ("!=", 1.0),
+                ("==", 0.0),
+                # At the values themselves: a-1's mean is 100, a-3's every reduction 5.
+                (">", 100.0),
+                ("<=", 100.0),
+                ("==", 5.0),
+                ("!=", 5.0),
+            ]
         )
     ]
     kind = KINDS["threshold"]
@@ -630,6 +641,64 @@ def test_rules_that_share_a_read_find_what_each_finds_alone(aggregation):
             (m.labels["agent"], m.value) for m in alone
         ), rule.name
     assert any(together[rule.pk] for rule in rules)
+
+
+@pytest.mark.django_db
+def test_it_merges_only_the_sketches_that_could_meet_a_percentile_rule(monkeypatch):
+    import math
+    import random
+
+    from alerting.rules import threshold
+
+    rng = random.Random(3)
+    groups = [(1, 10), (50, 400), (-30, -2), (0, 0), (90, 110), (7, 7), (101, 101), (-55, -55)]
+    for n, (low, high) in enumerate(groups):
+        series = make_series("queue_depth", agent=f"a-{n}", queue="inbox")
+        minutes = {m: [rng.uniform(low, high) for _ in range(12)] for m in range(10)}
+        write_rollups(series, START, minutes)
+    kind = KINDS["threshold"]
+    # Thresholds at and beside each group's answers, which may lie just outside the
+    # window's min and max (a sketch answers within its accuracy), and beyond them.
+    rules = []
+    for agg in ("p50", "p95", "p99"):
+        probe = saved(name=f"probe-{agg}", aggregation=agg, operator=">", threshold=-1e9)
+        answers = [m.value for m in kind.evaluate(probe, NOW)]
+        assert len(answers) == len(groups)
+        edges = {
+            t
+            for v in answers
+            for t in (v, math.nextafter(v, -math.inf), math.nextafter(v, math.inf))
+        }
+        for op in (">", ">=", "<", "<="):
+            for t in sorted(edges | {-31.0, 0.0, 1e6}):
+                rules.append(
+                    saved(name=f"p-{len(rules)}", aggregation=agg, operator=op, threshold=t)
+                )
+    merged = []
+    real_sketches = kind._sketches
+
+    def counting(*args, **kwargs):
+        found = real_sketches(*args, **kwargs)
+        merged.append(len(found))
+        return found
+
+    monkeypatch.setattr(kind, "_sketches", counting)
+    pruned = {rule.pk: kind.evaluate(rule, NOW) for rule in rules}
+    together = kind.evaluate_many(rules, NOW)
+    pruned_merges = list(merged)
+    monkeypatch.setattr(threshold, "could_meet", lambda rules: None)
+    merged.clear()
+    everything = {rule.pk: kind.evaluate(rule, NOW) for rule in rules}
+
+    def key(matches):
+        return sorted((m.labels["agent"], m.value) for m in matches)
+
+    for rule in rules:
+        assert key(pruned[rule.pk]) == key(everything[rule.pk]), (rule.operator, rule.threshold)
+        assert key(together[rule.pk]) == key(everything[rule.pk]), (rule.operator, rule.threshold)
+    assert any(everything.values())
+    assert set(merged) == {len(groups)}
+    assert min(pruned_merges) == 0 and sum(pruned_merges) < sum(merged)
 
 
 @pytest.fixture

@@ -322,6 +322,33 @@ def test_it_merges_serialised_sketches_as_the_library_does():
         assert merged.quantile(q) == pytest.approx(reference.get_quantile_value(q), rel=1e-12)
 
 
+def test_it_keeps_a_sketch_of_few_samples_small_and_reads_back_every_quantile():
+    rng = random.Random(5)
+    few, busy = new_sketch(), new_sketch()
+    for _ in range(20):
+        few.add(rng.uniform(0.5, 100))
+        few.add(-rng.uniform(0.5, 100))
+    for value in range(1, 20_001):
+        busy.add(value / 100)
+    library = DDSketchProto.to_proto(few).SerializeToString()
+
+    small = dump_sketch(few)
+    dense = dump_sketch(busy)
+
+    assert len(small) * 3 < len(library)
+    assert len(dense) <= len(DDSketchProto.to_proto(busy).SerializeToString())
+    for original, blob in ((few, small), (busy, dense)):
+        loaded, merged = load_sketch(blob), sketches.merge_sketches([blob])
+        assert loaded.count == original.count
+        for q in (0.0, 0.05, 0.5, 0.95, 0.99, 1.0):
+            # The mapping's parameters pass through the message as floats: the library's
+            # own round trip moves a value by a few ulps too.
+            assert loaded.get_quantile_value(q) == pytest.approx(
+                original.get_quantile_value(q), rel=1e-12
+            )
+            assert merged.quantile(q) == pytest.approx(original.get_quantile_value(q), rel=1e-12)
+
+
 def test_it_still_reads_sketches_of_another_accuracy():
     ours, coarse = new_sketch(), DDSketch(relative_accuracy=0.05)
     for value in range(1, 101):

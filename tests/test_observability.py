@@ -560,7 +560,7 @@ def test_it_profiles_the_named_hot_paths_and_a_task_from_the_command_line(seeded
     assert "samples.py" in ingest.summary
     assert MetricSeries.objects.filter(labels__agent=hot_paths.PROBE_AGENT).count() == 10
     assert (tick.kind, tick.target) == (ProfileKind.COMMAND, "rule-tick")
-    assert "evaluate_rule" in tick.summary
+    assert "evaluate_batch" in tick.summary
     assert (task.kind, task.target) == (ProfileKind.TASK, "alerting.tasks.evaluate_rules")
     assert f"profile {task.pk} stored" in out.getvalue()
 

@@ -8,6 +8,7 @@ a group; percentiles merge the minutes' sketches per group.
 """
 
 import operator as op
+from bisect import bisect_left, bisect_right
 from collections import defaultdict
 
 from django.db.models import FloatField, Max, Min, Sum
@@ -17,6 +18,7 @@ from alerting.models import Aggregation, Operator
 from alerting.rules import register
 from alerting.rules.base import Match, RuleKind
 from alerting.rules.window import group_keys, labels_of_row, rollups
+from monitoring.rollups import SKETCH_RELATIVE_ACCURACY
 
 SQL_REDUCE = {
     Aggregation.AVG: lambda: Cast(Sum("sum"), FloatField()) / Cast(Sum("count"), FloatField()),
@@ -64,7 +66,8 @@ class ThresholdKind(RuleKind):
         if rule.aggregation == Aggregation.RATE:
             return self._matching(rule, self._rates(rule, found, keys))
         q = QUANTILES[rule.aggregation]
-        return self._matching(rule, quantiles(self._sketches(rule, found, keys), q))
+        sketches = self._sketches(rule, found, keys, could_meet([rule]))
+        return self._matching(rule, quantiles(sketches, q))
 
     def evaluate_many(self, rules, now) -> dict[int, list[Match]]:
         """Rules that read the same rollups (metric, matchers, window, group_by) read them
@@ -72,7 +75,12 @@ class ThresholdKind(RuleKind):
         pass merges the groups' sketches or rates; each rule then keeps the groups that
         meet its own condition. Operators keep several rules on one metric (a warning
         and a critical threshold, a mean and a p95), and fleets repeat them per queue or
-        per team."""
+        per team.
+
+        Each way of reducing (an aggregation, a quantile) is computed once for all the
+        rules that share it, and its groups are sorted by value, so a rule's condition
+        is a binary search and costs what it matches, not what the read holds.
+        """
         shared: dict[tuple, list] = defaultdict(list)
         for rule in rules:
             family = "sql" if rule.aggregation in SQL_REDUCE else rule.aggregation
@@ -88,23 +96,22 @@ class ThresholdKind(RuleKind):
             lead = readers[0]
             rows = rollups(lead, now - lead.window, now)
             keys = group_keys(lead)
+            reductions: dict[str, SortedValues] = {}
             if family == "sql":
                 reduce = {f"v_{agg}": SQL_REDUCE[agg]() for agg in {r.aggregation for r in readers}}
                 groups = list(rows.annotate(**keys).values(*keys).annotate(**reduce))
-                for rule in readers:
-                    values = [
-                        (labels_of_row(lead, row), row[f"v_{rule.aggregation}"]) for row in groups
-                    ]
-                    found[rule.pk] = self._matching(rule, values)
+                for name in {r.aggregation for r in readers}:
+                    reductions[name] = SortedValues(
+                        (labels_of_row(lead, row), row[f"v_{name}"]) for row in groups
+                    )
             elif family == Aggregation.RATE:
-                rates = self._rates(lead, rows, keys)
-                for rule in readers:
-                    found[rule.pk] = self._matching(rule, rates)
+                reductions[family] = SortedValues(self._rates(lead, rows, keys))
             else:
-                sketches = self._sketches(lead, rows, keys)
-                for rule in readers:
-                    values = quantiles(sketches, QUANTILES[rule.aggregation])
-                    found[rule.pk] = self._matching(rule, values)
+                sketches = self._sketches(lead, rows, keys, could_meet(readers))
+                for name in {r.aggregation for r in readers}:
+                    reductions[name] = SortedValues(quantiles(sketches, QUANTILES[name]))
+            for rule in readers:
+                found[rule.pk] = reductions[rule.aggregation].meeting(rule)
         return found
 
     def _in_sql(self, rule, found, keys) -> list[Match]:
@@ -138,21 +145,92 @@ class ThresholdKind(RuleKind):
             totals[key] += max(0.0, row["hi"] - row["lo"]) / seconds
         return [(labels[key], value) for key, value in totals.items()]
 
-    def _sketches(self, rule, found, keys) -> list[tuple[dict, object]]:
-        """(labels, the window's minute sketches merged) of each group."""
+    def _sketches(self, rule, found, keys, could=None) -> list[tuple[dict, object]]:
+        """(labels, the window's minute sketches merged) of each group that ``could``
+        (given the group's min and max) still meet a condition; every group if None."""
         from monitoring.sketches import MergedSketch
 
-        merged: dict[tuple, MergedSketch] = {}
-        labels: dict[tuple, dict] = {}
-        for row in found.annotate(**keys).values("sketch", *keys):
-            group = labels_of_row(rule, row)
-            key = tuple(sorted(group.items()))
-            sketch = merged.get(key)
-            if sketch is None:
-                sketch = merged[key] = MergedSketch()
-                labels[key] = group
-            sketch.add_serialised(row["sketch"])
-        return [(labels[key], sketch) for key, sketch in merged.items()]
+        names = rule.group_by or []
+        blobs: dict[tuple, list] = defaultdict(list)
+        bounds: dict[tuple, list[float]] = {}
+        rows = found.annotate(**keys).values_list("sketch", "min", "max", *keys)
+        for blob, low, high, *values in rows:
+            key = tuple(sorted(zip(names, (value or "" for value in values), strict=True)))
+            blobs[key].append(blob)
+            seen = bounds.get(key)
+            if seen is None:
+                bounds[key] = [low, high]
+            else:
+                seen[0], seen[1] = min(seen[0], low), max(seen[1], high)
+        merged = []
+        for key, group in blobs.items():
+            if could is not None and not could(*bounds[key]):
+                continue
+            sketch = MergedSketch()
+            for blob in group:
+                sketch.add_serialised(blob)
+            merged.append((dict(key), sketch))
+        return merged
+
+
+def could_meet(rules):
+    """For percentile rules: a test on a group's (min, max) over the window that is
+    False when no quantile of the group can meet any of the rules' conditions, so
+    its sketches need not be merged (None: every group can, as with == and !=).
+
+    A sketch's quantile lies within its relative accuracy of a value of the window,
+    so within [min, max] widened by that share of the larger magnitude; the test
+    widens by ten times the accuracy the rollups are written with. Operators set
+    thresholds well above or below what most series reach, so most groups are
+    settled by two numbers the rollups already hold.
+    """
+    if any(rule.operator in (Operator.EQ, Operator.NE) for rule in rules):
+        return None
+    above = min(
+        (r.threshold for r in rules if r.operator in (Operator.GT, Operator.GE)), default=None
+    )
+    below = max(
+        (r.threshold for r in rules if r.operator in (Operator.LT, Operator.LE)), default=None
+    )
+    slack = 10 * SKETCH_RELATIVE_ACCURACY
+
+    def could(low: float, high: float) -> bool:
+        margin = slack * max(abs(low), abs(high))
+        return (above is not None and high + margin >= above) or (
+            below is not None and low - margin <= below
+        )
+
+    return could
+
+
+class SortedValues:
+    """The groups of one reduction, sorted by value, for the rules that compare it."""
+
+    def __init__(self, values):
+        ordered = sorted(
+            ((value, labels) for labels, value in values if value is not None),
+            key=lambda pair: pair[0],
+        )
+        self.values = [value for value, _ in ordered]
+        self.labels = [labels for _, labels in ordered]
+
+    def meeting(self, rule) -> list[Match]:
+        """The groups whose value meets the rule's condition (what ``meets`` keeps)."""
+        low = bisect_left(self.values, rule.threshold)
+        high = bisect_right(self.values, rule.threshold)
+        spans = {
+            Operator.GT: [(high, None)],
+            Operator.GE: [(low, None)],
+            Operator.LT: [(0, low)],
+            Operator.LE: [(0, high)],
+            Operator.EQ: [(low, high)],
+            Operator.NE: [(0, low), (high, None)],
+        }[rule.operator]
+        return [
+            Match(labels, value)
+            for start, stop in spans
+            for labels, value in zip(self.labels[start:stop], self.values[start:stop], strict=True)
+        ]
 
 
 def quantiles(sketches, q: float) -> list[tuple[dict, float | None]]:

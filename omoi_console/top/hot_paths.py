@@ -31,8 +31,7 @@ def rule_tick() -> str:
     """One evaluation of every enabled rule, as the tick evaluates the rules that are due."""
     now = timezone.now()
     rules = list(AlertRule.objects.filter(enabled=True).order_by("pk"))
-    for rule in rules:
-        evaluator.evaluate_rule(rule, now)
+    evaluator.evaluate_batch(rules, now)
     return f"{len(rules)} rules evaluated"
 
 
