@@ -47,6 +47,11 @@ def about(alert: Alert, **more) -> dict:
     }
 
 
+def _locked(alert: Alert) -> Alert:
+    """The alert read again under a row lock, with its rule (each change names it)."""
+    return Alert.objects.select_for_update(of=("self",)).select_related("rule").get(pk=alert.pk)
+
+
 class AlertClosed(Exception):
     """The alert is resolved; it can no longer be acknowledged."""
 
@@ -210,7 +215,7 @@ def release(alert: Alert, now) -> bool:
 def resolve_alert(alert: Alert, *, reason: str, actor: str = "alerting") -> Alert:
     """Close an open alert and notify that it is resolved."""
     with transaction.atomic():
-        alert = Alert.objects.select_for_update().get(pk=alert.pk)
+        alert = _locked(alert)
         if not alert.is_open:
             return alert
         now = timezone.now()
@@ -251,7 +256,7 @@ def acknowledge_alert(alert: Alert, user, *, comment: str = "", expires_at=None)
     alert again replaces the comment and expiry.
     """
     with transaction.atomic():
-        alert = Alert.objects.select_for_update().get(pk=alert.pk)
+        alert = _locked(alert)
         if alert.status == AlertStatus.RESOLVED:
             raise AlertClosed(f"alert {alert.pk} is already resolved")
         if alert.status == AlertStatus.PENDING:
@@ -280,7 +285,7 @@ def acknowledge_alert(alert: Alert, user, *, comment: str = "", expires_at=None)
 def unacknowledge_alert(alert: Alert, actor: str, *, reason: str = "") -> Alert:
     """Withdraw an acknowledgement (by hand, or when it expires): the alert fires again."""
     with transaction.atomic():
-        alert = Alert.objects.select_for_update().get(pk=alert.pk)
+        alert = _locked(alert)
         if alert.status != AlertStatus.ACKNOWLEDGED:
             raise AlertClosed(f"alert {alert.pk} is not acknowledged")
         alert.status = AlertStatus.FIRING

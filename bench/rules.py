@@ -53,7 +53,7 @@ django.setup()
 from django.db import connection  # noqa: E402
 
 from alerting import evaluator  # noqa: E402
-from alerting.models import OPEN_STATUSES, Alert, AlertRule  # noqa: E402
+from alerting.models import OPEN_STATUSES, Alert, AlertEvent, AlertRule  # noqa: E402
 from monitoring import partitions, rollups  # noqa: E402
 from monitoring.models import Agent, AgentRole, AgentState, MetricSeries  # noqa: E402
 
@@ -225,19 +225,24 @@ def main() -> None:
     rules = make_rules(args.rules, tag)
     ticks = []
     try:
+        history = AlertEvent.objects.filter(alert__rule__in=rules)
+        changes = []
 
         def tick(n: int) -> float:
             moment = now + n * TICK
             AlertRule.objects.filter(pk__in=[r.pk for r in rules]).update(next_evaluation_at=moment)
+            before = history.count()
             began = time.perf_counter()
             evaluated = evaluator.evaluate_due(moment, budget_seconds=600)
             spent = time.perf_counter() - began
             assert evaluated >= len(rules), evaluated
+            changes.append(history.count() - before)
             return spent
 
         storm = tick(0)
         storm_alerts = Alert.objects.filter(rule__in=rules).count()
         ticks = [tick(n) for n in range(1, args.ticks + 1)]
+        changes = changes[1:]
         floor = statistics.median(floor_read(now + n * TICK, tag) for n in range(5))
         alerts = Alert.objects.filter(rule__in=rules).count()
         still_open = Alert.objects.filter(rule__in=rules, status__in=OPEN_STATUSES).count()
@@ -251,6 +256,15 @@ def main() -> None:
     pushes = ws_push(args.pushes)
     push_cuts = statistics.quantiles(pushes, n=100, method="inclusive")
     cuts = statistics.quantiles(ticks, n=100, method="inclusive") if len(ticks) > 1 else ticks * 99
+    quiet = [spent for spent, changed in zip(ticks, changes, strict=True) if not changed]
+    quiet_p50 = round(statistics.median(quiet), 3) if quiet else None
+    quiet_max = round(max(quiet), 3) if quiet else None
+    busy = [(s, c) for s, c in zip(ticks, changes, strict=True) if c]
+    per_change = (
+        round(1000 * statistics.median((s - (quiet_p50 or 0)) / c for s, c in busy), 2)
+        if busy
+        else None
+    )
     result = {
         "series": args.series,
         "rules": args.rules,
@@ -262,6 +276,12 @@ def main() -> None:
         "tick_p50_s": round(statistics.median(ticks), 3),
         "tick_p99_s": round(cuts[98], 3),
         "tick_max_s": round(max(ticks), 3),
+        # Alert history rows each tick wrote (opened, fired, resolved, dropped...): the
+        # window moves a whole minute every fourth tick, and alerts change with it.
+        "changes_per_tick": changes,
+        "quiet_tick_p50_s": quiet_p50,
+        "quiet_tick_max_s": quiet_max,
+        "ms_per_change": per_change,
         "floor_read_s": round(floor, 3),
         "ratio_to_floor": round(floor / statistics.median(ticks), 3),
         "ws_push_p50_s": round(statistics.median(pushes), 4),
