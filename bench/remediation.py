@@ -1,6 +1,6 @@
 """Remediation: from an agent failing to its restart command reaching it, over 100 failures.
 
-    uv run python bench/remediation.py [--failures 100] [--interval 1.0]
+    uv run python bench/remediation.py [--failures 50] [--interval 1.0] [--simultaneous]
 
 Production settings on a scratch Postgres database (created, migrated, dropped)
 and Redis db 4. One process runs the console's periodic jobs (``check_heartbeats``
@@ -23,6 +23,10 @@ ceilings from the same run: the check period bounds detection, and the
 agent's own poll interval bounds delivery (a command waits for the next poll),
 so the run also splits act into the console's part (FAILED to command queued)
 and the wait for the poll.
+
+``--simultaneous`` adds a second run on a database of its own where every agent
+fails at the same instant (a mass outage: the spread is 0), reported under
+``simultaneous`` beside the default run's keys.
 
 Writes bench/results/remediation.json.
 """
@@ -558,6 +562,11 @@ def main() -> int:
     parser.add_argument("--failures", type=int, default=50, help="induced failures per kind")
     parser.add_argument("--interval", type=float, default=1.0, help="agents' heartbeat interval")
     parser.add_argument("--spread", type=float, default=60.0, help="seconds the failures span")
+    parser.add_argument(
+        "--simultaneous",
+        action="store_true",
+        help="also run a mass outage: every agent fails at the same instant",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--step", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--jobs", action="store_true", help=argparse.SUPPRESS)
@@ -580,35 +589,62 @@ def main() -> int:
             cleanup.callback(databases.drop_all)
             cleanup.callback(steps.flush_redis)
             name = databases.create("remediation")
-            env = steps.clean_environment(
-                DATABASE_URL=databases.url(name),
-                REDIS_URL=steps.REDIS_URL,
-                SECRET_KEY=secrets.token_urlsafe(50),
-                ALLOWED_HOSTS="127.0.0.1",
-                OMOI_DATA_DIR=tmp,
-                OMOI_HEARTBEAT_INTERVAL=str(options.interval),
-                OMOI_HEARTBEAT_SKEW="0.5",
-                # One connection per simulated-agent thread, and the jobs' own.
-                DATABASE_POOL_MAX_SIZE=str(AGENT_THREADS + 4),
-                # The bench times the loop, not the safety guards: 100 failures a
-                # minute are a storm and past the action budget by design, and the
-                # guards would (rightly) refuse most of them.
-                OMOI_WATCHDOG_BUDGET_PER_MINUTE="0",
-                OMOI_WATCHDOG_POLICY_PER_MINUTE="0",
-                OMOI_WATCHDOG_STORM_MIN_AGENTS="1000000",
-                OMOI_WATCHDOG_BREAKER_FAILURES="0",
-                OMOI_LIVENESS_STALE_SECONDS="0",
-                OMOI_TRACE_STORE="off",
-            )
-            steps.run_step(["uv", "run", "manage.py", "migrate", "--no-input", "-v", "0"], env)
-            print("inducing failures", file=sys.stderr)
-            args = [sys.executable, str(Path(__file__).resolve()), "--step"]
-            args += ["--failures", str(options.failures), "--interval", str(options.interval)]
-            args += ["--spread", str(options.spread)]
-            measured = steps.run_step(args, env, timeout=900)
+            measured = induce(options, options.spread, databases.url(name), tmp)
+            if options.simultaneous:
+                name = databases.create("remediation_simultaneous")
+                at_once = induce(options, 0.0, databases.url(name), tmp)
     except steps.BenchFailed as exc:
         print(f"bench failed: {exc}", file=sys.stderr)
         return 1
+    report = summarize(options, measured)
+    if options.simultaneous:
+        report["simultaneous"] = simultaneous_summary(at_once)
+    report["run"] = {
+        **verdict.git_commit(),
+        "started_at": started_at.isoformat(timespec="seconds"),
+        "seconds": round(time.monotonic() - started, 1),
+        "cpu_count": os.cpu_count(),
+        # A shared machine: what else ran at the start and at the end.
+        "load_average": [load_at_start, round(os.getloadavg()[0], 2)],
+    }
+    report["details"] = measured
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in report.items() if k != "details"}, indent=2))
+    return 0
+
+
+def induce(options, spread: float, database_url: str, tmp: str) -> dict:
+    """Migrate a scratch database and run one induced-failure step on it; its measurements."""
+    env = steps.clean_environment(
+        DATABASE_URL=database_url,
+        REDIS_URL=steps.REDIS_URL,
+        SECRET_KEY=secrets.token_urlsafe(50),
+        ALLOWED_HOSTS="127.0.0.1",
+        OMOI_DATA_DIR=tmp,
+        OMOI_HEARTBEAT_INTERVAL=str(options.interval),
+        OMOI_HEARTBEAT_SKEW="0.5",
+        # One connection per simulated-agent thread, and the jobs' own.
+        DATABASE_POOL_MAX_SIZE=str(AGENT_THREADS + 4),
+        # The bench times the loop, not the safety guards: 100 failures a
+        # minute are a storm and past the action budget by design, and the
+        # guards would (rightly) refuse most of them.
+        OMOI_WATCHDOG_BUDGET_PER_MINUTE="0",
+        OMOI_WATCHDOG_POLICY_PER_MINUTE="0",
+        OMOI_WATCHDOG_STORM_MIN_AGENTS="1000000",
+        OMOI_WATCHDOG_BREAKER_FAILURES="0",
+        OMOI_LIVENESS_STALE_SECONDS="0",
+        OMOI_TRACE_STORE="off",
+    )
+    steps.run_step(["uv", "run", "manage.py", "migrate", "--no-input", "-v", "0"], env)
+    print("inducing failures", file=sys.stderr)
+    args = [sys.executable, str(Path(__file__).resolve()), "--step"]
+    args += ["--failures", str(options.failures), "--interval", str(options.interval)]
+    args += ["--spread", str(spread)]
+    return steps.run_step(args, env, timeout=900)
+
+
+def summarize(options, measured: dict) -> dict:
     report = {
         "command": COMMAND,
         "failures": options.failures * 2,
@@ -643,19 +679,23 @@ def main() -> int:
     gap = remaining_gap(report, measured)
     if gap:
         report["gap"] = gap
-    report["run"] = {
-        **verdict.git_commit(),
-        "started_at": started_at.isoformat(timespec="seconds"),
-        "seconds": round(time.monotonic() - started, 1),
-        "cpu_count": os.cpu_count(),
-        # A shared machine: what else ran at the start and at the end.
-        "load_average": [load_at_start, round(os.getloadavg()[0], 2)],
+    return report
+
+
+def simultaneous_summary(measured: dict) -> dict:
+    """The mass outage: every agent failed at the same instant (no spread)."""
+    silent, reported = measured["silent"], measured["reported"]
+    return {
+        "spread_s": 0.0,
+        "restarted": reported["restarted"] + silent["restarted"],
+        "detect_p99_s": silent["detect_p99_s"],
+        "act_p50_s": reported["act_p50_s"],
+        "act_p99_s": reported["act_p99_s"],
+        "silent_act_p99_s": silent["act_p99_s"],
+        "breakdown": breakdown(measured),
+        "warm_up_s": measured["warm_up_s"],
+        "errors": measured["errors"],
     }
-    report["details"] = measured
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in report.items() if k != "details"}, indent=2))
-    return 0
 
 
 if __name__ == "__main__":

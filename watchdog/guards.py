@@ -25,7 +25,7 @@ from django.utils import timezone
 
 from monitoring.models import HEALTHY_STATES, Agent, AgentState
 from omoi_console.foundation.events import publish
-from watchdog import storm
+from watchdog import batch, storm
 from watchdog.models import ActionBudget, PolicyBreaker, SkipReason, WatchdogSwitch
 
 log = structlog.get_logger(__name__)
@@ -39,8 +39,11 @@ IN_SERVICE_STATES = HEALTHY_STATES | {AgentState.DEGRADED}
 
 
 def kill_switch() -> WatchdogSwitch | None:
-    """The switch when it is on (the whole watchdog is a dry run), else None."""
-    return WatchdogSwitch.objects.filter(pk=WatchdogSwitch.SINGLETON, dry_run=True).first()
+    """The switch when it is on (the whole watchdog is a dry run), else None.
+
+    Read once per batch of openings (``watchdog.batch``).
+    """
+    return batch.kill_switch()
 
 
 def switch_detail(switch: WatchdogSwitch) -> str:
@@ -115,7 +118,8 @@ def refusal_of(action, agent: Agent, step, now, *, spend_budget: bool = True):
         return None
     checks = [breaker_refusal(action.policy, now)]
     if step.held_in_storm:
-        checks.append(storm.refusal(agent.role, now))
+        # Once per role and batch: the first evaluation holds the role's row to the commit.
+        checks.append(batch.remembered("storm", agent.role, lambda: storm.refusal(agent.role, now)))
     if step.removes_capacity:
         checks.append(floor_refusal(agent))
     for refusal in checks:
@@ -190,11 +194,7 @@ def floor_refusal(agent: Agent) -> tuple[str, str] | None:
 
 
 def breaker_refusal(policy, now) -> tuple[str, str] | None:
-    open_until = (
-        PolicyBreaker.objects.filter(policy=policy, open_until__gt=now)
-        .values_list("open_until", flat=True)
-        .first()
-    )
+    open_until = batch.breaker_open_until(policy, now)
     if open_until is None:
         return None
     return (
@@ -216,6 +216,7 @@ def record_failure(policy, now) -> str:
         breaker.opened_at = now
         breaker.open_until = now + timedelta(seconds=settings.WATCHDOG_BREAKER_OPEN_SECONDS)
     breaker.save()
+    batch.forget("breakers", policy.pk)
     if not opens:
         return ""
     publish(

@@ -114,7 +114,9 @@ def policy_matches(policy: RemediationPolicy, agent: Agent, alert: dict | None) 
 
 def matching_policy(trigger: str, agent: Agent, alert: dict | None = None):
     """The first enabled policy (by priority) for this trigger that matches."""
-    for policy in RemediationPolicy.objects.filter(enabled=True, trigger=trigger):
+    from watchdog import batch
+
+    for policy in batch.policies(trigger):
         if policy_matches(policy, agent, alert):
             return policy
     return None

@@ -26,20 +26,16 @@ from monitoring.models import (
     HEALTHY_STATES,
     UNHEALTHY_STATES,
     Agent,
-    AgentCommand,
-    AgentHealth,
     AgentState,
-    CommandKind,
-    MonitorAnomaly,
 )
-from omoi_console.foundation.events import publish
 from omoi_console.foundation.events.tracing import (
     continued_trace,
     current_span_context,
     current_trace_ids,
 )
-from watchdog import approval, chains, guards, storm
+from watchdog import approval, batch, chains, guards, storm
 from watchdog.adapters import AdapterError, get_adapter
+from watchdog.batch import publish
 from watchdog.models import (
     OPEN_ACTION_STATUSES,
     ActionStatus,
@@ -96,7 +92,7 @@ def open_remediation(
     or None when the watchdog is off or no policy matches.
     """
     trace.get_current_span().set_attributes({"agent.id": agent_id, "watchdog.trigger": trigger})
-    agent = Agent.objects.filter(pk=agent_id).first()
+    agent = batch.agent(agent_id)
     policy = matching_policy(trigger, agent, alert) if agent else None
     if policy is None:
         return None
@@ -107,7 +103,7 @@ def open_remediation(
     episode = str(alert["alert_id"]) if alert else episode_of(agent)
     key = f"{policy.pk}:{agent.pk}:{fingerprint or trigger}:{episode}"
     with transaction.atomic():
-        existing = RemediationAction.objects.filter(idempotency_key=key).first()
+        existing = batch.action_by_key(key)
         if existing is not None:
             return existing
         now = timezone.now()
@@ -138,6 +134,7 @@ def open_remediation(
         except IntegrityError:
             # A concurrent copy of the same event got there first.
             return RemediationAction.objects.get(idempotency_key=key)
+        batch.opened(action)
         refusal = _refusal(action, agent, trigger)
         if refusal:
             reason, detail = refusal
@@ -150,14 +147,13 @@ def open_remediation(
         if settings.WATCHDOG_MODE == "dry-run" or policy.dry_run:
             _dry_run(action, agent, now)
             return action
-        _advance(action, now)
+        _advance(action, now, agent)
     return action
 
 
 def episode_of(agent: Agent) -> str:
     """The agent's current unhealthy stretch: one failure, however many events tell of it."""
-    since = agent.unhealthy_since or agent.state_changed_at
-    return since.isoformat() if since else ""
+    return batch.episode_of_agent(agent)
 
 
 def reason_for(trigger: str, policy: RemediationPolicy, alert: dict | None) -> str:
@@ -176,19 +172,9 @@ def monitoring_context(agent: Agent, alert: dict | None = None) -> dict:
         "current_task": agent.current_task,
         "task_progress": agent.task_progress,
     }
-    health = (
-        AgentHealth.objects.filter(agent_id=agent.pk)
-        .values("score", "anomalous", "components")
-        .first()
-    )
+    health, anomaly = batch.monitoring_reads(agent.pk)
     if health:
         context["health"] = health
-    anomaly = (
-        MonitorAnomaly.objects.filter(agent_id=agent.pk, ended_at__isnull=True)
-        .order_by("-started_at")
-        .values("metric", "severity", "peak_score", "detector", "started_at")
-        .first()
-    )
     if anomaly:
         context["anomaly"] = {**anomaly, "started_at": _iso(anomaly["started_at"])}
     if alert:
@@ -204,12 +190,7 @@ def _refusal(action, agent: Agent, trigger: str) -> tuple[str, str] | None:
     actionable = ALERT_ACTIONABLE_STATES if trigger == Trigger.ALERT else ACTIONABLE_STATES
     if agent.state not in actionable:
         return SkipReason.NOT_ACTIONABLE, f"agent is {agent.state}"
-    busy = (
-        RemediationAction.objects.filter(agent=agent, status__in=OPEN_ACTION_STATUSES)
-        .exclude(pk=action.pk)
-        .values_list("pk", flat=True)
-        .first()
-    )
+    busy = batch.other_open_action(action)
     if busy is not None:
         return SkipReason.BUSY, f"action {busy} is already remediating the agent"
     return None
@@ -259,9 +240,12 @@ def action_trace(action: RemediationAction):
 expire_unverified = advance_due
 
 
-def _advance(action: RemediationAction, now) -> None:
-    """Act, verify, move on: as far as the clock allows. The caller holds the row."""
-    agent = Agent.objects.get(pk=action.agent_id)
+def _advance(action: RemediationAction, now, agent: Agent | None = None) -> None:
+    """Act, verify, move on: as far as the clock allows. The caller holds the row.
+
+    ``agent``: the action's agent as the caller just read it, else read here.
+    """
+    agent = agent if agent is not None else Agent.objects.get(pk=action.agent_id)
     while action.status in OPEN_ACTION_STATUSES and action.next_step_at <= now:
         if agent.state == AgentState.TERMINATED:
             _finish(action, agent, ActionStatus.FAILED, "agent terminated", now)
@@ -295,7 +279,9 @@ def _advance(action: RemediationAction, now) -> None:
             return
         if not _act(action, agent, now):
             return
-        agent.refresh_from_db()
+        if action.status in OPEN_ACTION_STATUSES and action.next_step_at <= now:
+            # The next step is due at once: it acts on the agent as it is now.
+            agent.refresh_from_db()
     action.save()
 
 
@@ -352,6 +338,8 @@ def _act(action: RemediationAction, agent: Agent, now) -> bool:
     action.history[-1].update(outcome.record, acted=True)
     if outcome.command is not None:
         action.command = outcome.command
+    if step.is_restart:
+        batch.restart_queued(agent.pk)
     _mark_acted(agent, action, step, now)
     _publish_act(action, agent, step, outcome.detail, first)
     if outcome.final:
@@ -457,7 +445,7 @@ def restart_gate(action, agent: Agent, step, now):
     The cooldown holds the first step of a new action back from the agent's
     last action's acts; between restarts the backoff holds, the cooldown its floor.
     """
-    backoff = RestartBackoff.objects.filter(agent_id=agent.pk).first()
+    backoff = batch.backoff(agent.pk)
     if backoff is None:
         return None, ""
     gates = []
@@ -491,22 +479,35 @@ def _last_act_of_other_actions(action, backoff: RestartBackoff):
 
 
 def restarts_in_last_hour(agent: Agent, now) -> int:
-    return AgentCommand.objects.filter(
-        agent=agent,
-        kind=CommandKind.RESTART,
-        serves__startswith="remediation:",
-        created_at__gt=now - HOURLY_CAP_WINDOW,
-    ).count()
+    return batch.restarts_in_last_hour(agent.pk, now)
 
 
 def _mark_acted(agent: Agent, action, step, now) -> None:
-    backoff, _ = RestartBackoff.objects.select_for_update().get_or_create(agent_id=agent.pk)
-    if step.is_restart:
-        backoff.streak = current_streak(backoff, agent, now) + 1
-        backoff.last_restart_at = now
-    backoff.last_acted_at = now
-    backoff.last_action_id = action.pk
-    backoff.save()
+    backoff = None
+    if batch.current() is not None and batch.backoff(agent.pk) is None:
+        # The batch read no row: write it whole. A row a concurrent worker created
+        # meanwhile makes the insert fail, and the locked path below counts on it.
+        backoff = RestartBackoff(
+            agent_id=agent.pk,
+            streak=1 if step.is_restart else 0,
+            last_restart_at=now if step.is_restart else None,
+            last_acted_at=now,
+            last_action_id=action.pk,
+        )
+        try:
+            with transaction.atomic():
+                backoff.save(force_insert=True)
+        except IntegrityError:
+            backoff = None
+    if backoff is None:
+        backoff, _ = RestartBackoff.objects.select_for_update().get_or_create(agent_id=agent.pk)
+        if step.is_restart:
+            backoff.streak = current_streak(backoff, agent, now) + 1
+            backoff.last_restart_at = now
+        backoff.last_acted_at = now
+        backoff.last_action_id = action.pk
+        backoff.save()
+    batch.backoff_saved(backoff)
 
 
 def _defer(action, agent, gate, why: str, now) -> None:
@@ -554,6 +555,7 @@ def _finish(action, agent, status: str, outcome: str, now) -> None:
     action.next_step_at = None
     action.outcome = outcome[:300]
     action.save()
+    batch.closed(action)
     # Nothing this action asked of the agent may still go out.
     get_adapter().cancel(serves(action.pk), reason=f"action {action.pk} {status}")
 

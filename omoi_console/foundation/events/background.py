@@ -8,6 +8,12 @@ the writer from answering heartbeats, for as long as their handlers take.
 Inside ``dispatch_in_background()`` an eager hand-off goes to one background
 thread instead, in order; a real broker hand-off is already asynchronous and
 is left alone.
+
+Hand-offs made while the thread is busy wait together: the ones still waiting
+when it is free run as one call (``submit_batch``). A burst of commits (a
+hundred heartbeats reporting failures in the same second) is then one dispatch
+of a hundred events, whose handlers read once for all of them, instead of a
+hundred dispatches one after another, each paying its own fixed cost.
 """
 
 import contextlib
@@ -22,6 +28,8 @@ log = structlog.get_logger(__name__)
 _local = threading.local()
 _executor: ThreadPoolExecutor | None = None
 _executor_lock = threading.Lock()
+# Per function: the items handed over and not yet taken by the thread.
+_waiting: dict = {}
 
 
 @contextlib.contextmanager
@@ -39,11 +47,37 @@ def wanted() -> bool:
 
 
 def submit(func, *args) -> None:
-    global _executor
     with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(1, thread_name_prefix="omoi-dispatch")
-        _executor.submit(_run, func, *args)
+        _started().submit(_run, func, *args)
+
+
+def submit_batch(func, items, *, limit: int) -> None:
+    """Call ``func(items)`` on the background thread, together with items handed over since.
+
+    Items that wait while the thread is busy join one call (in the order they
+    came), at most ``limit`` a call.
+    """
+    with _executor_lock:
+        waiting = _waiting.get(func)
+        if waiting is not None:
+            waiting.extend(items)
+            return
+        _waiting[func] = list(items)
+        _started().submit(_run_waiting, func, limit)
+
+
+def _started() -> ThreadPoolExecutor:
+    global _executor
+    if _executor is None:
+        _executor = ThreadPoolExecutor(1, thread_name_prefix="omoi-dispatch")
+    return _executor
+
+
+def _run_waiting(func, limit: int) -> None:
+    with _executor_lock:
+        items = _waiting.pop(func)
+    for start in range(0, len(items), limit):
+        _run(func, items[start : start + limit])
 
 
 def _run(func, *args) -> None:

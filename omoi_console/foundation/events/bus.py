@@ -141,16 +141,20 @@ def dedup_window() -> timedelta:
 
 
 def enqueue_dispatch_many(event_ids: Sequence[UUID | str]) -> None:
-    """Hand events to Celery: one ``dispatch_events`` task per ``DISPATCH_BATCH`` ids."""
+    """Hand events to Celery: one ``dispatch_events`` task per ``DISPATCH_BATCH`` ids.
+
+    Eager and in the background (``background.dispatch_in_background``), events
+    handed over while the background thread is busy are dispatched together.
+    """
     from omoi_console.foundation.events.tasks import dispatch_events
 
     ids = [str(event_id) for event_id in event_ids]
+    if background.wanted() and dispatch_events.app.conf.task_always_eager:
+        # Joined by what other commits hand over while the thread is busy.
+        background.submit_batch(dispatch_events.delay, ids, limit=DISPATCH_BATCH)
+        return
     for start in range(0, len(ids), DISPATCH_BATCH):
-        batch = ids[start : start + DISPATCH_BATCH]
-        if background.wanted() and dispatch_events.app.conf.task_always_eager:
-            background.submit(dispatch_events.delay, batch)
-        else:
-            dispatch_events.delay(batch)
+        dispatch_events.delay(ids[start : start + DISPATCH_BATCH])
 
 
 def dispatch(event_id: UUID | str) -> bool:
