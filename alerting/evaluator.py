@@ -38,7 +38,7 @@ log = structlog.get_logger(__name__)
 
 # Rules claimed per round trip; a worker claims again until none is due. Large, so
 # rules that read the same rows are evaluated together (``shared_matches``).
-CLAIM_BATCH = 500
+CLAIM_BATCH = 2000
 # Alerts the sweep changes per kind and run; the rest wait for the next run.
 SWEEP_BATCH = 500
 
@@ -258,12 +258,10 @@ def apply(rule: AlertRule, matches, now: datetime) -> None:
     for match, found in zip(matches, with_agent_labels(matches), strict=True):
         labels = {**rule.labels, **found}
         wanted[lifecycle.fingerprint(rule.name, labels)] = (labels, match.value)
-    open_now = {
-        alert.fingerprint: alert
-        for alert in Alert.objects.filter(rule=rule, status__in=OPEN_STATUSES).select_related(
-            "rule"
-        )
-    }
+    open_now = {}
+    for alert in Alert.objects.filter(rule=rule, status__in=OPEN_STATUSES):
+        alert.rule = rule  # the rule at hand, not one more copy read per alert
+        open_now[alert.fingerprint] = alert
     unchanged = []
     for fingerprint, (labels, value) in wanted.items():
         alert = open_now.get(fingerprint)

@@ -42,6 +42,8 @@ COMPARE = {
     Operator.EQ: op.eq,
     Operator.NE: op.ne,
 }
+# Series named in one query at most; beyond that all are read and the rest skipped.
+MAX_LISTED_SERIES = 10_000
 QUANTILES = {Aggregation.P50: 0.50, Aggregation.P95: 0.95, Aggregation.P99: 0.99}
 
 
@@ -147,30 +149,46 @@ class ThresholdKind(RuleKind):
 
     def _sketches(self, rule, found, keys, could=None) -> list[tuple[dict, object]]:
         """(labels, the window's minute sketches merged) of each group that ``could``
-        (given the group's min and max) still meet a condition; every group if None."""
+        (given the group's min and max) still meet a condition; every group if None.
+
+        Two reads: each series' min and max over the window (one row per series, no
+        sketch), then the sketches of only the series whose group is still in play.
+        """
         from monitoring.sketches import MergedSketch
 
         names = rule.group_by or []
-        blobs: dict[tuple, list] = defaultdict(list)
+        per_series = (
+            found.annotate(**keys)
+            .values_list("series_id", *keys)
+            .annotate(low=Min("min"), high=Max("max"))
+        )
+        group_of: dict[int, tuple] = {}
         bounds: dict[tuple, list[float]] = {}
-        rows = found.annotate(**keys).values_list("sketch", "min", "max", *keys)
-        for blob, low, high, *values in rows:
+        for series_id, *values, low, high in per_series:
             key = tuple(sorted(zip(names, (value or "" for value in values), strict=True)))
-            blobs[key].append(blob)
+            group_of[series_id] = key
             seen = bounds.get(key)
             if seen is None:
                 bounds[key] = [low, high]
             else:
                 seen[0], seen[1] = min(seen[0], low), max(seen[1], high)
-        merged = []
-        for key, group in blobs.items():
-            if could is not None and not could(*bounds[key]):
+        if could is not None:
+            wanted = {key for key, (low, high) in bounds.items() if could(low, high)}
+            group_of = {pk: key for pk, key in group_of.items() if key in wanted}
+            if not group_of:
+                return []
+            if len(wanted) < len(bounds) and len(group_of) <= MAX_LISTED_SERIES:
+                found = found.filter(series_id__in=list(group_of))
+        merged: dict[tuple, MergedSketch] = {}
+        for series_id, blob in found.values_list("series_id", "sketch"):
+            key = group_of.get(series_id)  # None: out of play, or new since the first read
+            if key is None:
                 continue
-            sketch = MergedSketch()
-            for blob in group:
-                sketch.add_serialised(blob)
-            merged.append((dict(key), sketch))
-        return merged
+            sketch = merged.get(key)
+            if sketch is None:
+                sketch = merged[key] = MergedSketch()
+            sketch.add_serialised(blob)
+        return [(dict(key), sketch) for key, sketch in merged.items()]
 
 
 def could_meet(rules):
