@@ -111,25 +111,104 @@ def wants(receiver: Receiver, alert: Alert, kind: str) -> bool:
 def notify(alert: Alert, kind: str) -> list[Notification]:
     """Save one Notification per receiver now, due when its group goes out
     (``alerting.grouping``); each is sent after the transaction commits, once due."""
-    created = []
+    return notify_many([alert], kind)
+
+
+def notify_many(alerts: list[Alert], kind: str) -> list[Notification]:
+    """``notify`` for alerts that changed together (a rule's evaluation): each group's
+    row is locked and planned once for all the alerts joining it, the notifications
+    are inserted together, and each group's due batch is handed to the delivery task
+    once, not once per alert."""
     now = timezone.now()
-    # Atomic: a group's row is locked while its notifications join it.
-    labels = routing_labels(alert)
-    with transaction.atomic():
+    joining = []
+    for alert in alerts:
+        labels = routing_labels(alert)
         for destination in destinations_for(alert):
-            receiver = destination.receiver
-            if not wants(receiver, alert, kind):
-                continue
-            group, due = None, None
-            if receiver.transport.groups:
-                if kind == NotificationKind.RESOLVED and grouping.cancel_unsent(alert, receiver):
-                    # It resolved before its group went out: this receiver never hears of it.
-                    log.info("notification.cancelled", alert_id=alert.pk, receiver=receiver.name)
-                    continue
-                group, due = grouping.schedule(alert, kind, destination, now, labels)
-            notification = create_notification(alert, kind, receiver, group=group, due=due)
-            if notification is not None:
-                created.append(notification)
+            if wants(destination.receiver, alert, kind):
+                joining.append((alert, destination, labels))
+    if not joining:
+        return []
+    # Atomic: a group's row is locked while its notifications join it.
+    with transaction.atomic():
+        if kind == NotificationKind.RESOLVED:
+            # Resolved before its group went out: that receiver never hears of it.
+            cancelled = grouping.cancel_unsent_many(
+                [(a, d.receiver) for a, d, _ in joining if d.receiver.transport.groups]
+            )
+            for alert_id, receiver_id in sorted(cancelled):
+                log.info("notification.cancelled", alert_id=alert_id, receiver_id=receiver_id)
+            joining = [j for j in joining if (j[0].pk, j[1].receiver.pk) not in cancelled]
+        planned = grouping.schedule_many(
+            [j for j in joining if j[1].receiver.transport.groups], kind, now
+        )
+        return create_notifications(
+            [
+                (alert, d.receiver, *planned.get((alert.pk, d.receiver.pk), (None, None)))
+                for alert, d, _ in joining
+            ],
+            kind,
+        )
+
+
+def create_notifications(wanted, kind: str) -> list[Notification]:
+    """The notifications of ``kind`` for (alert, receiver, group, due) that do not have
+    one yet, inserted together and handed to the delivery task after commit: one
+    hand-off per group's due batch (the task takes the group's due mates with it),
+    one per notification outside a group."""
+    trace_id, _ = current_trace_ids()
+    now = timezone.now()
+    have = set(
+        Notification.objects.filter(
+            alert_id__in={alert.pk for alert, *_ in wanted},
+            receiver_id__in={receiver.pk for _, receiver, *_ in wanted},
+            kind=kind,
+            resent_from=None,
+        ).values_list("alert_id", "receiver_id")
+    )
+    rows, seen = [], set()
+    for alert, receiver, group, due in wanted:
+        if (alert.pk, receiver.pk) in have | seen:
+            continue
+        seen.add((alert.pk, receiver.pk))
+        rows.append(
+            Notification(
+                alert=alert,
+                kind=kind,
+                receiver=receiver,
+                channel=receiver.kind,
+                target=receiver.transport.target(receiver),
+                trace_id=trace_id,
+                group=group,
+                next_attempt_at=due or now,
+            )
+        )
+    if not rows:
+        return []
+    try:
+        with transaction.atomic():
+            created = Notification.objects.bulk_create(rows)
+    except IntegrityError:
+        # Another writer took one of them meanwhile: one by one, each keeping its own.
+        created = [
+            n
+            for n in (
+                create_notification(r.alert, kind, r.receiver, group=r.group, due=r.next_attempt_at)
+                for r in rows
+            )
+            if n is not None
+        ]
+        return created
+    heads: dict[tuple, list[Notification]] = {}
+    for notification in created:
+        if notification.group_id is None:
+            _hand_over(notification, now)
+        else:
+            heads.setdefault((notification.group_id, notification.next_attempt_at), []).append(
+                notification
+            )
+    for batch in heads.values():
+        for start in range(0, len(batch), grouping.MAX_BATCH):
+            _hand_over(batch[start], now)
     return created
 
 
@@ -177,6 +256,12 @@ def create_notification(
     )
     if not new:
         return None
+    _hand_over(notification, now)
+    return notification
+
+
+def _hand_over(notification: Notification, now) -> None:
+    """The delivery task for the notification, once the transaction commits, at its due."""
     wait = (notification.next_attempt_at - now).total_seconds()
     send = functools.partial(enqueue_delivery, notification.pk)
     if wait > 0:
@@ -185,7 +270,6 @@ def create_notification(
     # ended: the hand-off runs in its context, so the task's publish carries the
     # alert's trace to the worker (or, eager, runs inside it).
     transaction.on_commit(functools.partial(in_context, context.get_current(), send), robust=True)
-    return notification
 
 
 def enqueue_delivery(notification_id: int, countdown: float = 0.0) -> None:

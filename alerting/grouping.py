@@ -36,7 +36,6 @@ from alerting.models import (
     Notification,
     NotificationKind,
     NotificationStatus,
-    Receiver,
 )
 from alerting.routing import Destination, Grouping
 
@@ -60,14 +59,31 @@ def group_key(destination: Destination, labels: dict[str, str]) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-def schedule(alert: Alert, kind: str, destination: Destination, now: datetime, labels: dict):
-    """The group ``alert`` joins at the destination's receiver, and when its notification
-    of ``kind`` is due. ``labels``: the alert's, as routes see them. Locks the group row
-    for the rest of the caller's transaction."""
+def schedule_many(joining, kind: str, now: datetime) -> dict[tuple[int, int], tuple]:
+    """The group each (alert, destination, labels) joins at the destination's receiver,
+    and when its notification of ``kind`` is due; ``labels`` are the alert's, as routes
+    see them. Each group's row is read, locked (for the rest of the caller's
+    transaction) and planned once for all the alerts that join it, as if they joined
+    one after another: the first plans the flush, the others join it. By (alert id,
+    receiver id): (group, due)."""
+    members: dict[str, tuple] = {}
+    for alert, destination, labels in joining:
+        grouped = group_labels(labels, destination.grouping.group_by)
+        key = group_key(destination, grouped)
+        members.setdefault(key, (destination, grouped, []))[2].append(alert)
+    planned = {}
+    for key in sorted(members):  # one lock order for every caller: no deadlock
+        destination, grouped, alerts = members[key]
+        group, due = _plan(key, destination, grouped, alerts[0], kind, now)
+        for alert in alerts:
+            planned[(alert.pk, destination.receiver.pk)] = (group, due)
+    return planned
+
+
+def _plan(key: str, destination: Destination, labels: dict, first: Alert, kind: str, now):
     grouping = destination.grouping
-    labels = group_labels(labels, grouping.group_by)
     group, _ = AlertGroup.objects.get_or_create(
-        key=group_key(destination, labels),
+        key=key,
         defaults={
             "receiver": destination.receiver,
             "route": destination.route,
@@ -78,7 +94,7 @@ def schedule(alert: Alert, kind: str, destination: Destination, now: datetime, l
     group = AlertGroup.objects.select_for_update().get(pk=group.pk)
     if group.flush_at is not None:
         due = group.flush_at  # a flush is already planned: join it
-    elif group.flushed_at is None or (kind in FIRING_KINDS and _idle(group, alert)):
+    elif group.flushed_at is None or (kind in FIRING_KINDS and _idle(group, first)):
         due = now + grouping.group_wait  # a new group (or one whose alerts all ended)
     else:
         due = max(now, group.flushed_at + grouping.group_interval)
@@ -97,17 +113,33 @@ def _idle(group: AlertGroup, alert: Alert) -> bool:
     )
 
 
-def cancel_unsent(alert: Alert, receiver: Receiver) -> int:
-    """Cancel the alert's firing notifications to ``receiver`` that still wait for their
-    group; how many. Not one that is being retried: that receiver may have it already."""
-    return Notification.objects.filter(
-        alert=alert,
-        receiver=receiver,
-        kind__in=FIRING_KINDS,
-        status=NotificationStatus.PENDING,
-        attempts=0,
-        group__isnull=False,
-    ).update(status=NotificationStatus.CANCELLED)
+def cancel_unsent_many(pairs) -> set[tuple[int, int]]:
+    """Cancel the firing notifications of (alert, receiver) pairs that still wait for
+    their group: the (alert id, receiver id) pairs that had one. Not one that is being
+    retried: that receiver may have it already."""
+    wanted = {(alert.pk, receiver.pk) for alert, receiver in pairs}
+    if not wanted:
+        return set()
+    waiting = list(
+        Notification.objects.select_for_update(of=("self",))
+        .filter(
+            alert_id__in={alert for alert, _ in wanted},
+            receiver_id__in={receiver for _, receiver in wanted},
+            kind__in=FIRING_KINDS,
+            status=NotificationStatus.PENDING,
+            attempts=0,
+            group__isnull=False,
+        )
+        .values_list("pk", "alert_id", "receiver_id")
+    )
+    hit = [
+        (pk, (alert, receiver)) for pk, alert, receiver in waiting if (alert, receiver) in wanted
+    ]
+    if hit:
+        Notification.objects.filter(pk__in=[pk for pk, _ in hit]).update(
+            status=NotificationStatus.CANCELLED
+        )
+    return {pair for _, pair in hit}
 
 
 def repeat_ticks(grouping_interval: timedelta, repeat_interval: timedelta) -> timedelta:

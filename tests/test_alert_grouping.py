@@ -109,6 +109,29 @@ def test_it_waits_group_wait_then_sends_the_groups_alerts_in_one_notification(
 
 
 @pytest.mark.django_db
+def test_alerts_that_changed_together_plan_their_group_once_and_go_out_together(
+    hook, clock, at, fire, monkeypatch, django_capture_on_commit_callbacks
+):
+    monkeypatch.setattr(lifecycle, "notify", lambda alert, kind: [])
+    alerts = [fire(f"worker-{n:02}") for n in range(5)]
+    monkeypatch.undo()
+
+    with django_capture_on_commit_callbacks() as handed_over:
+        created = delivery.notify_many(alerts, NotificationKind.FIRING)
+
+    assert len(created) == 5
+    assert AlertGroup.objects.count() == 1
+    assert {(n.group_id, n.next_attempt_at) for n in created} == {
+        (AlertGroup.objects.get().pk, T0 + timedelta(seconds=30))
+    }
+    assert len(handed_over) == 1  # the task takes the group's due mates with it
+    assert delivery.notify_many(alerts, NotificationKind.FIRING) == []
+    at(30)
+    [request] = hook.requests
+    assert sorted(told(request)) == [(f"worker-{n:02}", "firing") for n in range(5)]
+
+
+@pytest.mark.django_db
 def test_it_never_tells_of_an_alert_that_resolved_within_group_wait(hook, clock, at, fire, resolve):
     alert = fire("worker-01")
     at(10)
