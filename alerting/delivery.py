@@ -198,17 +198,17 @@ def create_notifications(wanted, kind: str) -> list[Notification]:
             if n is not None
         ]
         return created
-    heads: dict[tuple, list[Notification]] = {}
+    # The task for a grouped notification takes its group's due mates with it: one per
+    # group and due time (and per MAX_BATCH of them). The others go in lists.
+    batches: dict[tuple, list[int]] = {}
     for notification in created:
-        if notification.group_id is None:
-            _hand_over(notification, now)
-        else:
-            heads.setdefault((notification.group_id, notification.next_attempt_at), []).append(
-                notification
-            )
-    for batch in heads.values():
-        for start in range(0, len(batch), grouping.MAX_BATCH):
-            _hand_over(batch[start], now)
+        key = (notification.group_id, notification.next_attempt_at)
+        batches.setdefault(key, []).append(notification.pk)
+    for (group_id, due), ids in batches.items():
+        step = grouping.MAX_BATCH
+        heads = ids[::step] if group_id is not None else None
+        for start in range(0, len(ids), step):
+            _hand_over([heads[start // step]] if heads else ids[start : start + step], due, now)
     return created
 
 
@@ -256,20 +256,34 @@ def create_notification(
     )
     if not new:
         return None
-    _hand_over(notification, now)
+    _hand_over([notification.pk], notification.next_attempt_at, now)
     return notification
 
 
-def _hand_over(notification: Notification, now) -> None:
-    """The delivery task for the notification, once the transaction commits, at its due."""
-    wait = (notification.next_attempt_at - now).total_seconds()
-    send = functools.partial(enqueue_delivery, notification.pk)
-    if wait > 0:
-        send = functools.partial(enqueue_delivery, notification.pk, countdown=wait)
+def _hand_over(ids: list[int], due, now) -> None:
+    """The delivery of these notifications, once the transaction commits, at their due."""
+    wait = (due - now).total_seconds()
+    send = functools.partial(enqueue_deliveries, ids, countdown=max(0.0, wait))
     # On-commit callbacks run after the span that created the notification has
     # ended: the hand-off runs in its context, so the task's publish carries the
     # alert's trace to the worker (or, eager, runs inside it).
     transaction.on_commit(functools.partial(in_context, context.get_current(), send), robust=True)
+
+
+def enqueue_deliveries(notification_ids: list[int], countdown: float = 0.0) -> None:
+    """One task for the notifications (one attempt each, in order)."""
+    from alerting.tasks import deliver_notifications
+
+    if len(notification_ids) == 1:
+        if countdown > 0:
+            enqueue_delivery(notification_ids[0], countdown=countdown)
+        else:
+            enqueue_delivery(notification_ids[0])
+    elif countdown > 0:
+        # The periodic sweep (deliver_due_notifications) sends them too, should this be lost.
+        deliver_notifications.apply_async((notification_ids,), countdown=countdown)
+    else:
+        deliver_notifications.delay(notification_ids)
 
 
 def enqueue_delivery(notification_id: int, countdown: float = 0.0) -> None:

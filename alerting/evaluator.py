@@ -258,34 +258,43 @@ def apply(rule: AlertRule, matches, now: datetime) -> None:
     for match, found in zip(matches, with_agent_labels(matches), strict=True):
         labels = {**rule.labels, **found}
         wanted[lifecycle.fingerprint(rule.name, labels)] = (labels, match.value)
+    instantly = rule.for_duration.total_seconds() <= 0
     open_now = {}
     for alert in Alert.objects.filter(rule=rule, status__in=OPEN_STATUSES):
         alert.rule = rule  # the rule at hand, not one more copy read per alert
         open_now[alert.fingerprint] = alert
+    # Each kind of change is written for all the rule's alerts at once: an outage that
+    # trips a rule for much of the fleet costs a few statements, not a few per alert.
+    opened = lifecycle.open_pending_many(
+        rule, [found for key, found in wanted.items() if key not in open_now], now
+    )
+    firing = [a for a in opened if a.status == AlertStatus.PENDING] if instantly else []
     unchanged = []
-    for fingerprint, (labels, value) in wanted.items():
-        alert = open_now.get(fingerprint)
+    for key, (_, value) in wanted.items():
+        alert = open_now.get(key)
         if alert is None:
-            alert = lifecycle.open_pending(rule, labels, value, now)
-            if rule.for_duration.total_seconds() <= 0:
-                lifecycle.promote(alert, now)
             continue
         alert.value, alert.last_matched_at = value, now
         alert.summary = lifecycle.render_template(rule.summary, alert.labels, value)[:500]
         if alert.status == AlertStatus.PENDING and now - alert.started_at >= rule.for_duration:
-            lifecycle.promote(alert, now)
+            firing.append(alert)
         else:
             unchanged.append(alert)
+    lifecycle.promote_many(firing, now)
     # Alerts that still match and keep their state: one statement for them all.
     bulk.update_rows(
         Alert,
         ["value", "last_matched_at", "summary"],
         [(alert.pk, alert.value, now, alert.summary) for alert in unchanged],
     )
-    for fingerprint, alert in open_now.items():
-        if fingerprint in wanted:
-            continue
-        if alert.status == AlertStatus.PENDING:
-            lifecycle.drop_pending(alert, now)
-        elif now - (alert.last_matched_at or alert.started_at) >= rule.keep_firing_for:
-            lifecycle.resolve_alert(alert, reason="condition cleared")
+    cleared = [alert for key, alert in open_now.items() if key not in wanted]
+    lifecycle.drop_pending_many([a for a in cleared if a.status == AlertStatus.PENDING], now)
+    lifecycle.resolve_many(
+        [
+            alert
+            for alert in cleared
+            if alert.status != AlertStatus.PENDING
+            and now - (alert.last_matched_at or alert.started_at) >= rule.keep_firing_for
+        ],
+        reason="condition cleared",
+    )

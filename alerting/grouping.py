@@ -38,6 +38,7 @@ from alerting.models import (
     NotificationStatus,
 )
 from alerting.routing import Destination, Grouping
+from omoi_console.foundation import bulk
 
 log = structlog.get_logger(__name__)
 
@@ -71,36 +72,43 @@ def schedule_many(joining, kind: str, now: datetime) -> dict[tuple[int, int], tu
         grouped = group_labels(labels, destination.grouping.group_by)
         key = group_key(destination, grouped)
         members.setdefault(key, (destination, grouped, []))[2].append(alert)
-    planned = {}
-    for key in sorted(members):  # one lock order for every caller: no deadlock
-        destination, grouped, alerts = members[key]
-        group, due = _plan(key, destination, grouped, alerts[0], kind, now)
+    if not members:
+        return {}
+    AlertGroup.objects.bulk_create(
+        [
+            AlertGroup(
+                key=key,
+                receiver=destination.receiver,
+                route=destination.route,
+                labels=grouped,
+                created_at=now,
+            )
+            for key, (destination, grouped, _) in members.items()
+        ],
+        ignore_conflicts=True,  # the groups that exist already keep their rows
+    )
+    # One lock order for every caller (by key): two batches never deadlock.
+    groups = (
+        AlertGroup.objects.select_for_update(of=("self",))
+        .filter(key__in=list(members))
+        .order_by("key")
+    )
+    planned, flushes = {}, []
+    for group in groups:
+        destination, _, alerts = members[group.key]
+        grouping = destination.grouping
+        if group.flush_at is not None:
+            due = group.flush_at  # a flush is already planned: join it
+        elif group.flushed_at is None or (kind in FIRING_KINDS and _idle(group, alerts[0])):
+            due = now + grouping.group_wait  # a new group (or one whose alerts all ended)
+        else:
+            due = max(now, group.flushed_at + grouping.group_interval)
+        group.flush_at = due
+        flushes.append((group.pk, due))
         for alert in alerts:
             planned[(alert.pk, destination.receiver.pk)] = (group, due)
+    bulk.update_rows(AlertGroup, ["flush_at"], flushes)
     return planned
-
-
-def _plan(key: str, destination: Destination, labels: dict, first: Alert, kind: str, now):
-    grouping = destination.grouping
-    group, _ = AlertGroup.objects.get_or_create(
-        key=key,
-        defaults={
-            "receiver": destination.receiver,
-            "route": destination.route,
-            "labels": labels,
-            "created_at": now,
-        },
-    )
-    group = AlertGroup.objects.select_for_update().get(pk=group.pk)
-    if group.flush_at is not None:
-        due = group.flush_at  # a flush is already planned: join it
-    elif group.flushed_at is None or (kind in FIRING_KINDS and _idle(group, first)):
-        due = now + grouping.group_wait  # a new group (or one whose alerts all ended)
-    else:
-        due = max(now, group.flushed_at + grouping.group_interval)
-    group.flush_at = due
-    group.save(update_fields=["flush_at"])
-    return group, due
 
 
 def _idle(group: AlertGroup, alert: Alert) -> bool:

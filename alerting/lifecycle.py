@@ -14,7 +14,7 @@ from django.utils import timezone
 from opentelemetry import trace
 
 from alerting import suppression
-from alerting.delivery import notify, notify_escalation
+from alerting.delivery import notify, notify_escalation, notify_many
 from alerting.models import (
     OPEN_STATUSES,
     Alert,
@@ -25,7 +25,8 @@ from alerting.models import (
     NotificationKind,
     RuleKind,
 )
-from omoi_console.foundation.events import publish
+from omoi_console.foundation import bulk
+from omoi_console.foundation.events import NewEvent, publish, publish_many
 from omoi_console.foundation.events.tracing import current_trace_ids
 
 log = structlog.get_logger(__name__)
@@ -82,8 +83,17 @@ def render_template(text: str, labels: dict, value: float | None = None) -> str:
 
 def record(alert: Alert, change: str, actor: str, detail: str = "", at=None) -> None:
     """One row of the alert's history."""
-    AlertEvent.objects.create(
-        alert=alert, change=change, actor=actor[:160], detail=detail[:500], at=at or timezone.now()
+    record_many([(alert, detail)], change, actor, at)
+
+
+def record_many(changes, change: str, actor: str, at=None) -> None:
+    """One history row per (alert, detail), all of one change, in one INSERT."""
+    at = at or timezone.now()
+    AlertEvent.objects.bulk_create(
+        [
+            AlertEvent(alert=alert, change=change, actor=actor[:160], detail=detail[:500], at=at)
+            for alert, detail in changes
+        ]
     )
 
 
@@ -149,50 +159,116 @@ def open_pending(rule: AlertRule, labels: dict, value: float | None, now) -> Ale
     return alert
 
 
+def open_pending_many(rule: AlertRule, found: list[tuple[dict, float | None]], now) -> list:
+    """``open_pending`` for many label sets of one rule at once (one INSERT for the
+    alerts, one for their history); one by one if one of them lost a race."""
+    trace_id, _ = current_trace_ids()
+    rows = [
+        Alert(
+            rule=rule,
+            fingerprint=fingerprint(rule.name, labels),
+            labels=labels,
+            severity=rule.severity,
+            summary=render_template(rule.summary, labels, value)[:500],
+            status=AlertStatus.PENDING,
+            started_at=now,
+            value=value,
+            last_matched_at=now,
+            trace_id=trace_id,
+        )
+        for labels, value in found
+    ]
+    if not rows:
+        return []
+    try:
+        with transaction.atomic():
+            opened = Alert.objects.bulk_create(rows)
+    except IntegrityError:
+        return [open_pending(rule, labels, value, now) for labels, value in found]
+    record_many(
+        [(alert, f"value {alert.value}") for alert in opened], AlertChange.PENDING, "evaluator", now
+    )
+    return opened
+
+
 def drop_pending(alert: Alert, now) -> None:
     """A pending alert whose condition cleared before ``for``: closed, nobody told."""
-    alert.status = AlertStatus.RESOLVED
-    alert.resolved_at = now
-    alert.resolution = "condition cleared before it fired"
-    alert.save(update_fields=["status", "resolved_at", "resolution"])
-    record(alert, AlertChange.DROPPED, "evaluator", alert.resolution, now)
+    drop_pending_many([alert], now)
+
+
+def drop_pending_many(alerts: list[Alert], now) -> None:
+    """``drop_pending`` for many alerts: one UPDATE, one INSERT of their history."""
+    reason = "condition cleared before it fired"
+    for alert in alerts:
+        alert.status, alert.resolved_at, alert.resolution = AlertStatus.RESOLVED, now, reason
+    Alert.objects.filter(pk__in=[alert.pk for alert in alerts]).update(
+        status=AlertStatus.RESOLVED, resolved_at=now, resolution=reason
+    )
+    record_many([(alert, reason) for alert in alerts], AlertChange.DROPPED, "evaluator", now)
 
 
 def promote(alert: Alert, now) -> Alert:
     """A pending alert whose condition held for the rule's ``for``: it fires now."""
-    alert.status = AlertStatus.FIRING
-    alert.fired_at = alert.announced_at = now
-    alert.save(
-        update_fields=["status", "fired_at", "announced_at", "value", "last_matched_at", "summary"]
-    )
-    record(alert, AlertChange.FIRING, "evaluator", f"value {alert.value}", now)
-    announce_firing(alert)
+    promote_many([alert], now)
     return alert
+
+
+def promote_many(alerts: list[Alert], now) -> None:
+    """``promote`` for alerts that fire together: their rows, history, events and
+    notifications written a few statements for them all."""
+    if not alerts:
+        return
+    for alert in alerts:
+        alert.status = AlertStatus.FIRING
+        alert.fired_at = alert.announced_at = now
+    bulk.update_rows(
+        Alert,
+        ["status", "fired_at", "announced_at", "value", "last_matched_at", "summary"],
+        [(a.pk, a.status, now, now, a.value, a.last_matched_at, a.summary) for a in alerts],
+    )
+    record_many([(a, f"value {a.value}") for a in alerts], AlertChange.FIRING, "evaluator", now)
+    announce_firing_many(alerts)
 
 
 def announce_firing(alert: Alert) -> None:
     """The event and the notifications of an alert that started firing."""
-    rule, labels = alert.rule, alert.labels
-    publish(
-        "monitor.alert.triggered",
-        {
-            "alert_id": alert.pk,
-            "rule": rule.name,
-            "severity": alert.severity,
-            "fingerprint": alert.fingerprint,
-            "labels": labels,
-            "summary": alert.summary,
-        },
-        key=f"alert.triggered:{alert.pk}",
+    announce_firing_many([alert])
+
+
+def announce_firing_many(alerts: list[Alert]) -> None:
+    """``announce_firing`` for alerts that started firing together: one INSERT of their
+    events, their suppression read once, their notifications planned together."""
+    publish_many(
+        NewEvent(
+            "monitor.alert.triggered",
+            {
+                "alert_id": alert.pk,
+                "rule": alert.rule.name,
+                "severity": alert.severity,
+                "fingerprint": alert.fingerprint,
+                "labels": alert.labels,
+                "summary": alert.summary,
+            },
+            key=f"alert.triggered:{alert.pk}",
+        )
+        for alert in alerts
     )
-    held = suppression.reason_for(alert, timezone.now())
-    if held:
-        alert.suppressed_by = held
-        alert.save(update_fields=["suppressed_by"])
-        record(alert, AlertChange.SUPPRESSED, "alerting", held)
-    else:
-        notify(alert, NotificationKind.FIRING)
-    log.warning("alert.fired", alert_id=alert.pk, rule=rule.name, labels=labels, held=held)
+    now = timezone.now()
+    reasons = suppression.reasons_for(alerts, now)
+    held = [alert for alert in alerts if reasons[alert.pk]]
+    for alert in held:
+        alert.suppressed_by = reasons[alert.pk]
+    bulk.update_rows(Alert, ["suppressed_by"], [(a.pk, a.suppressed_by) for a in held])
+    record_many([(a, a.suppressed_by) for a in held], AlertChange.SUPPRESSED, "alerting", now)
+    notify_many([alert for alert in alerts if not reasons[alert.pk]], NotificationKind.FIRING)
+    for alert in alerts:
+        log.warning(
+            "alert.fired",
+            alert_id=alert.pk,
+            rule=alert.rule.name,
+            labels=alert.labels,
+            held=reasons[alert.pk],
+        )
 
 
 def release(alert: Alert, now) -> bool:
@@ -214,26 +290,47 @@ def release(alert: Alert, now) -> bool:
 
 def resolve_alert(alert: Alert, *, reason: str, actor: str = "alerting") -> Alert:
     """Close an open alert and notify that it is resolved."""
+    closed = resolve_many([alert], reason=reason, actor=actor)
+    return closed[0] if closed else Alert.objects.select_related("rule").get(pk=alert.pk)
+
+
+def resolve_many(alerts: list[Alert], *, reason: str, actor: str = "alerting") -> list[Alert]:
+    """Close the alerts still open among ``alerts`` (read again under a row lock) and
+    notify that they are resolved; the ones it closed."""
     with transaction.atomic():
-        alert = _locked(alert)
-        if not alert.is_open:
-            return alert
+        closing = list(
+            Alert.objects.select_for_update(of=("self",))
+            .select_related("rule")
+            .filter(pk__in=[alert.pk for alert in alerts], status__in=OPEN_STATUSES)
+            .order_by("pk")
+        )
+        if not closing:
+            return []
         now = timezone.now()
-        alert.status = AlertStatus.RESOLVED
-        alert.resolved_at = now
-        alert.resolution = reason[:500]
-        alert.save(update_fields=["status", "resolved_at", "resolution"])
-        record(alert, AlertChange.RESOLVED, actor, reason, now)
-        publish(
-            "monitor.alert.resolved",
-            about(alert, duration_seconds=(now - alert.started_at).total_seconds()),
-            key=f"alert.resolved:{alert.pk}",
+        for alert in closing:
+            alert.status, alert.resolved_at, alert.resolution = (
+                AlertStatus.RESOLVED,
+                now,
+                reason[:500],
+            )
+        Alert.objects.filter(pk__in=[alert.pk for alert in closing]).update(
+            status=AlertStatus.RESOLVED, resolved_at=now, resolution=reason[:500]
+        )
+        record_many([(alert, reason) for alert in closing], AlertChange.RESOLVED, actor, now)
+        publish_many(
+            NewEvent(
+                "monitor.alert.resolved",
+                about(alert, duration_seconds=(now - alert.started_at).total_seconds()),
+                key=f"alert.resolved:{alert.pk}",
+            )
+            for alert in closing
         )
         # Told to whoever was told it fired; an alert held back the whole time only
         # to receivers that ask for it (send_resolved_when_silenced).
-        notify(alert, NotificationKind.RESOLVED)
-    log.info("alert.resolved", alert_id=alert.pk, reason=reason)
-    return alert
+        notify_many(closing, NotificationKind.RESOLVED)
+    for alert in closing:
+        log.info("alert.resolved", alert_id=alert.pk, reason=reason)
+    return closing
 
 
 def resolve_rule_alerts(rule: AlertRule, *, reason: str) -> int:

@@ -13,6 +13,7 @@ told only to receivers that ask for it (``send_resolved_when_silenced``).
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db.models import Count
 
 from alerting import matchers as matcher_text
 from alerting.models import Alert, AlertStatus, InhibitRule, Silence
@@ -23,44 +24,67 @@ INHIBITING = (AlertStatus.FIRING, AlertStatus.ACKNOWLEDGED)
 
 def reason_for(alert: Alert, now: datetime) -> str:
     """Why this alert's notifications are held back now, or "" when they are not."""
-    flaps = flapping(alert, now)
-    if flaps:
-        return f"flapping: resolved {flaps} times in the last {settings.ALERT_FLAP_WINDOW_SECONDS}s"
-    silence = silenced_by(alert.labels, now)
-    if silence is not None:
-        return f"silence {silence.pk}"
-    source = inhibited_by(alert)
-    if source is not None:
-        return f"inhibited by alert {source.pk}"
-    return ""
+    return reasons_for([alert], now)[alert.pk]
 
 
-def flapping(alert: Alert, now: datetime) -> int:
-    """How often this alert's label set resolved recently, when that is often enough to
-    call it flapping (else 0). A flapping alert notifies once it has calmed down."""
-    if settings.ALERT_FLAP_COUNT <= 0:
-        return 0
+def reasons_for(alerts: list[Alert], now: datetime) -> dict[int, str]:
+    """``reason_for`` of many alerts (by id), reading the recent resolutions, the
+    active silences and the inhibit rules once for them all."""
+    flaps = flapping(alerts, now)
+    silences = [
+        (silence, matcher_text.parse_all(silence.matchers))
+        for silence in Silence.objects.filter(starts_at__lte=now, ends_at__gt=now)
+    ]
+    inhibit_rules = list(InhibitRule.objects.filter(enabled=True)) if alerts else []
+    reasons = {}
+    for alert in alerts:
+        reasons[alert.pk] = ""
+        if flaps.get(alert.fingerprint):
+            reasons[alert.pk] = (
+                f"flapping: resolved {flaps[alert.fingerprint]} times in the last "
+                f"{settings.ALERT_FLAP_WINDOW_SECONDS}s"
+            )
+            continue
+        silence = next(
+            (s for s, found in silences if matcher_text.matches_all(found, alert.labels)), None
+        )
+        if silence is not None:
+            reasons[alert.pk] = f"silence {silence.pk}"
+            continue
+        source = inhibited_by(alert, inhibit_rules)
+        if source is not None:
+            reasons[alert.pk] = f"inhibited by alert {source.pk}"
+    return reasons
+
+
+def flapping(alerts: list[Alert], now: datetime) -> dict[str, int]:
+    """How often each alert's label set resolved recently, by fingerprint, for those
+    that did often enough to call it flapping. A flapping alert notifies once it has
+    calmed down."""
+    if settings.ALERT_FLAP_COUNT <= 0 or not alerts:
+        return {}
     since = now - timedelta(seconds=settings.ALERT_FLAP_WINDOW_SECONDS)
     resolved = (
         Alert.objects.filter(
-            fingerprint=alert.fingerprint, status=AlertStatus.RESOLVED, resolved_at__gte=since
+            fingerprint__in={alert.fingerprint for alert in alerts},
+            status=AlertStatus.RESOLVED,
+            resolved_at__gte=since,
         )
-        .exclude(pk=alert.pk)
-        .count()
+        .exclude(pk__in=[alert.pk for alert in alerts])
+        .order_by()
+        .values("fingerprint")
+        .annotate(times=Count("pk"))
     )
-    return resolved if resolved >= settings.ALERT_FLAP_COUNT else 0
+    return {
+        row["fingerprint"]: row["times"]
+        for row in resolved
+        if row["times"] >= settings.ALERT_FLAP_COUNT
+    }
 
 
-def silenced_by(labels: dict, now: datetime) -> Silence | None:
-    for silence in Silence.objects.filter(starts_at__lte=now, ends_at__gt=now):
-        if matcher_text.matches_all(matcher_text.parse_all(silence.matchers), labels):
-            return silence
-    return None
-
-
-def inhibited_by(alert: Alert) -> Alert | None:
-    """A firing alert that inhibits this one under some inhibit rule, if any."""
-    for rule in InhibitRule.objects.filter(enabled=True):
+def inhibited_by(alert: Alert, rules: list[InhibitRule]) -> Alert | None:
+    """A firing alert that inhibits this one under one of the (enabled) inhibit rules."""
+    for rule in rules:
         targets = matcher_text.parse_all(rule.target_matchers)
         if not matcher_text.matches_all(targets, alert.labels):
             continue

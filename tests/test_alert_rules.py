@@ -7,7 +7,7 @@ import time_machine
 from django.core.exceptions import ValidationError
 from django.db import connection
 
-from alerting import evaluator, matchers
+from alerting import evaluator, matchers, routing
 from alerting.models import Alert, AlertRule, AlertStatus, Notification
 from alerting.rules import KINDS
 from monitoring.models import Agent, AgentState, MetricSeries, MonitorAnomaly
@@ -699,6 +699,46 @@ def test_it_merges_only_the_sketches_that_could_meet_a_percentile_rule(monkeypat
     assert any(everything.values())
     assert set(merged) == {len(groups)}
     assert min(pruned_merges) == 0 and sum(pruned_merges) < sum(merged)
+
+
+@pytest.mark.django_db
+def test_it_writes_a_fleet_wide_breach_in_statements_that_do_not_grow_with_the_fleet(
+    django_capture_on_commit_callbacks,
+):
+    from django.test.utils import CaptureQueriesContext
+
+    def fleet(tag: str, size: int) -> AlertRule:
+        for n in range(size):
+            depth([500.0] * 10, agent=f"{tag}-{n}", queue="inbox")
+        return saved(name=f"deep-{tag}", matchers=[f"agent=~{tag}-.*"])
+
+    def statements(target: AlertRule, at: datetime) -> int:
+        """The evaluation's own (the route tree held, as a tick holds it); the deliveries
+        it hands over run after it, uncounted."""
+        with (
+            routing.tree_held(),
+            django_capture_on_commit_callbacks() as handed_over,
+            CaptureQueriesContext(connection) as seen,
+        ):
+            evaluator.evaluate_rule(target, at)
+        for callback in handed_over:
+            callback()
+        return len(seen.captured_queries)
+
+    small, large = fleet("s", 2), fleet("l", 12)
+    fired = {target: statements(target, NOW) for target in (small, large)}
+    firing = Alert.objects.filter(rule=large, status=AlertStatus.FIRING)
+    assert firing.count() == 12
+    assert Notification.objects.filter(alert__rule=large).count() >= 12
+    assert Event.objects.filter(name="monitor.alert.triggered").count() == 14
+
+    MetricSeries.objects.all().delete()  # the condition clears everywhere
+    later = NOW + timedelta(minutes=1)
+    resolved = {target: statements(target, later) for target in (small, large)}
+
+    assert Alert.objects.filter(status=AlertStatus.RESOLVED).count() == 14
+    assert fired[large] - fired[small] <= 4, fired
+    assert resolved[large] - resolved[small] <= 4, resolved
 
 
 @pytest.fixture
