@@ -131,8 +131,7 @@ def sweep(now: datetime) -> int:
         lifecycle.unacknowledge_alert(alert, "expiry", reason="acknowledgement expired")
         changed += 1
     disabled = Alert.objects.filter(status__in=OPEN_STATUSES, rule__enabled=False)
-    for alert in disabled.select_related("rule")[:SWEEP_BATCH]:
-        changed += _close(alert, "rule disabled", now)
+    changed += _close(list(disabled.select_related("rule")[:SWEEP_BATCH]), "rule disabled", now)
     changed += escalate(now)
     held = Alert.objects.filter(status__in=OPEN_STATUSES).exclude(suppressed_by="")
     for alert in held.select_related("rule")[:SWEEP_BATCH]:
@@ -153,8 +152,9 @@ def sweep(now: datetime) -> int:
             for pk, agent in about_agents.items()
             if states.get(agent, AgentState.TERMINATED) == AgentState.TERMINATED
         }
-        for alert in Alert.objects.filter(pk__in=gone).select_related("rule"):
-            changed += _close(alert, gone[alert.pk], now)
+        closing = list(Alert.objects.filter(pk__in=gone).select_related("rule"))
+        for reason in sorted(set(gone.values())):
+            changed += _close([a for a in closing if gone[a.pk] == reason], reason, now)
     return changed
 
 
@@ -183,12 +183,11 @@ def escalate(now: datetime) -> int:
     return raised
 
 
-def _close(alert: Alert, reason: str, now: datetime) -> int:
-    if alert.status == AlertStatus.PENDING:
-        lifecycle.drop_pending(alert, now)
-    else:
-        lifecycle.resolve_alert(alert, reason=reason)
-    return 1
+def _close(alerts: list[Alert], reason: str, now: datetime) -> int:
+    """Close alerts nothing will clear (pending ones dropped unannounced); how many."""
+    lifecycle.drop_pending_many([a for a in alerts if a.status == AlertStatus.PENDING], now)
+    lifecycle.resolve_many([a for a in alerts if a.status != AlertStatus.PENDING], reason=reason)
+    return len(alerts)
 
 
 def claim(now: datetime) -> list[AlertRule]:
