@@ -165,11 +165,11 @@ def create_notifications(wanted, kind: str) -> list[Notification]:
             resent_from=None,
         ).values_list("alert_id", "receiver_id")
     )
-    rows, seen = [], set()
+    rows = []
     for alert, receiver, group, due in wanted:
-        if (alert.pk, receiver.pk) in have | seen:
+        if (alert.pk, receiver.pk) in have:
             continue
-        seen.add((alert.pk, receiver.pk))
+        have.add((alert.pk, receiver.pk))
         rows.append(
             Notification(
                 alert=alert,
@@ -189,15 +189,11 @@ def create_notifications(wanted, kind: str) -> list[Notification]:
             created = Notification.objects.bulk_create(rows)
     except IntegrityError:
         # Another writer took one of them meanwhile: one by one, each keeping its own.
-        created = [
-            n
-            for n in (
-                create_notification(r.alert, kind, r.receiver, group=r.group, due=r.next_attempt_at)
-                for r in rows
-            )
-            if n is not None
-        ]
-        return created
+        made = (
+            create_notification(r.alert, kind, r.receiver, group=r.group, due=r.next_attempt_at)
+            for r in rows
+        )
+        return [notification for notification in made if notification is not None]
     # The task for a grouped notification takes its group's due mates with it: one per
     # group and due time (and per MAX_BATCH of them). The others go in lists.
     batches: dict[tuple, list[int]] = {}
