@@ -741,6 +741,89 @@ def test_it_writes_a_fleet_wide_breach_in_statements_that_do_not_grow_with_the_f
     assert resolved[large] - resolved[small] <= 4, resolved
 
 
+@pytest.mark.django_db
+def test_a_rule_without_group_by_reduces_its_whole_selection_and_missing_labels_group_as_empty():
+    depth([10.0] * 10, agent="a-1", queue="inbox")
+    depth([30.0] * 10, agent="a-2", queue="inbox")
+    depth([50.0] * 10, agent="a-3", queue="")
+    depth([70.0] * 10, agent="a-4")
+    kind = KINDS["threshold"]
+
+    whole = kind.evaluate(saved(name="fleet", group_by=[], summary="{value}", threshold=0.0), NOW)
+    by_queue = kind.evaluate(
+        saved(name="by-queue", group_by=["queue"], summary="{queue}", threshold=0.0), NOW
+    )
+
+    assert [(m.labels, m.value) for m in whole] == [({}, 40.0)]
+    assert sorted((m.labels["queue"], m.value) for m in by_queue) == [("", 60.0), ("inbox", 20.0)]
+
+
+@pytest.mark.django_db
+def test_a_metric_read_whole_for_many_selections_finds_what_each_rule_finds_alone(monkeypatch):
+    from alerting.rules import series_window
+
+    fleet = [
+        {"agent": "a-0", "queue": "inbox"},
+        {"agent": "a-1", "queue": "inbox"},
+        {"agent": "a-1", "queue": "outbox"},
+        {"agent": "a-2", "queue": ""},
+        {"agent": "a-3"},
+        {"agent": "a-4", "queue": "outbox"},
+        {"agent": "a-5", "queue": "inbox"},
+        {"queue": "inbox"},
+    ]
+    for n, labels in enumerate(fleet):
+        series = make_series("queue_depth", **labels)
+        minutes = {m: [float((n * 7 + m * 3) % 11), float(n + m)] for m in range(10)}
+        write_rollups(series, START, minutes)
+    selections = [
+        (["queue=inbox"], ["agent", "queue"]),
+        (["queue!=inbox"], ["agent"]),
+        (["agent=~a-[0-2]"], ["queue"]),
+        (["queue!~out.*", "agent!=a-1"], []),
+        ([], ["queue"]),
+        (["queue="], ["agent"]),
+        (["agent="], ["queue"]),
+    ]
+    cases = [(">", 4.0), ("<=", 6.0), ("==", 5.0), ("!=", 7.0)]
+    rules = [
+        saved(
+            name=f"w-{n}-{agg}-{m}",
+            summary="{value}",
+            matchers=found,
+            group_by=by,
+            aggregation=agg,
+            operator=op,
+            threshold=t,
+        )
+        for n, (found, by) in enumerate(selections)
+        for agg in ("avg", "max", "min", "sum", "count", "rate", "p50", "p95")
+        for m, (op, t) in enumerate(cases)
+    ]
+    reads = []
+    real = series_window.SeriesWindow.__init__
+
+    def counted(self, *args):
+        reads.append(args)
+        real(self, *args)
+
+    monkeypatch.setattr(series_window.SeriesWindow, "__init__", counted)
+    kind = KINDS["threshold"]
+
+    together = kind.evaluate_many(rules, NOW)
+
+    assert len(reads) == 1
+    for rule in rules:
+        alone = kind.evaluate(rule, NOW)
+        assert sorted(sorted(m.labels.items()) for m in together[rule.pk]) == sorted(
+            sorted(m.labels.items()) for m in alone
+        ), (rule.matchers, rule.group_by, rule.aggregation, rule.operator, together[rule.pk], alone)
+        values = {tuple(sorted(m.labels.items())): m.value for m in alone}
+        for match in together[rule.pk]:
+            assert match.value == pytest.approx(values[tuple(sorted(match.labels.items()))])
+    assert sum(bool(found) for found in together.values()) > len(rules) / 3
+
+
 @pytest.fixture
 def staff(client, make_operator):
     user, _ = make_operator("admin")

@@ -17,6 +17,7 @@ from django.db.models.functions import Cast
 from alerting.models import Aggregation, Operator
 from alerting.rules import register
 from alerting.rules.base import Match, RuleKind
+from alerting.rules.series_window import MAX_LISTED_SERIES, SeriesWindow
 from alerting.rules.window import group_keys, labels_of_row, rollups
 from monitoring.rollups import SKETCH_RELATIVE_ACCURACY
 
@@ -42,8 +43,11 @@ COMPARE = {
     Operator.EQ: op.eq,
     Operator.NE: op.ne,
 }
-# Series named in one query at most; beyond that all are read and the rest skipped.
-MAX_LISTED_SERIES = 10_000
+# A metric and window that at least this many selections (distinct matchers and
+# group_by) read in one tick is read once for them all (``SeriesWindow``). Below it,
+# each selection reads its own rows in SQL: cheaper when matchers pick a few series
+# out of many.
+WHOLE_READ_FROM = 4
 QUANTILES = {Aggregation.P50: 0.50, Aggregation.P95: 0.95, Aggregation.P99: 0.99}
 
 
@@ -82,6 +86,10 @@ class ThresholdKind(RuleKind):
         Each way of reducing (an aggregation, a quantile) is computed once for all the
         rules that share it, and its groups are sorted by value, so a rule's condition
         is a binary search and costs what it matches, not what the read holds.
+
+        When many selections read one metric over one window (``WHOLE_READ_FROM``), the
+        metric is read once for all of them: every series reduced in one query, each
+        selection made in memory (``SeriesWindow``).
         """
         shared: dict[tuple, list] = defaultdict(list)
         for rule in rules:
@@ -90,39 +98,59 @@ class ThresholdKind(RuleKind):
                 family = "sketch"
             key = (rule.metric, tuple(rule.matchers or ()), rule.window, tuple(rule.group_by or ()))
             shared[(*key, family)].append(rule)
+        windows = whole_reads(shared, now)
         found = {}
-        for (*_, family), readers in shared.items():
-            if len(readers) == 1:
+        for (metric, _, window, _, family), readers in shared.items():
+            whole = windows.get((metric, window))
+            if whole is None and len(readers) == 1:
                 found[readers[0].pk] = self.evaluate(readers[0], now)
                 continue
-            lead = readers[0]
-            rows = rollups(lead, now - lead.window, now)
-            keys = group_keys(lead)
-            reductions: dict[str, SortedValues] = {}
-            if family == "sql":
-                reduce = {f"v_{agg}": SQL_REDUCE[agg]() for agg in {r.aggregation for r in readers}}
-                groups = list(rows.annotate(**keys).values(*keys).annotate(**reduce))
-                for name in {r.aggregation for r in readers}:
-                    reductions[name] = SortedValues(
-                        (labels_of_row(lead, row), row[f"v_{name}"]) for row in groups
-                    )
-            elif family == Aggregation.RATE:
-                reductions[family] = SortedValues(self._rates(lead, rows, keys))
+            if whole is None:
+                reductions = self._read_together(readers, family, now)
             else:
-                sketches = self._sketches(lead, rows, keys, could_meet(readers))
-                for name in {r.aggregation for r in readers}:
-                    reductions[name] = SortedValues(quantiles(sketches, QUANTILES[name]))
+                reductions = self._from_window(whole, readers, family)
             for rule in readers:
                 found[rule.pk] = reductions[rule.aggregation].meeting(rule)
         return found
 
+    def _read_together(self, readers, family, now) -> dict:
+        lead = readers[0]
+        rows = rollups(lead, now - lead.window, now)
+        keys = group_keys(lead)
+        names = {r.aggregation for r in readers}
+        if family == "sql":
+            reduce = {f"v_{agg}": SQL_REDUCE[agg]() for agg in names}
+            groups = [(labels_of_row(lead, row), row) for row in grouped_rows(rows, keys, **reduce)]
+            return {
+                name: SortedValues((labels, row[f"v_{name}"]) for labels, row in groups)
+                for name in names
+            }
+        if family == Aggregation.RATE:
+            return {family: SortedValues(self._rates(lead, rows, keys))}
+        sketches = self._sketches(lead, rows, keys, could_meet(readers))
+        return {name: SortedValues(quantiles(sketches, QUANTILES[name])) for name in names}
+
+    @staticmethod
+    def _from_window(whole: SeriesWindow, readers, family) -> dict:
+        groups = whole.groups(readers[0])
+        names = {r.aggregation for r in readers}
+        if family == "sketch":
+            sketches = whole.sketches(groups, could_meet(readers))
+            return {name: SortedValues(quantiles(sketches, QUANTILES[name])) for name in names}
+        return {name: SortedValues(whole.reduce(groups, name)) for name in names}
+
     def _in_sql(self, rule, found, keys) -> list[Match]:
-        grouped = found.annotate(**keys).values(*keys).annotate(v=SQL_REDUCE[rule.aggregation]())
+        reduce = SQL_REDUCE[rule.aggregation]()
+        if not keys:  # one group: the whole selection
+            return self._matching(
+                rule, [({}, row["v"]) for row in grouped_rows(found, keys, v=reduce)]
+            )
+        groups = found.annotate(**keys).values(*keys).annotate(v=reduce)
         if rule.operator == Operator.NE:
-            grouped = grouped.exclude(v=rule.threshold)
+            groups = groups.exclude(v=rule.threshold)
         else:
-            grouped = grouped.filter(**{f"v__{LOOKUPS[rule.operator]}": rule.threshold})
-        return [Match(labels_of_row(rule, row), row["v"]) for row in grouped]
+            groups = groups.filter(**{f"v__{LOOKUPS[rule.operator]}": rule.threshold})
+        return [Match(labels_of_row(rule, row), row["v"]) for row in groups]
 
     @staticmethod
     def _matching(rule, values) -> list[Match]:
@@ -189,6 +217,27 @@ class ThresholdKind(RuleKind):
                 sketch = merged[key] = MergedSketch()
             sketch.add_serialised(blob)
         return [(dict(key), sketch) for key, sketch in merged.items()]
+
+
+def grouped_rows(rows, keys: dict, **reduce) -> list[dict]:
+    """The rows reduced per group of ``keys``; with no keys, the whole selection is one
+    group (``values()`` with no fields would group by every column: one group a row)."""
+    if keys:
+        return list(rows.annotate(**keys).values(*keys).annotate(**reduce))
+    whole = rows.aggregate(**reduce)
+    return [whole] if any(value is not None for value in whole.values()) else []
+
+
+def whole_reads(shared: dict, now) -> dict[tuple, SeriesWindow]:
+    """The (metric, window) pairs enough selections read to read them whole, each read."""
+    selections: dict[tuple, set] = defaultdict(set)
+    for metric, matchers, window, group_by, _ in shared:
+        selections[(metric, window)].add((matchers, group_by))
+    return {
+        (metric, window): SeriesWindow(metric, now - window, now)
+        for (metric, window), found in selections.items()
+        if len(found) >= WHOLE_READ_FROM
+    }
 
 
 def could_meet(rules):

@@ -6,7 +6,9 @@ Shared by the kinds that read metrics: one query over the per-minute rollups
 
 from datetime import datetime
 
+from django.db.models import CharField, Value
 from django.db.models.fields.json import KeyTextTransform
+from django.db.models.functions import Coalesce
 
 from alerting import matchers as matcher_text
 from monitoring.models import MetricRollup
@@ -27,9 +29,12 @@ def rollups(rule, start: datetime, end: datetime):
 
 
 def group_keys(rule) -> dict:
-    """Annotations that extract each group_by label from the series' labels."""
+    """Annotations that extract each group_by label from the series' labels; a missing
+    label is the empty value (one group with the series whose label is empty)."""
     return {
-        f"{GROUP_PREFIX}{n}": KeyTextTransform(label, "series__labels")
+        f"{GROUP_PREFIX}{n}": Coalesce(
+            KeyTextTransform(label, "series__labels"), Value(""), output_field=CharField()
+        )
         for n, label in enumerate(rule.group_by or [])
     }
 

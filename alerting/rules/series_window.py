@@ -1,0 +1,127 @@
+"""Every series of one metric over one window, read once for all the rules on it.
+
+Fleets repeat a rule per queue, per team or per severity: a thousand rules on one
+metric may select a hundred different subsets of its series. Read per selection,
+the window's rows are scanned once per subset; read here, each series is reduced
+once in one query (its sum, count, min and max over the window), and each
+selection is then its matchers applied to the series' labels in memory (with the
+exact-value matchers looked up in an index) and its groups reduced from those
+per-series figures. Only percentile groups still go back to the database, for the
+sketches of the series that can still meet a threshold.
+
+The matchers mean here what they mean in SQL (``alerting.matchers``), and the
+reductions are those of ``alerting.rules.threshold`` computed from per-series
+sums instead of per-row sums.
+"""
+
+from collections import defaultdict
+from datetime import datetime
+
+from django.db.models import Max, Min, Sum
+
+from alerting import matchers as matcher_text
+from monitoring.models import MetricRollup, MetricSeries
+
+# Series named in one query at most; beyond that all are read and the rest skipped.
+MAX_LISTED_SERIES = 10_000
+
+
+class SeriesWindow:
+    def __init__(self, metric: str, start: datetime, end: datetime):
+        self.metric, self.start, self.end = metric, start, end
+        self.seconds = (end - start).total_seconds()
+        rows = (
+            MetricRollup.objects.filter(series__metric=metric, minute__gte=start, minute__lt=end)
+            .order_by()
+            .values_list("series_id")
+            .annotate(total=Sum("sum"), count=Sum("count"), low=Min("min"), high=Max("max"))
+        )
+        # series id -> (sum, count, min, max) over the window
+        self.stats = {pk: figures for pk, *figures in rows}
+        self.labels = {
+            pk: labels
+            for pk, labels in MetricSeries.objects.filter(metric=metric).values_list("pk", "labels")
+            if pk in self.stats
+        }
+        self.index: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for pk, labels in self.labels.items():
+            for name, value in labels.items():
+                self.index[name][str(value)].append(pk)
+
+    def select(self, texts) -> list[int]:
+        """The series the matchers select (a missing label counts as empty)."""
+        found = matcher_text.parse_all(list(texts))
+        exact = [m for m in found if m.op == "=" and m.value != ""]
+        if exact:
+            pools = [self.index.get(m.label, {}).get(m.value, []) for m in exact]
+            candidates = min(pools, key=len)
+        else:
+            candidates = list(self.labels)
+        return [pk for pk in candidates if matcher_text.matches_all(found, self.labels[pk])]
+
+    def groups(self, rule) -> list[tuple[dict, list[int]]]:
+        """(group labels, its series) of each group the rule's selection makes."""
+        names = rule.group_by or []
+        members: dict[tuple, list[int]] = defaultdict(list)
+        for pk in self.select(rule.matchers or []):
+            labels = self.labels[pk]
+            members[tuple(_text(labels.get(name)) for name in names)].append(pk)
+        return [(dict(zip(names, key, strict=True)), pks) for key, pks in members.items()]
+
+    def reduce(self, groups, aggregation: str) -> list[tuple[dict, float | None]]:
+        """(labels, value) of each group for an aggregation computed from sums, counts,
+        minima and maxima (avg, min, max, sum, count, rate)."""
+        stats = self.stats
+        values = []
+        for labels, pks in groups:
+            figures = [stats[pk] for pk in pks]
+            if aggregation == "avg":
+                count = sum(f[1] for f in figures)
+                value = sum(f[0] for f in figures) / count if count else None
+            elif aggregation == "max":
+                value = max(f[3] for f in figures)
+            elif aggregation == "min":
+                value = min(f[2] for f in figures)
+            elif aggregation == "sum":
+                value = sum(f[0] for f in figures)
+            elif aggregation == "count":
+                value = float(sum(f[1] for f in figures))
+            else:  # rate: a counter's growth over the window, per second, per series
+                value = sum(max(0.0, f[3] - f[2]) / self.seconds for f in figures)
+            values.append((labels, value))
+        return values
+
+    def sketches(self, groups, could=None) -> list[tuple[dict, object]]:
+        """(labels, the window's minute sketches merged) of each group that ``could``
+        (given its min and max) still meet a condition; every group if None."""
+        from monitoring.sketches import MergedSketch
+
+        if could is not None:
+            groups = [
+                (labels, pks)
+                for labels, pks in groups
+                if could(min(self.stats[pk][2] for pk in pks), max(self.stats[pk][3] for pk in pks))
+            ]
+        if not groups:
+            return []
+        group_of = {pk: n for n, (_, pks) in enumerate(groups) for pk in pks}
+        rows = MetricRollup.objects.filter(minute__gte=self.start, minute__lt=self.end)
+        if len(group_of) <= MAX_LISTED_SERIES:
+            rows = rows.filter(series_id__in=list(group_of))
+        else:
+            rows = rows.filter(series__metric=self.metric)
+        merged: dict[int, MergedSketch] = {}
+        for pk, blob in rows.order_by().values_list("series_id", "sketch"):
+            n = group_of.get(pk)
+            if n is None:
+                continue
+            sketch = merged.get(n)
+            if sketch is None:
+                sketch = merged[n] = MergedSketch()
+            sketch.add_serialised(blob)
+        return [(groups[n][0], sketch) for n, sketch in merged.items()]
+
+
+def _text(value) -> str:
+    """A label's value as SQL reads it (``->>``): text, and empty when absent or null."""
+    return "" if value is None else str(value)
