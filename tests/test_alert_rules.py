@@ -759,6 +759,30 @@ def test_a_rule_without_group_by_reduces_its_whole_selection_and_missing_labels_
 
 
 @pytest.mark.django_db
+def test_a_worker_reads_a_series_labels_once_and_again_for_another_series_of_that_id(
+    monkeypatch,
+):
+    from django.test.utils import CaptureQueriesContext
+
+    from alerting.rules import series_window
+
+    monkeypatch.setattr(series_window, "_known_labels", {})
+    series = make_series("queue_depth", agent="a-1", queue="inbox")
+
+    def read(fingerprint: str) -> tuple[dict, int]:
+        with CaptureQueriesContext(connection) as seen:
+            found = series_window.labels_of({series.pk: fingerprint})
+        return found, len(seen.captured_queries)
+
+    assert read(series.fingerprint) == ({series.pk: {"agent": "a-1", "queue": "inbox"}}, 1)
+    assert read(series.fingerprint) == ({series.pk: {"agent": "a-1", "queue": "inbox"}}, 0)
+    MetricSeries.objects.filter(pk=series.pk).update(
+        fingerprint="another", labels={"agent": "a-2", "queue": "outbox"}
+    )
+    assert read("another") == ({series.pk: {"agent": "a-2", "queue": "outbox"}}, 1)
+
+
+@pytest.mark.django_db
 def test_a_metric_read_whole_for_many_selections_finds_what_each_rule_finds_alone(monkeypatch):
     from alerting.rules import series_window
 

@@ -33,16 +33,14 @@ class SeriesWindow:
         rows = (
             MetricRollup.objects.filter(series__metric=metric, minute__gte=start, minute__lt=end)
             .order_by()
-            .values_list("series_id")
+            .values_list("series_id", "series__fingerprint")
             .annotate(total=Sum("sum"), count=Sum("count"), low=Min("min"), high=Max("max"))
         )
         # series id -> (sum, count, min, max) over the window
-        self.stats = {pk: figures for pk, *figures in rows}
-        self.labels = {
-            pk: labels
-            for pk, labels in MetricSeries.objects.filter(metric=metric).values_list("pk", "labels")
-            if pk in self.stats
-        }
+        self.stats, fingerprints = {}, {}
+        for pk, fingerprint, *figures in rows:
+            self.stats[pk], fingerprints[pk] = figures, fingerprint
+        self.labels = labels_of(fingerprints)
         self.index: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         for pk, labels in self.labels.items():
             for name, value in labels.items():
@@ -120,6 +118,34 @@ class SeriesWindow:
                 sketch = merged[n] = MergedSketch()
             sketch.add_serialised(blob)
         return [(groups[n][0], sketch) for n, sketch in merged.items()]
+
+
+# A series' labels never change (they are what its fingerprint is made of), so a worker
+# keeps them between ticks, by id and fingerprint, and reads only the series it has not
+# seen. Bounded: past the limit it starts over.
+_known_labels: dict[int, tuple[str, dict]] = {}
+KNOWN_LABELS_LIMIT = 500_000
+
+
+def labels_of(fingerprints: dict[int, str]) -> dict[int, dict]:
+    """The labels of these series (series id -> fingerprint), read once per worker."""
+    missing = [
+        pk
+        for pk, fingerprint in fingerprints.items()
+        if _known_labels.get(pk, ("",))[0] != fingerprint
+    ]
+    if len(_known_labels) + len(missing) > KNOWN_LABELS_LIMIT:
+        _known_labels.clear()
+        missing = list(fingerprints)
+    for start in range(0, len(missing), MAX_LISTED_SERIES):
+        rows = MetricSeries.objects.filter(pk__in=missing[start : start + MAX_LISTED_SERIES])
+        for pk, fingerprint, labels in rows.values_list("pk", "fingerprint", "labels"):
+            _known_labels[pk] = (fingerprint, labels)
+    return {
+        pk: _known_labels[pk][1]
+        for pk, fingerprint in fingerprints.items()
+        if _known_labels.get(pk, ("",))[0] == fingerprint
+    }
 
 
 def _text(value) -> str:
