@@ -92,8 +92,6 @@ class SeriesWindow:
     def sketches(self, groups, could=None) -> list[tuple[dict, object]]:
         """(labels, the window's minute sketches merged) of each group that ``could``
         (given its min and max) still meet a condition; every group if None."""
-        from monitoring.sketches import MergedSketch
-
         if could is not None:
             groups = [
                 (labels, pks)
@@ -108,16 +106,26 @@ class SeriesWindow:
             rows = rows.filter(series_id__in=list(group_of))
         else:
             rows = rows.filter(series__metric=self.metric)
-        merged: dict[int, MergedSketch] = {}
-        for pk, blob in rows.order_by().values_list("series_id", "sketch"):
-            n = group_of.get(pk)
-            if n is None:
-                continue
-            sketch = merged.get(n)
-            if sketch is None:
-                sketch = merged[n] = MergedSketch()
-            sketch.add_serialised(blob)
+        merged = merge_by_group(rows.order_by().values_list("series_id", "sketch"), group_of)
         return [(groups[n][0], sketch) for n, sketch in merged.items()]
+
+
+def merge_by_group(rows, group_of: dict) -> dict:
+    """(series id, sketch) rows merged into one sketch per group (``group_of``: series
+    id -> group); rows of series in no group (out of play, or new since the series were
+    read) are skipped."""
+    from monitoring.sketches import MergedSketch
+
+    merged: dict = {}
+    for pk, blob in rows:
+        group = group_of.get(pk)
+        if group is None:
+            continue
+        sketch = merged.get(group)
+        if sketch is None:
+            sketch = merged[group] = MergedSketch()
+        sketch.add_serialised(blob)
+    return merged
 
 
 # A series' labels never change (they are what its fingerprint is made of), so a worker

@@ -17,7 +17,7 @@ from django.db.models.functions import Cast
 from alerting.models import Aggregation, Operator
 from alerting.rules import register
 from alerting.rules.base import Match, RuleKind
-from alerting.rules.series_window import MAX_LISTED_SERIES, SeriesWindow
+from alerting.rules.series_window import MAX_LISTED_SERIES, SeriesWindow, merge_by_group
 from alerting.rules.window import group_keys, labels_of_row, rollups
 from monitoring.rollups import SKETCH_RELATIVE_ACCURACY
 
@@ -182,8 +182,6 @@ class ThresholdKind(RuleKind):
         Two reads: each series' min and max over the window (one row per series, no
         sketch), then the sketches of only the series whose group is still in play.
         """
-        from monitoring.sketches import MergedSketch
-
         names = rule.group_by or []
         per_series = (
             found.annotate(**keys)
@@ -207,15 +205,7 @@ class ThresholdKind(RuleKind):
                 return []
             if len(wanted) < len(bounds) and len(group_of) <= MAX_LISTED_SERIES:
                 found = found.filter(series_id__in=list(group_of))
-        merged: dict[tuple, MergedSketch] = {}
-        for series_id, blob in found.values_list("series_id", "sketch"):
-            key = group_of.get(series_id)  # None: out of play, or new since the first read
-            if key is None:
-                continue
-            sketch = merged.get(key)
-            if sketch is None:
-                sketch = merged[key] = MergedSketch()
-            sketch.add_serialised(blob)
+        merged = merge_by_group(found.values_list("series_id", "sketch"), group_of)
         return [(dict(key), sketch) for key, sketch in merged.items()]
 
 
