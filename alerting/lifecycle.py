@@ -198,6 +198,8 @@ def drop_pending(alert: Alert, now) -> None:
 
 def drop_pending_many(alerts: list[Alert], now) -> None:
     """``drop_pending`` for many alerts: one UPDATE, one INSERT of their history."""
+    if not alerts:
+        return
     reason = "condition cleared before it fired"
     for alert in alerts:
         alert.status, alert.resolved_at, alert.resolution = AlertStatus.RESOLVED, now, reason
@@ -297,6 +299,8 @@ def resolve_alert(alert: Alert, *, reason: str, actor: str = "alerting") -> Aler
 def resolve_many(alerts: list[Alert], *, reason: str, actor: str = "alerting") -> list[Alert]:
     """Close the alerts still open among ``alerts`` (read again under a row lock) and
     notify that they are resolved; the ones it closed."""
+    if not alerts:  # most evaluations resolve nothing: not even a savepoint then
+        return []
     with transaction.atomic():
         closing = list(
             Alert.objects.select_for_update(of=("self",))

@@ -30,12 +30,14 @@ def reason_for(alert: Alert, now: datetime) -> str:
 def reasons_for(alerts: list[Alert], now: datetime) -> dict[int, str]:
     """``reason_for`` of many alerts (by id), reading the recent resolutions, the
     active silences and the inhibit rules once for them all."""
+    if not alerts:
+        return {}
     flaps = flapping(alerts, now)
     silences = [
         (silence, matcher_text.parse_all(silence.matchers))
         for silence in Silence.objects.filter(starts_at__lte=now, ends_at__gt=now)
     ]
-    inhibit_rules = list(InhibitRule.objects.filter(enabled=True)) if alerts else []
+    inhibit_rules = list(InhibitRule.objects.filter(enabled=True))
     reasons = {}
     for alert in alerts:
         reasons[alert.pk] = ""
@@ -61,7 +63,7 @@ def flapping(alerts: list[Alert], now: datetime) -> dict[str, int]:
     """How often each alert's label set resolved recently, by fingerprint, for those
     that did often enough to call it flapping. A flapping alert notifies once it has
     calmed down."""
-    if settings.ALERT_FLAP_COUNT <= 0 or not alerts:
+    if settings.ALERT_FLAP_COUNT <= 0:
         return {}
     since = now - timedelta(seconds=settings.ALERT_FLAP_WINDOW_SECONDS)
     resolved = (

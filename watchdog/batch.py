@@ -143,13 +143,12 @@ def agent(agent_id: str) -> Agent | None:
 
 def policies(trigger: str) -> list[RemediationPolicy]:
     reads = current()
-    if reads is None:
-        return list(RemediationPolicy.objects.filter(enabled=True, trigger=trigger))
-    if trigger not in reads.policies:
-        reads.policies[trigger] = list(
-            RemediationPolicy.objects.filter(enabled=True, trigger=trigger)
-        )
-    return reads.policies[trigger]
+    if reads is not None and trigger in reads.policies:
+        return reads.policies[trigger]
+    found = list(RemediationPolicy.objects.filter(enabled=True, trigger=trigger))
+    if reads is not None:
+        reads.policies[trigger] = found
+    return found
 
 
 def action_by_key(key: str) -> RemediationAction | None:
