@@ -264,10 +264,10 @@ def apply(rule: AlertRule, matches, now: datetime) -> None:
         open_now[alert.fingerprint] = alert
     # Each kind of change is written for all the rule's alerts at once: an outage that
     # trips a rule for much of the fleet costs a few statements, not a few per alert.
-    opened = lifecycle.open_pending_many(
-        rule, [found for key, found in wanted.items() if key not in open_now], now
-    )
-    firing = [a for a in opened if a.status == AlertStatus.PENDING] if instantly else []
+    new = [found for key, found in wanted.items() if key not in open_now]
+    # Without ``for``, a new alert fires at once: written firing, never pending first.
+    (lifecycle.fire_many if instantly else lifecycle.open_pending_many)(rule, new, now)
+    firing = []
     unchanged = []
     for key, (_, value) in wanted.items():
         alert = open_now.get(key)

@@ -162,6 +162,17 @@ def open_pending(rule: AlertRule, labels: dict, value: float | None, now) -> Ale
 def open_pending_many(rule: AlertRule, found: list[tuple[dict, float | None]], now) -> list:
     """``open_pending`` for many label sets of one rule at once (one INSERT for the
     alerts, one for their history); one by one if one of them lost a race."""
+    return _open_many(rule, found, now, AlertStatus.PENDING)
+
+
+def fire_many(rule: AlertRule, found: list[tuple[dict, float | None]], now) -> list:
+    """New alerts of a rule without ``for``, firing at once: one INSERT for the alerts,
+    one for their history, then announced together (no pending row to promote)."""
+    return _open_many(rule, found, now, AlertStatus.FIRING)
+
+
+def _open_many(rule: AlertRule, found, now, status: str) -> list:
+    firing = status == AlertStatus.FIRING
     trace_id, _ = current_trace_ids()
     rows = [
         Alert(
@@ -170,8 +181,10 @@ def open_pending_many(rule: AlertRule, found: list[tuple[dict, float | None]], n
             labels=labels,
             severity=rule.severity,
             summary=render_template(rule.summary, labels, value)[:500],
-            status=AlertStatus.PENDING,
+            status=status,
             started_at=now,
+            fired_at=now if firing else None,
+            announced_at=now if firing else None,
             value=value,
             last_matched_at=now,
             trace_id=trace_id,
@@ -183,11 +196,17 @@ def open_pending_many(rule: AlertRule, found: list[tuple[dict, float | None]], n
     try:
         with transaction.atomic():
             opened = Alert.objects.bulk_create(rows)
-    except IntegrityError:
-        return [open_pending(rule, labels, value, now) for labels, value in found]
-    record_many(
-        [(alert, f"value {alert.value}") for alert in opened], AlertChange.PENDING, "evaluator", now
-    )
+    except IntegrityError:  # one of them lost a race for its fingerprint
+        if not firing:
+            return [open_pending(rule, labels, value, now) for labels, value in found]
+        created = [_create(rule, labels, value, now, status) for labels, value in found]
+        opened = [alert for alert, new in created if new]
+        if not opened:
+            return []
+    change = AlertChange.FIRING if firing else AlertChange.PENDING
+    record_many([(alert, f"value {alert.value}") for alert in opened], change, "evaluator", now)
+    if firing:
+        announce_firing_many(opened)
     return opened
 
 

@@ -276,6 +276,22 @@ def test_it_keeps_an_alert_pending_for_the_rules_for_then_fires_it(frozen):
 
 
 @pytest.mark.django_db
+def test_a_rule_without_for_writes_its_new_alerts_firing_without_a_pending_step():
+    depth([150.0] * 10, agent="a-1", queue="inbox")
+    depth([150.0] * 10, agent="a-2", queue="inbox")
+    target = saved()
+
+    alerts = evaluate(target)
+
+    assert [a.status for a in alerts] == [AlertStatus.FIRING] * 2
+    assert {(a.fired_at, a.announced_at) for a in alerts} == {(NOW, NOW)}
+    for alert in alerts:
+        assert list(alert.history.values_list("change", flat=True)) == ["firing"]
+        assert Notification.objects.filter(alert=alert).exists()
+    assert Event.objects.filter(name="monitor.alert.triggered").count() == 2
+
+
+@pytest.mark.django_db
 def test_it_drops_a_pending_alert_silently_when_the_condition_clears():
     series = depth([150.0] * 10)
     target = saved(for_duration=timedelta(minutes=5))
