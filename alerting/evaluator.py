@@ -267,25 +267,30 @@ def apply(rule: AlertRule, matches, now: datetime) -> None:
     new = [found for key, found in wanted.items() if key not in open_now]
     # Without ``for``, a new alert fires at once: written firing, never pending first.
     (lifecycle.fire_many if instantly else lifecycle.open_pending_many)(rule, new, now)
-    firing = []
-    unchanged = []
+    firing, moved, still = [], [], []
     for key, (_, value) in wanted.items():
         alert = open_now.get(key)
         if alert is None:
             continue
-        alert.value, alert.last_matched_at = value, now
-        alert.summary = lifecycle.render_template(rule.summary, alert.labels, value)[:500]
+        summary = lifecycle.render_template(rule.summary, alert.labels, value)[:500]
+        changed = (value, summary) != (alert.value, alert.summary)
+        alert.value, alert.summary, alert.last_matched_at = value, summary, now
         if alert.status == AlertStatus.PENDING and now - alert.started_at >= rule.for_duration:
             firing.append(alert)
+        elif changed:
+            moved.append(alert)
         else:
-            unchanged.append(alert)
+            still.append(alert.pk)
     lifecycle.promote_many(firing, now)
-    # Alerts that still match and keep their state: one statement for them all.
+    # Alerts that still match and keep their state: one statement for those whose value
+    # moved, and one that only says they matched for the others (most of them, most
+    # ticks: a rollup minute lasts several evaluations).
     bulk.update_rows(
         Alert,
         ["value", "last_matched_at", "summary"],
-        [(alert.pk, alert.value, now, alert.summary) for alert in unchanged],
+        [(alert.pk, alert.value, now, alert.summary) for alert in moved],
     )
+    bulk.update_ids(Alert, still, last_matched_at=now)
     cleared = [alert for key, alert in open_now.items() if key not in wanted]
     lifecycle.drop_pending_many([a for a in cleared if a.status == AlertStatus.PENDING], now)
     lifecycle.resolve_many(

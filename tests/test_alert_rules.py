@@ -292,6 +292,27 @@ def test_a_rule_without_for_writes_its_new_alerts_firing_without_a_pending_step(
 
 
 @pytest.mark.django_db
+def test_a_firing_alert_keeps_when_it_last_matched_and_follows_its_value():
+    series = depth([150.0] * 10)
+    target = saved()
+    (alert,) = evaluate(target)
+    assert (alert.value, alert.summary) == (150.0, "Queue inbox of a-1 is 150 deep")
+
+    (alert,) = evaluate(target, NOW + timedelta(seconds=15))
+    assert (alert.value, alert.last_matched_at) == (150.0, NOW + timedelta(seconds=15))
+
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE monitor_rollups SET sum = 300 WHERE series_id = %s", [series.pk])
+    (alert,) = evaluate(target, NOW + timedelta(seconds=30))
+    assert (alert.status, alert.value, alert.last_matched_at) == (
+        AlertStatus.FIRING,
+        300.0,
+        NOW + timedelta(seconds=30),
+    )
+    assert alert.summary == "Queue inbox of a-1 is 300 deep"
+
+
+@pytest.mark.django_db
 def test_it_drops_a_pending_alert_silently_when_the_condition_clears():
     series = depth([150.0] * 10)
     target = saved(for_duration=timedelta(minutes=5))

@@ -49,3 +49,15 @@ def test_it_updates_more_rows_than_one_statement_holds(monkeypatch):
         a.pk: n / 10 for n, a in enumerate(agents)
     }
     assert bulk.update_rows(Agent, ["task_progress"], []) == 0
+
+
+@pytest.mark.django_db
+def test_it_sets_one_value_on_more_rows_than_sqlite_takes_parameters_and_no_others():
+    agents = fleet(1200)
+    chosen = [agent.pk for agent in agents[:1100]]
+
+    assert bulk.update_ids(Agent, chosen, current_task="t-9") == 1100
+
+    tasks = dict(Agent.objects.values_list("pk", "current_task"))
+    assert {pk for pk, task in tasks.items() if task == "t-9"} == set(chosen)
+    assert bulk.update_ids(Agent, [], current_task="t-0") == 0

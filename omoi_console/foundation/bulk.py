@@ -73,3 +73,14 @@ def update_rows(model, fields: Sequence[str], rows: Iterable[Sequence]) -> int:
             )
             changed += cursor.rowcount
     return changed
+
+
+def update_ids(model, ids: Iterable, **values) -> int:
+    """Set the same ``values`` on the rows of ``ids``: one statement on PostgreSQL,
+    chunks under SQLite's limit on parameters there; how many rows changed."""
+    ids = list(ids)
+    step = connection.features.max_query_params or len(ids) or 1
+    return sum(
+        model._default_manager.filter(pk__in=ids[start : start + step]).update(**values)
+        for start in range(0, len(ids), step)
+    )
