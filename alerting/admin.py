@@ -204,7 +204,7 @@ class AlertAdmin(admin.ModelAdmin):
         "resolved_at",
         "resolution",
         "value",
-        "last_matched_at",
+        "cleared_at",
         "trace_id",
     ]
     inlines = [AlertEventInline, NotificationInline]

@@ -11,7 +11,7 @@ and the alerts follow, as in Prometheus:
   held for the rule's ``for`` (at once when ``for`` is zero);
 - a pending alert whose condition clears is dropped without a notification;
 - a firing alert whose condition clears stays firing for ``keep_firing_for``
-  after the last evaluation that met it, then resolves.
+  from the first evaluation that found it cleared, then resolves.
 
 Each run first sweeps the alerts nothing else would change (``sweep``). A
 rule whose evaluation raises is recorded (``last_error``) and retried at its
@@ -267,38 +267,35 @@ def apply(rule: AlertRule, matches, now: datetime) -> None:
     new = [found for key, found in wanted.items() if key not in open_now]
     # Without ``for``, a new alert fires at once: written firing, never pending first.
     (lifecycle.fire_many if instantly else lifecycle.open_pending_many)(rule, new, now)
-    firing, moved, still = [], [], []
+    firing, moved = [], []
     for key, (_, value) in wanted.items():
         alert = open_now.get(key)
         if alert is None:
             continue
         summary = lifecycle.render_template(rule.summary, alert.labels, value)[:500]
-        changed = (value, summary) != (alert.value, alert.summary)
-        alert.value, alert.summary, alert.last_matched_at = value, summary, now
+        changed = (value, summary, None) != (alert.value, alert.summary, alert.cleared_at)
+        alert.value, alert.summary, alert.cleared_at = value, summary, None
         if alert.status == AlertStatus.PENDING and now - alert.started_at >= rule.for_duration:
             firing.append(alert)
         elif changed:
             moved.append(alert)
-        else:
-            still.append(alert.pk)
     lifecycle.promote_many(firing, now)
-    # Alerts that still match and keep their state: one statement for those whose value
-    # moved, and one that only says they matched for the others (most of them, most
-    # ticks: a rollup minute lasts several evaluations).
+    # Alerts that still match and keep their state are written only when their value
+    # moved (or the condition is back): most of them, most ticks, cost nothing, as a
+    # rollup minute lasts several evaluations.
     bulk.update_rows(
         Alert,
-        ["value", "last_matched_at", "summary"],
-        [(alert.pk, alert.value, now, alert.summary) for alert in moved],
+        ["value", "summary", "cleared_at"],
+        [(alert.pk, alert.value, alert.summary, None) for alert in moved],
     )
-    bulk.update_ids(Alert, still, last_matched_at=now)
     cleared = [alert for key, alert in open_now.items() if key not in wanted]
     lifecycle.drop_pending_many([a for a in cleared if a.status == AlertStatus.PENDING], now)
-    lifecycle.resolve_many(
-        [
-            alert
-            for alert in cleared
-            if alert.status != AlertStatus.PENDING
-            and now - (alert.last_matched_at or alert.started_at) >= rule.keep_firing_for
-        ],
-        reason="condition cleared",
+    kept = [alert for alert in cleared if alert.status != AlertStatus.PENDING]
+    newly = [alert for alert in kept if alert.cleared_at is None]
+    for alert in newly:
+        alert.cleared_at = now
+    resolving = [alert for alert in kept if now - alert.cleared_at >= rule.keep_firing_for]
+    bulk.update_ids(
+        Alert, {a.pk for a in newly}.difference(a.pk for a in resolving), cleared_at=now
     )
+    lifecycle.resolve_many(resolving, reason="condition cleared")

@@ -142,7 +142,6 @@ def _create(rule: AlertRule, labels: dict, value, now, status: str) -> tuple[Ale
                 started_at=now,
                 fired_at=now if status == AlertStatus.FIRING else None,
                 value=value,
-                last_matched_at=now,
                 trace_id=trace_id,
             )
     except IntegrityError:
@@ -186,7 +185,6 @@ def _open_many(rule: AlertRule, found, now, status: str) -> list:
             fired_at=now if firing else None,
             announced_at=now if firing else None,
             value=value,
-            last_matched_at=now,
             trace_id=trace_id,
         )
         for labels, value in found
@@ -244,8 +242,8 @@ def promote_many(alerts: list[Alert], now) -> None:
         alert.fired_at = alert.announced_at = now
     bulk.update_rows(
         Alert,
-        ["status", "fired_at", "announced_at", "value", "last_matched_at", "summary"],
-        [(a.pk, a.status, now, now, a.value, a.last_matched_at, a.summary) for a in alerts],
+        ["status", "fired_at", "announced_at", "value", "summary"],
+        [(a.pk, a.status, now, now, a.value, a.summary) for a in alerts],
     )
     record_many([(a, f"value {a.value}") for a in alerts], AlertChange.FIRING, "evaluator", now)
     announce_firing_many(alerts)

@@ -172,10 +172,13 @@ class Alert(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL
     )
     resolved_at = models.DateTimeField(null=True, blank=True)
-    # The value that last met the rule's condition, and when: keep_firing_for
-    # counts from then.
+    # The value that last met the rule's condition (written when it changes, not at
+    # every evaluation that finds it again).
     value = models.FloatField(null=True, blank=True)
-    last_matched_at = models.DateTimeField(null=True, blank=True)
+    # The first evaluation that found the condition cleared while the alert kept firing
+    # (the rule's keep_firing_for counts from then, as in Prometheus); empty while the
+    # condition holds.
+    cleared_at = models.DateTimeField(null=True, blank=True)
     # An acknowledgement may say why and end by itself; the alert fires again then.
     ack_comment = models.CharField(max_length=500, blank=True)
     ack_expires_at = models.DateTimeField(null=True, blank=True)

@@ -292,23 +292,24 @@ def test_a_rule_without_for_writes_its_new_alerts_firing_without_a_pending_step(
 
 
 @pytest.mark.django_db
-def test_a_firing_alert_keeps_when_it_last_matched_and_follows_its_value():
+def test_a_firing_alert_that_still_matches_is_written_only_when_its_value_moves():
+    from django.test.utils import CaptureQueriesContext
+
     series = depth([150.0] * 10)
     target = saved()
     (alert,) = evaluate(target)
     assert (alert.value, alert.summary) == (150.0, "Queue inbox of a-1 is 150 deep")
 
-    (alert,) = evaluate(target, NOW + timedelta(seconds=15))
-    assert (alert.value, alert.last_matched_at) == (150.0, NOW + timedelta(seconds=15))
+    with CaptureQueriesContext(connection) as seen:
+        (alert,) = evaluate(target, NOW + timedelta(seconds=15))
+    writes = [q["sql"] for q in seen.captured_queries if q["sql"].startswith("UPDATE")]
+    assert not [sql for sql in writes if '"alerting_alert"' in sql.split("SET")[0]], writes
+    assert (alert.status, alert.value) == (AlertStatus.FIRING, 150.0)
 
     with connection.cursor() as cursor:
         cursor.execute("UPDATE monitor_rollups SET sum = 300 WHERE series_id = %s", [series.pk])
     (alert,) = evaluate(target, NOW + timedelta(seconds=30))
-    assert (alert.status, alert.value, alert.last_matched_at) == (
-        AlertStatus.FIRING,
-        300.0,
-        NOW + timedelta(seconds=30),
-    )
+    assert (alert.status, alert.value) == (AlertStatus.FIRING, 300.0)
     assert alert.summary == "Queue inbox of a-1 is 300 deep"
 
 
@@ -328,16 +329,30 @@ def test_it_drops_a_pending_alert_silently_when_the_condition_clears():
 
 
 @pytest.mark.django_db
-def test_it_keeps_firing_for_a_while_after_the_condition_clears():
+def test_it_keeps_firing_for_a_while_from_the_first_evaluation_that_found_it_cleared():
     series = depth([150.0] * 10)
     target = saved(keep_firing_for=timedelta(minutes=1))
     evaluate(target)
-    with connection.cursor() as cursor:
-        cursor.execute("UPDATE monitor_rollups SET sum = 1 WHERE series_id = %s", [series.pk])
 
-    (alert,) = evaluate(target, NOW + timedelta(seconds=59))
-    assert alert.status == AlertStatus.FIRING
-    (alert,) = evaluate(target, NOW + timedelta(seconds=60))
+    def set_sum(value: float) -> None:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE monitor_rollups SET sum = %s WHERE series_id = %s", [value, series.pk]
+            )
+
+    set_sum(1)
+    (alert,) = evaluate(target, NOW + timedelta(seconds=15))
+    assert (alert.status, alert.cleared_at) == (AlertStatus.FIRING, NOW + timedelta(seconds=15))
+    # Back before the minute is over: the count starts again at the next clearing.
+    set_sum(150)
+    (alert,) = evaluate(target, NOW + timedelta(seconds=30))
+    assert (alert.status, alert.cleared_at) == (AlertStatus.FIRING, None)
+
+    set_sum(1)
+    evaluate(target, NOW + timedelta(seconds=45))
+    (alert,) = evaluate(target, NOW + timedelta(seconds=104))
+    assert (alert.status, alert.cleared_at) == (AlertStatus.FIRING, NOW + timedelta(seconds=45))
+    (alert,) = evaluate(target, NOW + timedelta(seconds=105))
     assert alert.status == AlertStatus.RESOLVED
     assert Event.objects.filter(name="monitor.alert.resolved").count() == 1
 
