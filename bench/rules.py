@@ -56,6 +56,7 @@ from alerting import evaluator  # noqa: E402
 from alerting.models import OPEN_STATUSES, Alert, AlertEvent, AlertRule  # noqa: E402
 from monitoring import partitions, rollups  # noqa: E402
 from monitoring.models import Agent, AgentRole, AgentState, MetricSeries  # noqa: E402
+from omoi_console.foundation import collector  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "rules.json"
 MINUTE = timedelta(minutes=1)
@@ -229,6 +230,8 @@ def main() -> None:
         cursor.execute(
             "VACUUM ANALYZE monitor_rollups, monitoring_metricseries, alerting_alertrule"
         )
+    # The evaluator runs in a worker process, which settles its collector once loaded.
+    collector.settle()
     ticks = []
     try:
         history = AlertEvent.objects.filter(alert__rule__in=rules)

@@ -1,7 +1,7 @@
 import os
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_process_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "omoi_console.settings")
 
@@ -17,3 +17,13 @@ def keep_django_logging(**kwargs):
     A receiver on this signal stops Celery from replacing the root handlers with
     its own plain-text format; Django's setup has already applied LOGGING.
     """
+
+
+@worker_process_init.connect(weak=False)
+@worker_ready.connect(weak=False)
+def settle_collector(**kwargs):
+    """Once a worker process has loaded everything (in each pool process, and in the
+    main process, which runs the tasks itself with the solo pool)."""
+    from omoi_console.foundation import collector
+
+    collector.settle()
