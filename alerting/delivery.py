@@ -114,11 +114,13 @@ def notify(alert: Alert, kind: str) -> list[Notification]:
     return notify_many([alert], kind)
 
 
-def notify_many(alerts: list[Alert], kind: str) -> list[Notification]:
+def notify_many(alerts: list[Alert], kind: str, *, first: bool = False) -> list[Notification]:
     """``notify`` for alerts that changed together (a rule's evaluation): each group's
     row is locked and planned once for all the alerts joining it, the notifications
     are inserted together, and each group's due batch is handed to the delivery task
-    once, not once per alert."""
+    once, not once per alert. ``first``: none of the alerts can have a notification of
+    this kind yet (they have just started firing, or just resolved), so none is
+    looked for."""
     now = timezone.now()
     joining = []
     for alert in alerts:
@@ -147,24 +149,27 @@ def notify_many(alerts: list[Alert], kind: str) -> list[Notification]:
                 for alert, d, _ in joining
             ],
             kind,
+            first=first,
         )
 
 
-def create_notifications(wanted, kind: str) -> list[Notification]:
+def create_notifications(wanted, kind: str, *, first: bool = False) -> list[Notification]:
     """The notifications of ``kind`` for (alert, receiver, group, due) that do not have
-    one yet, inserted together and handed to the delivery task after commit: one
-    hand-off per group's due batch (the task takes the group's due mates with it),
-    one per notification outside a group."""
+    one yet (``first``: none can have one), inserted together and handed to the
+    delivery task after commit: one hand-off per group's due batch (the task takes the
+    group's due mates with it), one per notification outside a group."""
     trace_id, _ = current_trace_ids()
     now = timezone.now()
-    have = set(
-        Notification.objects.filter(
-            alert_id__in={alert.pk for alert, *_ in wanted},
-            receiver_id__in={receiver.pk for _, receiver, *_ in wanted},
-            kind=kind,
-            resent_from=None,
-        ).values_list("alert_id", "receiver_id")
-    )
+    have = set()
+    if not first:
+        have = set(
+            Notification.objects.filter(
+                alert_id__in={alert.pk for alert, *_ in wanted},
+                receiver_id__in={receiver.pk for _, receiver, *_ in wanted},
+                kind=kind,
+                resent_from=None,
+            ).values_list("alert_id", "receiver_id")
+        )
     rows = []
     for alert, receiver, group, due in wanted:
         if (alert.pk, receiver.pk) in have:

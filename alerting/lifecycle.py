@@ -33,6 +33,11 @@ log = structlog.get_logger(__name__)
 tracer = trace.get_tracer(__name__)
 
 
+# Alerts that change together beyond this are logged in one line (their count, rules
+# and first ids), not one line each: the alert history and the events keep every one.
+LOGGED_ONE_BY_ONE = 10
+LOGGED_IDS = 100
+
 # What acknowledging and giving an alert back change.
 ACK_FIELDS = ["status", "acknowledged_at", "acknowledged_by", "ack_comment", "ack_expires_at"]
 
@@ -279,7 +284,19 @@ def announce_firing_many(alerts: list[Alert]) -> None:
         alert.suppressed_by = reasons[alert.pk]
     bulk.update_rows(Alert, ["suppressed_by"], [(a.pk, a.suppressed_by) for a in held])
     record_many([(a, a.suppressed_by) for a in held], AlertChange.SUPPRESSED, "alerting", now)
-    notify_many([alert for alert in alerts if not reasons[alert.pk]], NotificationKind.FIRING)
+    # They have just started firing: none has a firing notification yet.
+    notify_many(
+        [alert for alert in alerts if not reasons[alert.pk]], NotificationKind.FIRING, first=True
+    )
+    if len(alerts) > LOGGED_ONE_BY_ONE:
+        log.warning(
+            "alert.fired_many",
+            count=len(alerts),
+            held=len(held),
+            rules=sorted({alert.rule.name for alert in alerts}),
+            alert_ids=[alert.pk for alert in alerts[:LOGGED_IDS]],
+        )
+        return
     for alert in alerts:
         log.warning(
             "alert.fired",
@@ -348,7 +365,15 @@ def resolve_many(alerts: list[Alert], *, reason: str, actor: str = "alerting") -
         )
         # Told to whoever was told it fired; an alert held back the whole time only
         # to receivers that ask for it (send_resolved_when_silenced).
-        notify_many(closing, NotificationKind.RESOLVED)
+        notify_many(closing, NotificationKind.RESOLVED, first=True)
+    if len(closing) > LOGGED_ONE_BY_ONE:
+        log.info(
+            "alert.resolved_many",
+            count=len(closing),
+            reason=reason,
+            alert_ids=[alert.pk for alert in closing[:LOGGED_IDS]],
+        )
+        return closing
     for alert in closing:
         log.info("alert.resolved", alert_id=alert.pk, reason=reason)
     return closing

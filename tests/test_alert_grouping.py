@@ -112,7 +112,7 @@ def test_it_waits_group_wait_then_sends_the_groups_alerts_in_one_notification(
 def test_alerts_that_changed_together_plan_their_group_once_and_go_out_together(
     hook, clock, at, fire, monkeypatch, django_capture_on_commit_callbacks
 ):
-    monkeypatch.setattr(lifecycle, "notify_many", lambda alerts, kind: [])
+    monkeypatch.setattr(lifecycle, "notify_many", lambda alerts, kind, **options: [])
     alerts = [fire(f"worker-{n:02}") for n in range(5)]
     monkeypatch.undo()
 

@@ -6,6 +6,7 @@ import pytest
 import time_machine
 from django.core.exceptions import ValidationError
 from django.db import connection
+from structlog.testing import capture_logs
 
 from alerting import evaluator, matchers, routing
 from alerting.models import Alert, AlertRule, AlertStatus, Notification
@@ -778,7 +779,16 @@ def test_it_writes_a_fleet_wide_breach_in_statements_that_do_not_grow_with_the_f
         return len(seen.captured_queries)
 
     small, large = fleet("s", 2), fleet("l", 12)
-    fired = {target: statements(target, NOW) for target in (small, large)}
+    with capture_logs() as lines:
+        fired = {target: statements(target, NOW) for target in (small, large)}
+    # A few alerts are logged one by one; a fleet's in one line that counts them.
+    assert [line["event"] for line in lines if line["event"].startswith("alert.")] == [
+        "alert.fired",
+        "alert.fired",
+        "alert.fired_many",
+    ]
+    (many,) = [line for line in lines if line["event"] == "alert.fired_many"]
+    assert (many["count"], len(many["alert_ids"]), many["rules"]) == (12, 12, ["deep-l"])
     firing = Alert.objects.filter(rule=large, status=AlertStatus.FIRING)
     assert firing.count() == 12
     assert Notification.objects.filter(alert__rule=large).count() >= 12
@@ -786,7 +796,9 @@ def test_it_writes_a_fleet_wide_breach_in_statements_that_do_not_grow_with_the_f
 
     MetricSeries.objects.all().delete()  # the condition clears everywhere
     later = NOW + timedelta(minutes=1)
-    resolved = {target: statements(target, later) for target in (small, large)}
+    with capture_logs() as lines:
+        resolved = {target: statements(target, later) for target in (small, large)}
+    assert [line.get("count") for line in lines if line["event"] == "alert.resolved_many"] == [12]
 
     assert Alert.objects.filter(status=AlertStatus.RESOLVED).count() == 14
     assert fired[large] - fired[small] <= 4, fired

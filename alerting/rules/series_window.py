@@ -41,6 +41,7 @@ class SeriesWindow:
         for pk, fingerprint, *figures in rows:
             self.stats[pk], fingerprints[pk] = figures, fingerprint
         self.labels = labels_of(fingerprints)
+        self._groups: dict[tuple, list] = {}
         self.index: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
         for pk, labels in self.labels.items():
             for name, value in labels.items():
@@ -58,10 +59,17 @@ class SeriesWindow:
         return [pk for pk in candidates if matcher_text.matches_all(found, self.labels[pk])]
 
     def groups(self, rule) -> list[tuple[dict, list[int]]]:
-        """(group labels, its series) of each group the rule's selection makes."""
-        names = rule.group_by or []
+        """(group labels, its series) of each group the rule's selection makes; made once
+        per selection (rules that reduce it differently share it)."""
+        selection = (tuple(rule.matchers or ()), tuple(rule.group_by or ()))
+        made = self._groups.get(selection)
+        if made is None:
+            made = self._groups[selection] = self._group(*selection)
+        return made
+
+    def _group(self, texts, names) -> list[tuple[dict, list[int]]]:
         members: dict[tuple, list[int]] = defaultdict(list)
-        for pk in self.select(rule.matchers or []):
+        for pk in self.select(texts):
             labels = self.labels[pk]
             members[tuple(_text(labels.get(name)) for name in names)].append(pk)
         return [(dict(zip(names, key, strict=True)), pks) for key, pks in members.items()]
