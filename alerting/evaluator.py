@@ -90,7 +90,12 @@ def evaluate_batch(rules: list[AlertRule], now: datetime) -> int:
             _record(rule, now, error)
         else:
             went_well.append(rule.pk)
-    AlertRule.objects.filter(pk__in=went_well).update(last_evaluated_at=now, last_error="")
+    # Claimed rules already say when they were evaluated (``claim``): only an error that
+    # cleared is left to write for them.
+    unrecorded = {
+        rule.pk for rule in rules if rule.last_evaluated_at != now or rule.last_error
+    }.intersection(went_well)
+    AlertRule.objects.filter(pk__in=unrecorded).update(last_evaluated_at=now, last_error="")
     return len(rules)
 
 
@@ -202,11 +207,15 @@ def claim(now: datetime) -> list[AlertRule]:
                 :CLAIM_BATCH
             ]
         )
+        # The evaluation's time is written with the lease: one UPDATE for both.
         AlertRule.objects.filter(pk__in=[rule.pk for rule in rules]).update(
             next_evaluation_at=ExpressionWrapper(
                 Value(now) + F("evaluate_every"), output_field=DateTimeField()
-            )
+            ),
+            last_evaluated_at=now,
         )
+    for rule in rules:
+        rule.last_evaluated_at = now
     return rules
 
 

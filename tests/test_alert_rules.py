@@ -463,6 +463,17 @@ def test_it_records_a_broken_rule_and_goes_on_with_the_others(monkeypatch):
     assert "boom" in broken.last_error
     assert Alert.objects.filter(rule=fine).count() == 1
     assert broken.next_evaluation_at == NOW + broken.evaluate_every
+    assert AlertRule.objects.get(name="fine").last_evaluated_at == NOW
+
+    # Mended, its next turn clears the error.
+    monkeypatch.undo()
+    later = NOW + broken.evaluate_every
+    assert evaluator.evaluate_due(later) == 2
+    assert set(
+        AlertRule.objects.filter(pk__in=[broken.pk, fine.pk]).values_list(
+            "last_evaluated_at", "last_error"
+        )
+    ) == {(later, "")}
 
 
 @pytest.mark.django_db
@@ -844,6 +855,37 @@ def test_a_worker_reads_a_series_labels_once_and_again_for_another_series_of_tha
         fingerprint="another", labels={"agent": "a-2", "queue": "outbox"}
     )
     assert read("another") == ({series.pk: {"agent": "a-2", "queue": "outbox"}}, 1)
+
+
+@pytest.mark.django_db
+def test_a_worker_keeps_a_windows_selections_while_its_series_stay_the_same(monkeypatch):
+    from django.test.utils import CaptureQueriesContext
+
+    from alerting.rules import series_window
+
+    monkeypatch.setattr(series_window, "_known_labels", {})
+    monkeypatch.setattr(series_window, "_layouts", {})
+    for agent in ("a-1", "a-2"):
+        write_rollups(make_series("queue_depth", agent=agent, queue="inbox"), START, {0: [1.0]})
+    inbox = rule(matchers=["queue=inbox"], group_by=["agent"])
+
+    def groups(at: datetime) -> tuple[list, int]:
+        with CaptureQueriesContext(connection) as seen:
+            made = series_window.SeriesWindow("queue_depth", at - timedelta(minutes=30), at)
+            found = made.groups(inbox)
+        return found, len(seen.captured_queries)
+
+    first, reads = groups(NOW)
+    assert sorted(labels["agent"] for labels, _ in first) == ["a-1", "a-2"]
+    assert reads == 2  # the window, then the series' labels
+    again, reads = groups(NOW + timedelta(seconds=15))
+    assert (again is first, reads) == (True, 1)
+
+    third = make_series("queue_depth", agent="a-3", queue="inbox")
+    write_rollups(third, START, {0: [1.0]})
+    later, reads = groups(NOW + timedelta(seconds=30))
+    assert sorted(labels["agent"] for labels, _ in later) == ["a-1", "a-2", "a-3"]
+    assert reads == 2  # only the new series' labels are read
 
 
 @pytest.mark.django_db

@@ -40,12 +40,8 @@ class SeriesWindow:
         self.stats, fingerprints = {}, {}
         for pk, fingerprint, *figures in rows:
             self.stats[pk], fingerprints[pk] = figures, fingerprint
-        self.labels = labels_of(fingerprints)
-        self._groups: dict[tuple, list] = {}
-        self.index: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
-        for pk, labels in self.labels.items():
-            for name, value in labels.items():
-                self.index[name][str(value)].append(pk)
+        layout = layout_of((metric, self.seconds), fingerprints)
+        self.labels, self.index, self._groups = layout.labels, layout.index, layout.groups
 
     def select(self, texts) -> list[int]:
         """The series the matchers select (a missing label counts as empty)."""
@@ -134,6 +130,39 @@ def merge_by_group(rows, group_of: dict) -> dict:
             sketch = merged[group] = MergedSketch()
         sketch.add_serialised(blob)
     return merged
+
+
+class Layout:
+    """The labels of one window's series, indexed by label value, and the groups each
+    selection makes of them: all the same from one tick to the next while no series
+    comes or goes, so a worker keeps them (``layout_of``)."""
+
+    def __init__(self, labels: dict[int, dict]):
+        self.labels = labels
+        self.index: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for pk, series_labels in labels.items():
+            for name, value in series_labels.items():
+                self.index[name][str(value)].append(pk)
+        self.groups: dict[tuple, list] = {}
+
+
+# (metric, window seconds) -> (the series it was made of, by id and fingerprint; layout)
+_layouts: dict[tuple, tuple[frozenset, Layout]] = {}
+LAYOUTS_LIMIT = 1_000
+
+
+def layout_of(window: tuple, fingerprints: dict[int, str]) -> Layout:
+    """The layout of these series (series id -> fingerprint) read over ``window``: the
+    one made last time if they are the same series, else a new one."""
+    made_of = frozenset(fingerprints.items())
+    held = _layouts.get(window)
+    if held is not None and held[0] == made_of:
+        return held[1]
+    layout = Layout(labels_of(fingerprints))
+    if len(_layouts) >= LAYOUTS_LIMIT:
+        _layouts.clear()
+    _layouts[window] = (made_of, layout)
+    return layout
 
 
 # A series' labels never change (they are what its fingerprint is made of), so a worker
