@@ -19,6 +19,7 @@ next turn; the other rules go on.
 """
 
 import time
+from collections import defaultdict
 from datetime import datetime, timedelta
 
 import structlog
@@ -70,21 +71,23 @@ def evaluate_batch(rules: list[AlertRule], now: datetime) -> int:
     rules that went well are recorded together.
     """
     shared, cost = shared_matches(rules, now)
-    with_open = set(
-        Alert.objects.filter(rule__in=rules, status__in=OPEN_STATUSES)
-        .order_by()
-        .values_list("rule_id", flat=True)
-        .distinct()
-    )
+    # The open alerts of all the rules, and the agents their matches name, read once.
+    # Read before each rule's transaction, as it always was: whatever changed an alert
+    # since (an acknowledgement, a resolution by hand) is checked again under a lock
+    # where it matters (``lifecycle.resolve_many``).
+    open_alerts: dict[int, list[Alert]] = defaultdict(list)
+    for alert in Alert.objects.filter(rule__in=rules, status__in=OPEN_STATUSES):
+        open_alerts[alert.rule_id].append(alert)
+    agents = agents_named(m for found in shared.values() for m in found)
     went_well = []
     for rule in rules:
         matches = shared.get(rule.pk)
-        if matches == [] and rule.pk not in with_open:
+        if matches == [] and rule.pk not in open_alerts:
             RULE_EVALUATION.labels(rule.kind).observe(cost[rule.kind])
             went_well.append(rule.pk)
             continue
         began = time.perf_counter()
-        error = _evaluate(rule, now, matches)
+        error = _evaluate(rule, now, matches, open_alerts.get(rule.pk, []), agents)
         RULE_EVALUATION.labels(rule.kind).observe(cost[rule.kind] + time.perf_counter() - began)
         if error:
             _record(rule, now, error)
@@ -227,14 +230,20 @@ def evaluate_rule(rule: AlertRule, now: datetime) -> None:
     _record(rule, now, error)
 
 
-def _evaluate(rule: AlertRule, now: datetime, matches: list | None = None) -> str:
+def _evaluate(
+    rule: AlertRule,
+    now: datetime,
+    matches: list | None = None,
+    open_alerts: list[Alert] | None = None,
+    agents: dict | None = None,
+) -> str:
     """Apply what the rule matches (``matches``: found already, with its neighbours)
     to its alerts in one transaction; the error if it failed, else empty."""
     try:
         with transaction.atomic():
             if matches is None:
                 matches = rule.rule_kind.evaluate(rule, now)
-            apply(rule, matches, now)
+            apply(rule, matches, now, open_alerts, agents)
     except Exception as exc:  # a broken rule must not stop the others
         log.exception("rule.evaluation_failed", rule=rule.name)
         return f"{type(exc).__name__}: {exc}"[:2000]
@@ -245,30 +254,44 @@ def _record(rule: AlertRule, now: datetime, error: str) -> None:
     AlertRule.objects.filter(pk=rule.pk).update(last_evaluated_at=now, last_error=error)
 
 
-def with_agent_labels(matches) -> list[dict]:
+def agents_named(matches, known: dict | None = None) -> dict[str, dict]:
+    """The owner and role of each agent a match's ``agent`` label names, by agent id:
+    ``known`` ones as they are, the others read in one query."""
+    known = dict(known or {})
+    missing = sorted({m.labels["agent"] for m in matches if m.labels.get("agent")} - set(known))
+    for start in range(0, len(missing), 10_000):
+        chunk = missing[start : start + 10_000]
+        rows = Agent.objects.filter(pk__in=chunk).values_list("pk", "owner", "role")
+        known.update({pk: {"owner": owner, "role": role} for pk, owner, role in rows})
+    return known
+
+
+def with_agent_labels(matches, agents: dict | None = None) -> list[dict]:
     """Each match's labels, plus the owner and role of the agent a metric's ``agent``
-    label names (one query for all), so routes can send a team its own agents' alerts."""
-    agents = {m.labels["agent"] for m in matches if m.labels.get("agent")}
-    known = {}
-    if agents:
-        known = {
-            pk: {"owner": owner, "role": role}
-            for pk, owner, role in Agent.objects.filter(pk__in=agents).values_list(
-                "pk", "owner", "role"
-            )
-        }
+    label names (``agents``: read already, else one query for all), so routes can send
+    a team its own agents' alerts."""
+    known = agents_named(matches, agents)
     return [{**known.get(m.labels.get("agent"), {}), **m.labels} for m in matches]
 
 
-def apply(rule: AlertRule, matches, now: datetime) -> None:
-    """Move the rule's alerts to what the evaluation found."""
+def apply(
+    rule: AlertRule,
+    matches,
+    now: datetime,
+    open_alerts: list[Alert] | None = None,
+    agents: dict | None = None,
+) -> None:
+    """Move the rule's alerts to what the evaluation found (``open_alerts``: the rule's
+    open alerts, read already; else read here)."""
     wanted = {}
-    for match, found in zip(matches, with_agent_labels(matches), strict=True):
+    for match, found in zip(matches, with_agent_labels(matches, agents), strict=True):
         labels = {**rule.labels, **found}
         wanted[lifecycle.fingerprint(rule.name, labels)] = (labels, match.value)
     instantly = rule.for_duration.total_seconds() <= 0
+    if open_alerts is None:
+        open_alerts = Alert.objects.filter(rule=rule, status__in=OPEN_STATUSES)
     open_now = {}
-    for alert in Alert.objects.filter(rule=rule, status__in=OPEN_STATUSES):
+    for alert in open_alerts:
         alert.rule = rule  # the rule at hand, not one more copy read per alert
         open_now[alert.fingerprint] = alert
     # Each kind of change is written for all the rule's alerts at once: an outage that
