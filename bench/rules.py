@@ -4,18 +4,23 @@ Stores ``--series`` series of ``queue_depth`` (agents x queues, the agents
 registered) with 10 minutes of rollups before the first tick and the minutes
 the ticks move through, and ``--rules`` threshold rules (each selects one queue
 with a matcher, groups by agent, and reduces a 5 minute window with avg, max or
-p95, in turn; one rule in fifty breaches for some agents). Then it times
-evaluator ticks, each evaluating every rule once (as the periodic job does when
-all are due), 15 s of clock apart, so the window moves and alerts open and
-resolve as it does.
+p95, in turn; one rule in fifty looks for deep queues, the others for depths
+no queue reaches). Then it times evaluator ticks, each evaluating every rule
+once (as the periodic job does when all are due), 15 s of clock apart, so the
+window moves and alerts open and resolve as it does.
 
 The first tick finds every breach at once and opens its alerts together: an
 alert storm, timed and reported apart (``storm_tick_s``, ``storm_alerts``).
 Then ``--ticks`` ticks in the steady state give ``tick_p50_s`` and
-``tick_p99_s``. The floor in the same run (``floor_read_s``) is one raw read of
-every rollup row the rules select (the window's rows of the metric, sketches
-included), with no reduction and no alert bookkeeping: no evaluation can read
-less.
+``tick_p99_s``: a fleet on a normal day, where a queue that is deep stays deep
+from one minute to the next but for one queue in a hundred, so alerts open once
+and stay while a few come and go each minute, and every firing alert's value
+moves each minute. The same is then run on flapping data (every queue's minutes
+drawn afresh, so a third of the firing alerts change every minute) and reported
+apart under ``flapping``, as the storm is. The floor in the same run
+(``floor_read_s``) is one raw read of every rollup row the rules select (the
+window's rows of the metric, sketches included), with no reduction and no alert
+bookkeeping: no evaluation can read less.
 
 ``ws_push_p99_s`` is the time from an alert's change (acknowledged, then given
 back, in turn: each publishes its event) to the message on a console websocket
@@ -149,8 +154,8 @@ def make_rules(count: int, tag: str) -> list[AlertRule]:
             window=timedelta(minutes=5),
             group_by=["agent", "queue"],
             operator=">",
-            # One rule in fifty breaches for some groups (alerts open once, then stay);
-            # the others never do, as most rules most of the time.
+            # One rule in fifty breaches for the deep queues; the others never do, as
+            # most rules most of the time.
             threshold=99.5 if n % 50 == 0 else 1000.0,
         )
         for n in range(count)
