@@ -3,9 +3,9 @@
 A periodic job claims the rules whose ``next_evaluation_at`` has come with
 ``SELECT ... FOR UPDATE SKIP LOCKED`` and moves it on at once (a lease: two
 workers never evaluate one rule in the same round, and a worker that dies only
-delays its rules to their next turn). Each rule is then evaluated in its own
-transaction: its kind returns every label set that meets the condition now,
-and the alerts follow, as in Prometheus:
+delays its rules to their next turn). Each rule's kind returns every label set
+that meets the condition now, and the alerts follow, as in Prometheus (the
+changes of many rules written together, ``evaluate_batch``):
 
 - a new label set opens a *pending* alert, which fires once the condition has
   held for the rule's ``for`` (at once when ``for`` is zero);
@@ -40,6 +40,8 @@ log = structlog.get_logger(__name__)
 # Rules claimed per round trip; a worker claims again until none is due. Large, so
 # rules that read the same rows are evaluated together (``shared_matches``).
 CLAIM_BATCH = 2000
+# Rules whose alert changes are written in one transaction, together (``Changes``).
+CHANGE_BATCH = 100
 # Alerts the sweep changes per kind and run; the rest wait for the next run.
 SWEEP_BATCH = 500
 
@@ -68,7 +70,10 @@ def evaluate_batch(rules: list[AlertRule], now: datetime) -> int:
     The rules' reads are shared (``shared_matches``). A rule that matches nothing
     and has no open alert has nothing to change: it costs no transaction and no
     query of its own (at fleet scale that is most rules, most of the time), and the
-    rules that went well are recorded together.
+    rules that went well are recorded together. The others' alert changes are
+    written together, ``CHANGE_BATCH`` rules to a transaction; should that fail,
+    each of them is evaluated again in its own transaction, so that only a broken
+    rule fails, and its error is recorded.
     """
     shared, cost = shared_matches(rules, now)
     # The open alerts of all the rules, and the agents their matches name, read once.
@@ -79,15 +84,35 @@ def evaluate_batch(rules: list[AlertRule], now: datetime) -> int:
     for alert in Alert.objects.filter(rule__in=rules, status__in=OPEN_STATUSES):
         open_alerts[alert.rule_id].append(alert)
     agents = agents_named(m for found in shared.values() for m in found)
-    went_well = []
+    went_well, work, alone = [], [], []
     for rule in rules:
         matches = shared.get(rule.pk)
         if matches == [] and rule.pk not in open_alerts:
             RULE_EVALUATION.labels(rule.kind).observe(cost[rule.kind])
             went_well.append(rule.pk)
-            continue
+        elif matches is None:
+            alone.append(rule)
+        else:
+            work.append((rule, matches, open_alerts.get(rule.pk, [])))
+    for start in range(0, len(work), CHANGE_BATCH):
+        chunk = work[start : start + CHANGE_BATCH]
         began = time.perf_counter()
-        error = _evaluate(rule, now, matches, open_alerts.get(rule.pk, []), agents)
+        try:
+            with transaction.atomic():
+                apply_many(chunk, now, agents)
+        except Exception:
+            # One rule's changes broke the chunk's: each rule again in its own
+            # transaction, from its alerts as they are now, so only the broken one fails.
+            log.warning("rule.changes_apart", rules=len(chunk))
+            alone.extend(rule for rule, _, _ in chunk)
+            continue
+        spent = (time.perf_counter() - began) / len(chunk)
+        for rule, _, _ in chunk:
+            RULE_EVALUATION.labels(rule.kind).observe(cost[rule.kind] + spent)
+            went_well.append(rule.pk)
+    for rule in alone:
+        began = time.perf_counter()
+        error = _evaluate(rule, now, shared.get(rule.pk), None, agents)
         RULE_EVALUATION.labels(rule.kind).observe(cost[rule.kind] + time.perf_counter() - began)
         if error:
             _record(rule, now, error)
@@ -283,51 +308,79 @@ def apply(
 ) -> None:
     """Move the rule's alerts to what the evaluation found (``open_alerts``: the rule's
     open alerts, read already; else read here)."""
-    wanted = {}
-    for match, found in zip(matches, with_agent_labels(matches, agents), strict=True):
-        labels = {**rule.labels, **found}
-        wanted[lifecycle.fingerprint(rule.name, labels)] = (labels, match.value)
-    instantly = rule.for_duration.total_seconds() <= 0
     if open_alerts is None:
-        open_alerts = Alert.objects.filter(rule=rule, status__in=OPEN_STATUSES)
-    open_now = {}
-    for alert in open_alerts:
-        alert.rule = rule  # the rule at hand, not one more copy read per alert
-        open_now[alert.fingerprint] = alert
-    # Each kind of change is written for all the rule's alerts at once: an outage that
-    # trips a rule for much of the fleet costs a few statements, not a few per alert.
-    new = [found for key, found in wanted.items() if key not in open_now]
-    # Without ``for``, a new alert fires at once: written firing, never pending first.
-    (lifecycle.fire_many if instantly else lifecycle.open_pending_many)(rule, new, now)
-    firing, moved = [], []
-    for key, (_, value) in wanted.items():
-        alert = open_now.get(key)
-        if alert is None:
-            continue
-        summary = lifecycle.render_template(rule.summary, alert.labels, value)[:500]
-        changed = (value, summary, None) != (alert.value, alert.summary, alert.cleared_at)
-        alert.value, alert.summary, alert.cleared_at = value, summary, None
-        if alert.status == AlertStatus.PENDING and now - alert.started_at >= rule.for_duration:
-            firing.append(alert)
-        elif changed:
-            moved.append(alert)
-    lifecycle.promote_many(firing, now)
-    # Alerts that still match and keep their state are written only when their value
-    # moved (or the condition is back): most of them, most ticks, cost nothing, as a
-    # rollup minute lasts several evaluations.
-    bulk.update_rows(
-        Alert,
-        ["value", "summary", "cleared_at"],
-        [(alert.pk, alert.value, alert.summary, None) for alert in moved],
-    )
-    cleared = [alert for key, alert in open_now.items() if key not in wanted]
-    lifecycle.drop_pending_many([a for a in cleared if a.status == AlertStatus.PENDING], now)
-    kept = [alert for alert in cleared if alert.status != AlertStatus.PENDING]
-    newly = [alert for alert in kept if alert.cleared_at is None]
-    for alert in newly:
-        alert.cleared_at = now
-    resolving = [alert for alert in kept if now - alert.cleared_at >= rule.keep_firing_for]
-    bulk.update_ids(
-        Alert, {a.pk for a in newly}.difference(a.pk for a in resolving), cleared_at=now
-    )
-    lifecycle.resolve_many(resolving, reason="condition cleared")
+        open_alerts = list(Alert.objects.filter(rule=rule, status__in=OPEN_STATUSES))
+    apply_many([(rule, matches, open_alerts)], now, agents)
+
+
+class Changes:
+    """What the evaluations of a batch change, gathered rule by rule (``plan``) and
+    written together (``write``): each kind of change is a few statements for all the
+    rules' alerts, however many rules and alerts changed."""
+
+    def __init__(self):
+        self.firing_new, self.pending_new = [], []  # (rule, labels, value)
+        self.firing, self.moved, self.dropped, self.cleared, self.resolving = [], [], [], [], []
+
+    def plan(self, rule: AlertRule, matches, open_alerts: list[Alert], agents: dict, now):
+        wanted = {}
+        for match, found in zip(matches, with_agent_labels(matches, agents), strict=True):
+            labels = {**rule.labels, **found}
+            wanted[lifecycle.fingerprint(rule.name, labels)] = (labels, match.value)
+        open_now = {}
+        for alert in open_alerts:
+            alert.rule = rule  # the rule at hand, not one more copy read per alert
+            open_now[alert.fingerprint] = alert
+        # Without ``for``, a new alert fires at once: written firing, never pending first.
+        new = self.firing_new if rule.for_duration.total_seconds() <= 0 else self.pending_new
+        for key, (labels, value) in wanted.items():
+            alert = open_now.get(key)
+            if alert is None:
+                new.append((rule, labels, value))
+                continue
+            summary = lifecycle.render_template(rule.summary, alert.labels, value)[:500]
+            changed = (value, summary, None) != (alert.value, alert.summary, alert.cleared_at)
+            alert.value, alert.summary, alert.cleared_at = value, summary, None
+            if alert.status == AlertStatus.PENDING and now - alert.started_at >= rule.for_duration:
+                self.firing.append(alert)
+            elif changed:
+                self.moved.append(alert)
+        for key, alert in open_now.items():
+            if key in wanted:
+                continue
+            if alert.status == AlertStatus.PENDING:
+                self.dropped.append(alert)
+                continue
+            if alert.cleared_at is None:
+                alert.cleared_at = now
+                self.cleared.append(alert)
+            if now - alert.cleared_at >= rule.keep_firing_for:
+                self.resolving.append(alert)
+
+    def write(self, now: datetime) -> None:
+        lifecycle.open_many(self.firing_new, now, firing=True)
+        lifecycle.open_many(self.pending_new, now)
+        lifecycle.promote_many(self.firing, now)
+        # Alerts that still match and keep their state are written only when their value
+        # moved (or the condition is back): most of them, most ticks, cost nothing, as a
+        # rollup minute lasts several evaluations.
+        bulk.update_rows(
+            Alert,
+            ["value", "summary", "cleared_at"],
+            [(alert.pk, alert.value, alert.summary, None) for alert in self.moved],
+        )
+        lifecycle.drop_pending_many(self.dropped, now)
+        resolving = {alert.pk for alert in self.resolving}
+        kept = [alert.pk for alert in self.cleared if alert.pk not in resolving]
+        bulk.update_ids(Alert, kept, cleared_at=now)
+        lifecycle.resolve_many(self.resolving, reason="condition cleared")
+
+
+def apply_many(work, now: datetime, agents: dict | None = None) -> None:
+    """Move the alerts of several rules, given (rule, matches, its open alerts), to what
+    their evaluations found, written together (``Changes``)."""
+    changes = Changes()
+    agents = agents_named((m for _, matches, _ in work for m in matches), agents)
+    for rule, matches, open_alerts in work:
+        changes.plan(rule, matches, open_alerts, agents, now)
+    changes.write(now)

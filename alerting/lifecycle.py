@@ -166,17 +166,20 @@ def open_pending(rule: AlertRule, labels: dict, value: float | None, now) -> Ale
 def open_pending_many(rule: AlertRule, found: list[tuple[dict, float | None]], now) -> list:
     """``open_pending`` for many label sets of one rule at once (one INSERT for the
     alerts, one for their history); one by one if one of them lost a race."""
-    return _open_many(rule, found, now, AlertStatus.PENDING)
+    return open_many([(rule, labels, value) for labels, value in found], now)
 
 
 def fire_many(rule: AlertRule, found: list[tuple[dict, float | None]], now) -> list:
     """New alerts of a rule without ``for``, firing at once: one INSERT for the alerts,
     one for their history, then announced together (no pending row to promote)."""
-    return _open_many(rule, found, now, AlertStatus.FIRING)
+    return open_many([(rule, labels, value) for labels, value in found], now, firing=True)
 
 
-def _open_many(rule: AlertRule, found, now, status: str) -> list:
-    firing = status == AlertStatus.FIRING
+def open_many(found: list[tuple[AlertRule, dict, float | None]], now, *, firing=False) -> list:
+    """New alerts, pending or (``firing``) firing at once, for (rule, labels, value) of
+    any rules: one INSERT for the alerts, one for their history, and the firing ones
+    announced together; one by one if one of them lost a race for its fingerprint."""
+    status = AlertStatus.FIRING if firing else AlertStatus.PENDING
     trace_id, _ = current_trace_ids()
     rows = [
         Alert(
@@ -192,7 +195,7 @@ def _open_many(rule: AlertRule, found, now, status: str) -> list:
             value=value,
             trace_id=trace_id,
         )
-        for labels, value in found
+        for rule, labels, value in found
     ]
     if not rows:
         return []
@@ -201,8 +204,8 @@ def _open_many(rule: AlertRule, found, now, status: str) -> list:
             opened = Alert.objects.bulk_create(rows)
     except IntegrityError:  # one of them lost a race for its fingerprint
         if not firing:
-            return [open_pending(rule, labels, value, now) for labels, value in found]
-        created = [_create(rule, labels, value, now, status) for labels, value in found]
+            return [open_pending(rule, labels, value, now) for rule, labels, value in found]
+        created = [_create(rule, labels, value, now, status) for rule, labels, value in found]
         opened = [alert for alert, new in created if new]
         if not opened:
             return []

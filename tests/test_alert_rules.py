@@ -477,6 +477,57 @@ def test_it_records_a_broken_rule_and_goes_on_with_the_others(monkeypatch):
 
 
 @pytest.mark.django_db
+def test_a_rule_whose_changes_break_the_batchs_is_evaluated_alone_and_the_others_go_on(
+    monkeypatch,
+):
+    depth([150.0] * 10)
+    broken, fine = saved(name="broken"), saved(name="fine")
+    real = evaluator.Changes.plan
+
+    def plan(self, rule, *args):
+        if rule.name == "broken":
+            raise RuntimeError("boom")
+        return real(self, rule, *args)
+
+    monkeypatch.setattr(evaluator.Changes, "plan", plan)
+
+    assert evaluator.evaluate_due(NOW) == 2
+
+    broken.refresh_from_db()
+    assert "boom" in broken.last_error
+    assert not Alert.objects.filter(rule=broken).exists()
+    (alert,) = Alert.objects.filter(rule=fine)
+    assert alert.status == AlertStatus.FIRING
+    assert Event.objects.filter(name="monitor.alert.triggered").count() == 1
+
+
+@pytest.mark.django_db
+def test_rules_that_change_together_are_written_in_statements_that_do_not_grow_with_them(
+    django_capture_on_commit_callbacks,
+):
+    from django.test.utils import CaptureQueriesContext
+
+    depth([150.0] * 10)
+    Agent.objects.create(id="a-1", role="worker", owner="team-a")
+
+    def statements(count: int, at: datetime) -> int:
+        AlertRule.objects.update(next_evaluation_at=at + timedelta(days=1))  # not due
+        for n in range(count):
+            saved(name=f"deep-{count}-{n}", next_evaluation_at=at)
+        with (
+            django_capture_on_commit_callbacks(),
+            CaptureQueriesContext(connection) as seen,
+        ):
+            assert evaluator.evaluate_due(at) == count
+        return len(seen.captured_queries)
+
+    few, many = statements(2, NOW), statements(12, NOW)
+
+    assert Alert.objects.filter(status=AlertStatus.FIRING).count() == 14
+    assert many - few <= 4, (few, many)
+
+
+@pytest.mark.django_db
 def test_it_evaluates_a_rule_again_only_when_it_is_due():
     depth([150.0] * 10)
     saved(evaluate_every=timedelta(seconds=30))
