@@ -103,7 +103,7 @@ def evaluate_batch(rules: list[AlertRule], now: datetime) -> int:
         except Exception:
             # One rule's changes broke the chunk's: each rule again in its own
             # transaction, from its alerts as they are now, so only the broken one fails.
-            log.warning("rule.changes_apart", rules=len(chunk))
+            log.warning("rule.changes_apart", rules=len(chunk), exc_info=True)
             alone.extend(rule for rule, _, _ in chunk)
             continue
         spent = (time.perf_counter() - began) / len(chunk)

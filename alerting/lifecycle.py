@@ -163,18 +163,6 @@ def open_pending(rule: AlertRule, labels: dict, value: float | None, now) -> Ale
     return alert
 
 
-def open_pending_many(rule: AlertRule, found: list[tuple[dict, float | None]], now) -> list:
-    """``open_pending`` for many label sets of one rule at once (one INSERT for the
-    alerts, one for their history); one by one if one of them lost a race."""
-    return open_many([(rule, labels, value) for labels, value in found], now)
-
-
-def fire_many(rule: AlertRule, found: list[tuple[dict, float | None]], now) -> list:
-    """New alerts of a rule without ``for``, firing at once: one INSERT for the alerts,
-    one for their history, then announced together (no pending row to promote)."""
-    return open_many([(rule, labels, value) for labels, value in found], now, firing=True)
-
-
 def open_many(found: list[tuple[AlertRule, dict, float | None]], now, *, firing=False) -> list:
     """New alerts, pending or (``firing``) firing at once, for (rule, labels, value) of
     any rules: one INSERT for the alerts, one for their history, and the firing ones
