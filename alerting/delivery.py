@@ -114,13 +114,16 @@ def notify(alert: Alert, kind: str) -> list[Notification]:
     return notify_many([alert], kind)
 
 
-def notify_many(alerts: list[Alert], kind: str, *, first: bool = False) -> list[Notification]:
+def notify_many(
+    alerts: list[Alert], kind: str, *, first: bool = False, traces: dict | None = None
+) -> list[Notification]:
     """``notify`` for alerts that changed together (a rule's evaluation): each group's
     row is locked and planned once for all the alerts joining it, the notifications
     are inserted together, and each group's due batch is handed to the delivery task
     once, not once per alert. ``first``: none of the alerts can have a notification of
     this kind yet (they have just started firing, or just resolved), so none is
-    looked for."""
+    looked for. ``traces``: the trace id of each alert's notifications, by alert id;
+    else the current span's."""
     now = timezone.now()
     joining = []
     for alert in alerts:
@@ -150,10 +153,13 @@ def notify_many(alerts: list[Alert], kind: str, *, first: bool = False) -> list[
             ],
             kind,
             first=first,
+            traces=traces,
         )
 
 
-def create_notifications(wanted, kind: str, *, first: bool = False) -> list[Notification]:
+def create_notifications(
+    wanted, kind: str, *, first: bool = False, traces: dict | None = None
+) -> list[Notification]:
     """The notifications of ``kind`` for (alert, receiver, group, due) that do not have
     one yet (``first``: none can have one), inserted together and handed to the
     delivery task after commit: one hand-off per group's due batch (the task takes the
@@ -182,7 +188,7 @@ def create_notifications(wanted, kind: str, *, first: bool = False) -> list[Noti
                 receiver=receiver,
                 channel=receiver.kind,
                 target=receiver.transport.target(receiver),
-                trace_id=trace_id,
+                trace_id=(traces or {}).get(alert.pk, trace_id),
                 group=group,
                 next_attempt_at=due or now,
             )

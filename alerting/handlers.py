@@ -15,6 +15,11 @@ from omoi_console.foundation.events import event_trace, subscribe
 @subscribe("monitor.agent.heartbeat_lost", handler_id="alerting.heartbeat_lost", batch=True)
 def on_heartbeat_lost(events):
     with tree_held():
+        if len(events) > 1:
+            # A mass outage: the agents' alerts written together (the watchdog's handler
+            # runs after this one on each batch, so its remediations wait for them).
+            lifecycle.fire_heartbeat_alerts_for(events)
+            return
         for event in events:
             with event_trace(event):
                 lifecycle.fire_heartbeat_alerts(event.payload)

@@ -27,7 +27,7 @@ from alerting.models import (
 )
 from omoi_console.foundation import bulk
 from omoi_console.foundation.events import NewEvent, publish, publish_many
-from omoi_console.foundation.events.tracing import current_trace_ids
+from omoi_console.foundation.events.tracing import current_trace_ids, event_trace
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -163,12 +163,16 @@ def open_pending(rule: AlertRule, labels: dict, value: float | None, now) -> Ale
     return alert
 
 
-def open_many(found: list[tuple[AlertRule, dict, float | None]], now, *, firing=False) -> list:
+def open_many(
+    found: list[tuple[AlertRule, dict, float | None]], now, *, firing=False, traces=None
+) -> list:
     """New alerts, pending or (``firing``) firing at once, for (rule, labels, value) of
     any rules: one INSERT for the alerts, one for their history, and the firing ones
-    announced together; one by one if one of them lost a race for its fingerprint."""
+    announced together; one by one if one of them lost a race for its fingerprint.
+    ``traces``: the (trace id, span id) each alert belongs to, in order; else the
+    current span's, for all of them."""
     status = AlertStatus.FIRING if firing else AlertStatus.PENDING
-    trace_id, _ = current_trace_ids()
+    traces = traces or [current_trace_ids()] * len(found)
     rows = [
         Alert(
             rule=rule,
@@ -181,27 +185,54 @@ def open_many(found: list[tuple[AlertRule, dict, float | None]], now, *, firing=
             fired_at=now if firing else None,
             announced_at=now if firing else None,
             value=value,
-            trace_id=trace_id,
+            trace_id=ids[0],
         )
-        for rule, labels, value in found
+        for (rule, labels, value), ids in zip(found, traces, strict=True)
     ]
     if not rows:
         return []
     try:
         with transaction.atomic():
             opened = Alert.objects.bulk_create(rows)
+        spans = dict(zip((alert.pk for alert in opened), traces, strict=True))
     except IntegrityError:  # one of them lost a race for its fingerprint
         if not firing:
             return [open_pending(rule, labels, value, now) for rule, labels, value in found]
         created = [_create(rule, labels, value, now, status) for rule, labels, value in found]
         opened = [alert for alert, new in created if new]
+        spans = None
         if not opened:
             return []
     change = AlertChange.FIRING if firing else AlertChange.PENDING
     record_many([(alert, f"value {alert.value}") for alert in opened], change, "evaluator", now)
     if firing:
-        announce_firing_many(opened)
+        announce_firing_many(opened, spans)
     return opened
+
+
+def fire_alerts(found: list[tuple[AlertRule, dict, tuple[str, str]]]) -> list[Alert]:
+    """``fire_alert`` for many (rule, labels, trace) at once, each new alert in the
+    trace (trace id, span id) it comes with: deduplicated by fingerprint among
+    themselves and against the open alerts (one query), the new ones written and
+    announced together (``open_many``). The open alert of each label set, new or not."""
+    wanted = {}
+    for rule, labels, ids in found:
+        labels = {**rule.labels, **labels}
+        wanted.setdefault(fingerprint(rule.name, labels), (rule, labels, ids))
+    already = {
+        alert.fingerprint: alert
+        for alert in Alert.objects.filter(
+            fingerprint__in=list(wanted), status__in=OPEN_STATUSES
+        ).select_related("rule")
+    }
+    new = [found for key, found in wanted.items() if key not in already]
+    opened = open_many(
+        [(rule, labels, None) for rule, labels, _ in new],
+        timezone.now(),
+        firing=True,
+        traces=[ids for _, _, ids in new],
+    )
+    return [*already.values(), *opened]
 
 
 def drop_pending(alert: Alert, now) -> None:
@@ -250,9 +281,12 @@ def announce_firing(alert: Alert) -> None:
     announce_firing_many([alert])
 
 
-def announce_firing_many(alerts: list[Alert]) -> None:
+def announce_firing_many(alerts: list[Alert], spans: dict | None = None) -> None:
     """``announce_firing`` for alerts that started firing together: one INSERT of their
-    events, their suppression read once, their notifications planned together."""
+    events, their suppression read once, their notifications planned together.
+    ``spans``: the (trace id, span id) of each alert's event, by alert id; else the
+    current span's."""
+    spans = spans or {}
     publish_many(
         NewEvent(
             "monitor.alert.triggered",
@@ -265,6 +299,7 @@ def announce_firing_many(alerts: list[Alert]) -> None:
                 "summary": alert.summary,
             },
             key=f"alert.triggered:{alert.pk}",
+            trace=spans.get(alert.pk),
         )
         for alert in alerts
     )
@@ -277,7 +312,10 @@ def announce_firing_many(alerts: list[Alert]) -> None:
     record_many([(a, a.suppressed_by) for a in held], AlertChange.SUPPRESSED, "alerting", now)
     # They have just started firing: none has a firing notification yet.
     notify_many(
-        [alert for alert in alerts if not reasons[alert.pk]], NotificationKind.FIRING, first=True
+        [alert for alert in alerts if not reasons[alert.pk]],
+        NotificationKind.FIRING,
+        first=True,
+        traces={pk: trace_id for pk, (trace_id, _) in spans.items()},
     )
     if len(alerts) > LOGGED_ONE_BY_ONE:
         log.warning(
@@ -481,6 +519,29 @@ def agent_labels(payload: dict) -> dict:
 
 def fire_heartbeat_alerts(payload: dict) -> list[Alert]:
     return [fire_alert(rule, agent_labels(payload)) for rule in heartbeat_rules()]
+
+
+def fire_heartbeat_alerts_for(events) -> list[Alert]:
+    """``fire_heartbeat_alerts`` for many lost heartbeats at once (a mass outage): the
+    agents' owners read in one query, the alerts written and announced together, each
+    in the trace of its own event (``fire_alerts``)."""
+    from monitoring.models import Agent
+
+    rules = list(heartbeat_rules())
+    agent_ids = {event.payload["agent_id"] for event in events}
+    owners = dict(Agent.objects.filter(pk__in=agent_ids).values_list("pk", "owner"))
+    found = []
+    for event in events:
+        with event_trace(event):  # the span that acts on the event, as one at a time
+            ids = current_trace_ids()
+        agent_id = event.payload["agent_id"]
+        labels = {
+            "agent_id": agent_id,
+            "role": event.payload["role"],
+            "owner": owners.get(agent_id) or "",
+        }
+        found.extend((rule, labels, ids) for rule in rules)
+    return fire_alerts(found)
 
 
 def fire_remediation_alerts(payload: dict) -> list[Alert]:

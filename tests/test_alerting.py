@@ -193,3 +193,45 @@ def test_it_fills_only_plain_label_placeholders_in_summaries():
     summary = lifecycle.render_summary(rule, {"agent_id": "w-1", "role": "worker"})
 
     assert summary == "w-1 down (worker); {missing} {agent_id.upper} {role:>999999999}"
+
+
+@pytest.mark.django_db
+def test_a_mass_outage_fires_its_alerts_together_each_in_its_own_incidents_trace(
+    django_capture_on_commit_callbacks,
+):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from alerting.handlers import on_heartbeat_lost
+    from omoi_console.foundation.events import publish
+    from omoi_console.foundation.events.tracing import new_trace
+    from omoi_console.models import Event
+
+    def outage(prefix: str, size: int) -> tuple[list, int]:
+        events = []
+        for n in range(size):
+            with new_trace("monitoring.heartbeat_overdue"):  # one incident, one trace
+                lost = {**LOST, "agent_id": f"{prefix}-{n}"}
+                events.append(publish("monitor.agent.heartbeat_lost", lost))
+        with django_capture_on_commit_callbacks(), CaptureQueriesContext(connection) as seen:
+            on_heartbeat_lost(events)
+        return events, len(seen.captured_queries)
+
+    few, few_statements = outage("s", 2)
+    many, many_statements = outage("l", 12)
+
+    assert many_statements - few_statements <= 4, (few_statements, many_statements)
+    for event in [*few, *many]:
+        alert = Alert.objects.get(labels__agent_id=event.payload["agent_id"])
+        assert alert.status == AlertStatus.FIRING
+        assert len({event.trace_id, alert.trace_id}) == 1 and event.trace_id
+        triggered = Event.objects.get(name="monitor.alert.triggered", payload__alert_id=alert.pk)
+        assert triggered.trace_id == event.trace_id
+        notified = Notification.objects.filter(alert=alert)
+        assert notified.exists()
+        assert set(notified.values_list("trace_id", flat=True)) == {event.trace_id}
+
+    # Told again (a redelivered batch): the open alerts are those alerts.
+    with django_capture_on_commit_callbacks():
+        on_heartbeat_lost(many)
+    assert Alert.objects.count() == 14
