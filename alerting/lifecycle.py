@@ -225,7 +225,7 @@ def fire_alerts(found: list[tuple[AlertRule, dict, tuple[str, str]]]) -> list[Al
             fingerprint__in=list(wanted), status__in=OPEN_STATUSES
         ).select_related("rule")
     }
-    new = [found for key, found in wanted.items() if key not in already]
+    new = [item for key, item in wanted.items() if key not in already]
     opened = open_many(
         [(rule, labels, None) for rule, labels, _ in new],
         timezone.now(),
@@ -509,12 +509,15 @@ def heartbeat_rules():
     return AlertRule.objects.filter(kind=RuleKind.HEARTBEAT, enabled=True)
 
 
-def agent_labels(payload: dict) -> dict:
-    """An agent's alert labels: who it is, its role and its owner (routes send teams theirs)."""
+def agent_labels(payload: dict, owners: dict | None = None) -> dict:
+    """An agent's alert labels: who it is, its role and its owner (routes send teams
+    theirs); ``owners``: read already, by agent id, else read here."""
     from monitoring.models import Agent
 
-    owner = Agent.objects.filter(pk=payload["agent_id"]).values_list("owner", flat=True).first()
-    return {"agent_id": payload["agent_id"], "role": payload["role"], "owner": owner or ""}
+    agent_id = payload["agent_id"]
+    if owners is None:
+        owners = dict(Agent.objects.filter(pk=agent_id).values_list("pk", "owner"))
+    return {"agent_id": agent_id, "role": payload["role"], "owner": owners.get(agent_id) or ""}
 
 
 def fire_heartbeat_alerts(payload: dict) -> list[Alert]:
@@ -534,12 +537,7 @@ def fire_heartbeat_alerts_for(events) -> list[Alert]:
     for event in events:
         with event_trace(event):  # the span that acts on the event, as one at a time
             ids = current_trace_ids()
-        agent_id = event.payload["agent_id"]
-        labels = {
-            "agent_id": agent_id,
-            "role": event.payload["role"],
-            "owner": owners.get(agent_id) or "",
-        }
+        labels = agent_labels(event.payload, owners)
         found.extend((rule, labels, ids) for rule in rules)
     return fire_alerts(found)
 
